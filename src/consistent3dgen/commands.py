@@ -1,0 +1,3 @@
+"""Subcommands. Each is a thin adapter from arguments to a package function."""
+
+from __future__ import annotations

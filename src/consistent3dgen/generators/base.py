@@ -1,0 +1,99 @@
+"""What a generator stage must offer the guided sampler and the stage pipeline.
+
+A generator = a dense stage (coarse occupancy on a small latent grid) + one or more sparse stages (SDF on
+sparse voxels, latent tokens at ``resolution // latent_factor``). The sampler only ever sees tensors and a
+velocity function, so any model that implements these protocols can be guided.
+
+Conventions (Direct3D-S2, diffusers flow matching): ``x_t = (1 - sigma) * x_0 + sigma * noise``, the model
+predicts ``v = noise - x_0`` given ``timestep = 1000 * sigma``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from ..geometry.voxels import SparseVoxels
+
+
+@dataclass
+class SparseLatent:
+    """Latent tokens of a sparse stage: coords (N, 3) int32 at ``resolution`` (latent grid), feats (N, C)."""
+
+    coords: torch.Tensor
+    feats: torch.Tensor
+    resolution: int
+
+    def __len__(self) -> int:
+        return int(self.coords.shape[0])
+
+    def to_voxels(self) -> SparseVoxels:
+        return SparseVoxels(
+            self.coords.detach().cpu().numpy(), self.resolution, self.feats.detach().float().cpu().numpy()
+        )
+
+    @classmethod
+    def from_voxels(cls, v: SparseVoxels, device: str | torch.device = "cpu", dtype=torch.float32) -> SparseLatent:
+        if v.feats is None:
+            raise ValueError("latent voxels need features")
+        return cls(
+            torch.as_tensor(v.coords, device=device, dtype=torch.int32),
+            torch.as_tensor(v.feats, device=device, dtype=dtype),
+            v.resolution,
+        )
+
+
+@runtime_checkable
+class DenseStage(Protocol):
+    """Coarse stage: occupancy at ``occupancy_resolution``³ ↔ latent (C, L, L, L)."""
+
+    occupancy_resolution: int  # Direct3D-S2: 64
+    latent_shape: tuple[int, int, int, int]  # Direct3D-S2: (8, 16, 16, 16)
+
+    def encode_occupancy(self, occupancy: torch.Tensor) -> torch.Tensor:
+        """(B, 1, R, R, R) {0, 1} float → (B, C, L, L, L) latent (posterior mean)."""
+
+    def decode_occupancy(self, latent: torch.Tensor) -> torch.Tensor:
+        """(B, C, L, L, L) → (B, 1, R, R, R) occupancy logits."""
+
+    def velocity(self, x: torch.Tensor, timestep: torch.Tensor, cond: Any) -> torch.Tensor:
+        """Flow velocity for a batch of latents; ``timestep`` (B,) = 1000·sigma."""
+
+
+@runtime_checkable
+class SparseStage(Protocol):
+    """Sparse SDF stage: SDF voxels at ``resolution`` ↔ latent tokens at ``resolution // latent_factor``."""
+
+    resolution: int  # 512 or 1024 (SDF grid)
+    latent_factor: int  # 8
+    latent_channels: int
+
+    def encode_sdf(self, sdf: SparseVoxels) -> SparseLatent:
+        """Narrow-band SDF voxels (feats (N, 1) in [-1, 1]) → latent tokens (posterior mean)."""
+
+    def decode_sdf(self, latent: SparseLatent) -> SparseVoxels:
+        """Latent tokens → SDF voxels at ``resolution`` (feats (N, 1) in [-1, 1])."""
+
+    def token_order(self, coords: torch.Tensor) -> torch.Tensor:
+        """Permutation putting latent coords in the order the model needs (e.g. block order)."""
+
+    def velocity(self, x: torch.Tensor, coords: torch.Tensor, timestep: torch.Tensor, cond: Any) -> torch.Tensor:
+        """Flow velocity (N, C) for tokens x (N, C) at ``coords`` (N, 3); ``timestep`` (1,) = 1000·sigma."""
+
+
+class Conditioner(Protocol):
+    """Image → conditioning tokens; the unconditional input is ``torch.zeros_like`` of them."""
+
+    def __call__(self, image: Any) -> torch.Tensor: ...
+
+
+@dataclass
+class Generator:
+    """A complete prior: dense stage, sparse stages (coarse to fine), optional image conditioner."""
+
+    dense: DenseStage
+    sparse: list[SparseStage]
+    conditioner: Conditioner | None = None
+    name: str = "generator"

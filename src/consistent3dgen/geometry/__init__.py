@@ -1,0 +1,1 @@
+"""Geometry: point map → surface → thin-shell SDF on sparse voxels → mesh, and rendering for metrics."""

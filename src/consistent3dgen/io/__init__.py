@@ -1,0 +1,1 @@
+"""File input/output: point maps, meshes, atomic writes."""

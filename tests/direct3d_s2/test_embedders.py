@@ -96,8 +96,14 @@ def test_ape_layout_and_padding():
     x = torch.tensor([[1, 2, 3]])
     out = ape(x)
     f = 1.0 / (1e4 ** (torch.arange(10, dtype=torch.float64) / 10))
-    ref = torch.cat([torch.sin(v * f).float().unsqueeze(0) if s else torch.cos(v * f).float().unsqueeze(0)
-                     for v in (1.0, 2.0, 3.0) for s in (True, False)], -1)
+    ref = torch.cat(
+        [
+            torch.sin(v * f).float().unsqueeze(0) if s else torch.cos(v * f).float().unsqueeze(0)
+            for v in (1.0, 2.0, 3.0)
+            for s in (True, False)
+        ],
+        -1,
+    )
     torch.testing.assert_close(out[:, :60], ref, atol=1e-6, rtol=0)
     assert torch.all(out[:, 60:] == 0)
 

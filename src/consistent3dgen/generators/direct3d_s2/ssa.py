@@ -1,0 +1,331 @@
+"""Spatial sparse attention (SSA) of Direct3D-S2's sparse DiT, in pure PyTorch.
+
+Three branches over the same queries, mixed by a per-token sigmoid gate (``gate`` → weights for compressed,
+selected, window, in that order):
+
+* **compressed**: every query attends to block summaries (keys/values mean-pooled over
+  ``compression_block_size``³ cells by a small sparse conv block) of its own batch element;
+* **selected**: the compressed attention probabilities, summed over the query heads sharing a kv head and over
+  the compressed blocks inside each ``selection_block_size``³ block, pick the ``topk`` blocks per query and kv
+  head; the query then attends to all tokens of those blocks (one softmax over their union);
+* **window**: attention inside non-overlapping ``window_size``³ windows whose grid is shifted by
+  ``shift_window`` (Swin style; the shift alternates 0 / window_size//2 between DiT blocks).
+
+Grouped-query attention: query head ``h`` uses kv head ``h // (num_q_heads // num_kv_heads)`` (flash-attn
+convention), scale ``1/sqrt(head_dim)``. The official code runs these as Triton/flash-attn kernels; here the
+same math runs chunked so memory stays linear in the number of tokens: no tensor is ever (tokens × tokens).
+Attention math runs in float32 whatever the model dtype (fp16 matmuls are slow and inexact on CPU).
+
+Block bookkeeping: selection blocks are the distinct ``(batch, x//s, y//s, z//s)`` of the tokens, indexed in
+lexicographic order (the official ``histc`` order). The official kernels additionally assume tokens are stored
+block by block (``sort_block``); here tokens are gathered by block membership, which gives the same result for
+sorted input and the mathematically intended one for any order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+# Upper bound for the scratch memory of one attention chunk (scores + gathered keys/values), in bytes.
+DEFAULT_CHUNK_BYTES = 256 * 2**20
+
+
+def batch_slices(batch_index: torch.Tensor) -> list[slice]:
+    """Row slices of each batch element; rows must be grouped by batch in increasing order."""
+    if batch_index.numel() == 0:
+        return []
+    counts = torch.bincount(batch_index.long()).tolist()
+    out, start = [], 0
+    for c in counts:
+        out.append(slice(start, start + c))
+        start += c
+    return out
+
+
+def _pack(coords: torch.Tensor) -> torch.Tensor:
+    """Lexicographic int64 code of (batch, x, y, z) rows (order-preserving, collision-free)."""
+    c = coords.long()
+    if c.shape[0] == 0:
+        return c.new_zeros(0)
+    extent = int(c[:, 1:].max().item()) + 1
+    return ((c[:, 0] * extent + c[:, 1]) * extent + c[:, 2]) * extent + c[:, 3]
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    return_probs: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Batched grouped-query softmax attention in float32.
+
+    q (B, Lq, Hq, D); k, v (B, Lk, Hkv, D); key_mask (B, Lk) or (B, Lk, Hkv) bool, True = key usable.
+    Returns out (B, Lq, Hq, D) float32, lse (B, Lq, Hq) natural log-sum-exp of the scaled scores, and, when
+    asked, the probabilities (B, Hkv, G, Lq, Lk) with G = Hq // Hkv.
+    """
+    bsz, lq, hq, dim = q.shape
+    lk, hkv = k.shape[1], k.shape[2]
+    group = hq // hkv
+    qg = q.float().reshape(bsz, lq, hkv, group, dim).permute(0, 2, 3, 1, 4).reshape(bsz, hkv, group * lq, dim)
+    kk = k.float().permute(0, 2, 3, 1)  # (B, Hkv, D, Lk)
+    vv = v.float().permute(0, 2, 1, 3)  # (B, Hkv, Lk, D)
+    scores = torch.matmul(qg, kk).mul_(1.0 / math.sqrt(dim))  # (B, Hkv, G*Lq, Lk)
+    if key_mask is not None:
+        mask = key_mask if key_mask.ndim == 3 else key_mask.unsqueeze(-1).expand(bsz, lk, hkv)
+        scores.masked_fill_(~mask.permute(0, 2, 1).unsqueeze(2), float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+    probs = scores.sub_(lse).exp_()
+    out = torch.matmul(probs, vv)  # (B, Hkv, G*Lq, D)
+    out = out.reshape(bsz, hkv, group, lq, dim).permute(0, 3, 1, 2, 4).reshape(bsz, lq, hq, dim)
+    lse = lse.reshape(bsz, hkv, group, lq).permute(0, 3, 1, 2).reshape(bsz, lq, hq)
+    return out, lse, (probs.reshape(bsz, hkv, group, lq, lk) if return_probs else None)
+
+
+@dataclass
+class BlockLayout:
+    """Selection blocks of a token set: which block each token / compressed token belongs to.
+
+    block_of_token (N,) and block_of_compressed (M,) index blocks 0..num_blocks-1 (lexicographic order);
+    block_tokens (num_blocks, P) lists each block's token rows, padded with -1; block_batch_start (B+1,)
+    delimits each batch element's blocks.
+    """
+
+    block_of_token: torch.Tensor
+    block_of_compressed: torch.Tensor
+    block_tokens: torch.Tensor
+    block_batch_start: torch.Tensor
+
+    @property
+    def num_blocks(self) -> int:
+        return int(self.block_tokens.shape[0])
+
+
+def block_layout(
+    coords: torch.Tensor, compressed_coords: torch.Tensor, compression_block_size: int, selection_block_size: int
+) -> BlockLayout:
+    """Group tokens (coords (N, 4)) and compressed tokens (coords at 1/compression_block_size) into blocks."""
+    if selection_block_size % compression_block_size:
+        raise ValueError("selection_block_size must be a multiple of compression_block_size")
+    token_block = coords.long().clone()
+    token_block[:, 1:] //= selection_block_size
+    comp_block = compressed_coords.long().clone()
+    comp_block[:, 1:] //= selection_block_size // compression_block_size
+    # one packing for both so codes are comparable
+    both = _pack(torch.cat([token_block, comp_block]))
+    token_code, comp_code = both[: coords.shape[0]], both[coords.shape[0] :]
+    codes, block_of_token = torch.unique(token_code, return_inverse=True)
+    block_of_compressed = torch.searchsorted(codes, comp_code)
+    if block_of_compressed.numel() and (
+        block_of_compressed.max() >= codes.numel() or not torch.equal(codes[block_of_compressed], comp_code)
+    ):
+        raise ValueError("compressed tokens do not lie in the blocks of the tokens")
+    num_blocks = codes.numel()
+    sizes = torch.bincount(block_of_token, minlength=num_blocks)
+    order = torch.argsort(block_of_token, stable=True)
+    starts = torch.cumsum(sizes, 0) - sizes
+    slot = torch.arange(order.numel(), device=coords.device) - starts[block_of_token[order]]
+    width = int(sizes.max().item()) if num_blocks else 0
+    block_tokens = torch.full((num_blocks, width), -1, dtype=torch.long, device=coords.device)
+    block_tokens[block_of_token[order], slot] = order
+    # blocks are sorted batch-first, so each batch element owns a contiguous range of block ids
+    first_token_batch = coords[:, 0].long()[order[starts]] if num_blocks else coords.new_zeros(0).long()
+    nb = int(coords[:, 0].max().item()) + 1 if coords.shape[0] else 0
+    per_batch = torch.bincount(first_token_batch, minlength=nb)
+    block_batch_start = torch.cat([per_batch.new_zeros(1), torch.cumsum(per_batch, 0)])
+    return BlockLayout(block_of_token, block_of_compressed, block_tokens, block_batch_start)
+
+
+def _rows_per_chunk(bytes_per_row: float, chunk_bytes: int) -> int:
+    return max(1, int(chunk_bytes // max(bytes_per_row, 1.0)))
+
+
+def compressed_attention_topk(
+    q: torch.Tensor,
+    compressed_k: torch.Tensor,
+    compressed_v: torch.Tensor,
+    q_slices: list[slice],
+    compressed_slices: list[slice],
+    layout: BlockLayout,
+    topk: int,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Compressed attention and the top-k selection blocks it implies.
+
+    q (N, Hq, D); compressed_k/v (M, Hkv, D). Returns out (N, Hq, D) float32, lse (N, Hq), and
+    topk_blocks (Hkv, N, topk) int64 global block ids, ascending, -1 padded where a batch element has fewer
+    than ``topk`` blocks. The block score of a query is sum over its kv head's query heads and over the
+    compressed tokens in the block of softmax probabilities (the official ``get_block_score``).
+    """
+    n, hq, dim = q.shape
+    hkv = compressed_k.shape[1]
+    out = torch.empty(n, hq, dim, dtype=torch.float32, device=q.device)
+    lse = torch.empty(n, hq, dtype=torch.float32, device=q.device)
+    topk_blocks = torch.full((hkv, n, topk), -1, dtype=torch.long, device=q.device)
+    for b, (qs, cs) in enumerate(zip(q_slices, compressed_slices, strict=True)):
+        m = cs.stop - cs.start
+        if qs.stop == qs.start:
+            continue
+        if m == 0:
+            raise ValueError(f"batch element {b} has tokens but no compressed tokens")
+        block_start = int(layout.block_batch_start[b])
+        nblocks = int(layout.block_batch_start[b + 1]) - block_start
+        local_block = (layout.block_of_compressed[cs] - block_start).view(1, 1, m)
+        real_topk = min(topk, nblocks)
+        ck, cv = compressed_k[cs].unsqueeze(0), compressed_v[cs].unsqueeze(0)
+        # scores+probs (Hq*m floats) plus block scores (Hkv*nblocks) per query
+        rows = _rows_per_chunk(4.0 * (2 * hq * m + 2 * hkv * nblocks), chunk_bytes)
+        for start in range(qs.start, qs.stop, rows):
+            stop = min(start + rows, qs.stop)
+            o, l_, probs = attend(q[start:stop].unsqueeze(0), ck, cv, return_probs=True)
+            out[start:stop], lse[start:stop] = o[0], l_[0]
+            token_scores = probs[0].sum(dim=1)  # (Hkv, rows, m): summed over the heads of a kv group
+            block_scores = token_scores.new_zeros(hkv, stop - start, nblocks)
+            block_scores.scatter_add_(2, local_block.expand_as(token_scores), token_scores)
+            chosen = block_scores.topk(real_topk, dim=-1).indices.sort(dim=-1).values
+            topk_blocks[:, start:stop, :real_topk] = chosen + block_start
+    return out, lse, topk_blocks
+
+
+def selection_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    topk_blocks: torch.Tensor,
+    layout: BlockLayout,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> torch.Tensor:
+    """Each query (and kv head) attends to the union of tokens of its selected blocks; one softmax.
+
+    q (N, Hq, D); k, v (N, Hkv, D); topk_blocks (Hkv, N, K) global block ids (-1 = none). Returns (N, Hq, D)
+    float32.
+    """
+    n, hq, dim = q.shape
+    hkv, _, kk = topk_blocks.shape
+    group = hq // hkv
+    out = torch.empty(n, hq, dim, dtype=torch.float32, device=q.device)
+    if n == 0:
+        return out
+    pad = layout.block_tokens.shape[1]
+    # padded lookup: block id -1 maps to an all-padding row
+    table = torch.cat([layout.block_tokens, layout.block_tokens.new_full((1, pad), -1)])
+    heads = torch.arange(hkv, device=q.device).view(1, 1, hkv)
+    rows = _rows_per_chunk(4.0 * kk * pad * hkv * (2 * dim + 2 * group + 2), chunk_bytes)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        blocks = topk_blocks[:, start:stop].permute(1, 2, 0)  # (rows, K, Hkv)
+        blocks = torch.where(blocks < 0, layout.num_blocks, blocks)
+        idx = table[blocks].permute(0, 1, 3, 2).reshape(stop - start, kk * pad, hkv)  # (rows, K*P, Hkv)
+        valid = idx >= 0
+        idx = idx.clamp(min=0)
+        k_sel = k[idx, heads.expand_as(idx)]  # (rows, K*P, Hkv, D)
+        v_sel = v[idx, heads.expand_as(idx)]
+        o, _, _ = attend(q[start:stop].unsqueeze(1), k_sel, v_sel, key_mask=valid)
+        out[start:stop] = o[:, 0]
+    return out
+
+
+def window_partition(coords: torch.Tensor, window_size: int, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window id of every token: windows are ``(b, (x+shift)//ws, (y+shift)//ws, (z+shift)//ws)``.
+
+    Returns (window_of_token (N,) in 0..W-1, window_sizes (W,)).
+    """
+    c = coords.long().clone()
+    c[:, 1:] = (c[:, 1:] + shift) // window_size
+    _, window_of_token, sizes = torch.unique(_pack(c), return_inverse=True, return_counts=True)
+    return window_of_token, sizes
+
+
+def window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    coords: torch.Tensor,
+    window_size: int,
+    shift: int,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> torch.Tensor:
+    """Full attention inside each (shifted) window, windows padded and processed in memory-bounded groups.
+
+    q (N, Hq, D); k, v (N, Hkv, D); coords (N, 4). Returns (N, Hq, D) float32.
+    """
+    n, hq, dim = q.shape
+    hkv = k.shape[1]
+    out = torch.empty(n, hq, dim, dtype=torch.float32, device=q.device)
+    if n == 0:
+        return out
+    window_of_token, sizes = window_partition(coords, window_size, shift)
+    order = torch.argsort(window_of_token, stable=True)
+    starts = torch.cumsum(sizes, 0) - sizes
+    slot = torch.arange(n, device=q.device) - starts[window_of_token[order]]
+    # biggest windows first so each group is padded to a similar size
+    by_size = torch.argsort(sizes, descending=True, stable=True)
+    rank = torch.empty_like(by_size)
+    rank[by_size] = torch.arange(by_size.numel(), device=q.device)
+    width = int(sizes.max().item())
+    table = torch.full((sizes.numel(), width), -1, dtype=torch.long, device=q.device)
+    table[rank[window_of_token[order]], slot] = order
+    sizes_sorted = sizes[by_size].tolist()
+    w = 0
+    while w < len(sizes_sorted):
+        pad = sizes_sorted[w]
+        per_window = 4.0 * pad * (2 * hq * pad + 2 * hkv * dim + 2 * hq * dim)
+        count = _rows_per_chunk(per_window, chunk_bytes)
+        idx = table[w : w + count, :pad]
+        valid = idx >= 0
+        safe = idx.clamp(min=0)
+        o, _, _ = attend(q[safe], k[safe], v[safe], key_mask=valid)
+        out[idx[valid]] = o[valid]
+        w += count
+    return out
+
+
+def spatial_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    coords: torch.Tensor,
+    compressed_k: torch.Tensor,
+    compressed_v: torch.Tensor,
+    compressed_coords: torch.Tensor,
+    gate: torch.Tensor,
+    compression_block_size: int,
+    selection_block_size: int,
+    topk: int,
+    window_size: int,
+    shift_window: int,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> torch.Tensor:
+    """Gated sum of the three branches. q (N, Hq, D); k, v (N, Hkv, D); gate (N, 3). Returns (N, Hq, D) float32."""
+    layout = block_layout(coords, compressed_coords, compression_block_size, selection_block_size)
+    q_slices = batch_slices(coords[:, 0])
+    c_slices = batch_slices(compressed_coords[:, 0])
+    if len(c_slices) != len(q_slices):
+        raise ValueError("tokens and compressed tokens cover different batch elements")
+    out_c, _, topk_blocks = compressed_attention_topk(
+        q, compressed_k, compressed_v, q_slices, c_slices, layout, topk, chunk_bytes
+    )
+    out = out_c.mul_(gate[:, 0:1, None].float())
+    out_s = selection_attention(q, k, v, topk_blocks, layout, chunk_bytes)
+    out.addcmul_(gate[:, 1:2, None].float(), out_s)
+    del out_s
+    out_w = window_attention(q, k, v, coords, window_size, shift_window, chunk_bytes)
+    out.addcmul_(gate[:, 2:3, None].float(), out_w)
+    return out
+
+
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "BlockLayout",
+    "attend",
+    "batch_slices",
+    "block_layout",
+    "compressed_attention_topk",
+    "selection_attention",
+    "spatial_sparse_attention",
+    "window_attention",
+    "window_partition",
+]

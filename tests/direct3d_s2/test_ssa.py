@@ -1,0 +1,198 @@
+"""SSA branches against brute-force dense masked attention on small inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from consistent3dgen.generators.direct3d_s2 import ssa
+
+HQ, HKV, DIM = 4, 2, 8
+
+
+def _random_coords(counts: list[int], extent: int, gen: torch.Generator, shuffle: bool) -> torch.Tensor:
+    rows = []
+    for b, n in enumerate(counts):
+        flat = torch.randperm(extent**3, generator=gen)[:n]
+        xyz = torch.stack([flat // extent**2, (flat // extent) % extent, flat % extent], 1)
+        if not shuffle:  # block order, as the pipeline's sort_block gives
+            xyz = xyz[torch.argsort(flat)]
+        rows.append(torch.cat([torch.full((n, 1), b), xyz], 1))
+    return torch.cat(rows).int()
+
+
+def _compressed_coords(coords: torch.Tensor, factor: int) -> torch.Tensor:
+    c = coords.clone()
+    c[:, 1:] //= factor
+    return torch.unique(c, dim=0).int()  # lexicographic, batch first (as SparseDownsample)
+
+
+def _dense_reference(q, k, v, mask):
+    """softmax(q k^T / sqrt(d)) v with mask (Hkv, Nq, Nk) → (Nq, Hq, D), probs (Hq, Nq, Nk)."""
+    group = q.shape[1] // k.shape[1]
+    kk = k.double().repeat_interleave(group, dim=1)
+    vv = v.double().repeat_interleave(group, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q.double(), kk) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~mask.repeat_interleave(group, dim=0), float("-inf"))
+    probs = scores.softmax(-1)
+    return torch.einsum("hqk,khd->qhd", probs, vv), probs, torch.logsumexp(scores, -1).T
+
+
+def _block_keys(coords: torch.Tensor, size: int) -> list[tuple]:
+    return [(int(r[0]), int(r[1]) // size, int(r[2]) // size, int(r[3]) // size) for r in coords]
+
+
+def _setup(seed: int, counts: list[int], extent: int, cbs: int, shuffle: bool):
+    gen = torch.Generator().manual_seed(seed)
+    coords = _random_coords(counts, extent, gen, shuffle)
+    ccoords = _compressed_coords(coords, cbs)
+    n, m = coords.shape[0], ccoords.shape[0]
+    q = torch.randn(n, HQ, DIM, generator=gen) * 2
+    k = torch.randn(n, HKV, DIM, generator=gen) * 2
+    v = torch.randn(n, HKV, DIM, generator=gen)
+    ck = torch.randn(m, HKV, DIM, generator=gen) * 2
+    cv = torch.randn(m, HKV, DIM, generator=gen)
+    return coords, ccoords, q, k, v, ck, cv
+
+
+def _brute_topk(q, ck, coords, ccoords, cbs, sbs, topk):
+    """Per query and kv head: the set of selection-block keys with the largest summed probabilities."""
+    same_batch = coords[:, 0:1] == ccoords[:, 0].unsqueeze(0)
+    _, probs, _ = _dense_reference(q, ck, ck, same_batch.unsqueeze(0).expand(HKV, -1, -1))
+    group = HQ // HKV
+    token_scores = probs.reshape(HKV, group, *probs.shape[1:]).sum(1)  # (Hkv, N, M)
+    cblock = _block_keys(ccoords, sbs // cbs)
+    names = sorted(set(cblock))
+    onehot = torch.zeros(len(cblock), len(names), dtype=torch.float64)
+    for j, key in enumerate(cblock):
+        onehot[j, names.index(key)] = 1
+    block_scores = token_scores @ onehot  # (Hkv, N, nblocks)
+    result = []
+    for g in range(HKV):
+        per_query = []
+        for i in range(coords.shape[0]):
+            own = [j for j, name in enumerate(names) if name[0] == int(coords[i, 0])]
+            s = block_scores[g, i, own]
+            best = torch.topk(s, min(topk, len(own))).indices
+            per_query.append({names[own[j]] for j in best.tolist()})
+        result.append(per_query)
+    return result, names
+
+
+@pytest.mark.parametrize("cbs,sbs,shuffle", [(2, 4, False), (4, 4, True), (2, 4, True)])
+def test_compressed_branch_and_topk_match_brute_force(cbs, sbs, shuffle):
+    coords, ccoords, q, k, v, ck, cv = _setup(0, [70, 45], 12, cbs, shuffle)
+    layout = ssa.block_layout(coords, ccoords, cbs, sbs)
+    topk = 3
+    out, lse, topk_blocks = ssa.compressed_attention_topk(
+        q, ck, cv, ssa.batch_slices(coords[:, 0]), ssa.batch_slices(ccoords[:, 0]), layout, topk, chunk_bytes=2048
+    )
+    same_batch = (coords[:, 0:1] == ccoords[:, 0].unsqueeze(0)).unsqueeze(0).expand(HKV, -1, -1)
+    ref, _, ref_lse = _dense_reference(q, ck, cv, same_batch)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse.double(), ref_lse, atol=1e-5, rtol=1e-5)
+
+    expected, names = _brute_topk(q, ck, coords, ccoords, cbs, sbs, topk)
+    assert layout.num_blocks == len(names)
+    # block ids are in lexicographic (batch, bx, by, bz) order: same as the sorted names
+    for g in range(HKV):
+        for i in range(coords.shape[0]):
+            got = {names[j] for j in topk_blocks[g, i].tolist() if j >= 0}
+            assert got == expected[g][i]
+            ids = topk_blocks[g, i][topk_blocks[g, i] >= 0]
+            assert torch.all(ids[1:] > ids[:-1])  # ascending, as the official sort(-1)
+
+
+def test_topk_padding_when_fewer_blocks_than_topk():
+    coords, ccoords, q, k, v, ck, cv = _setup(1, [30, 8], 6, 2, False)
+    layout = ssa.block_layout(coords, ccoords, 2, 4)
+    nblocks_b1 = int(layout.block_batch_start[2] - layout.block_batch_start[1])
+    topk = nblocks_b1 + 2
+    _, _, topk_blocks = ssa.compressed_attention_topk(
+        q, ck, cv, ssa.batch_slices(coords[:, 0]), ssa.batch_slices(ccoords[:, 0]), layout, topk
+    )
+    rows_b1 = coords[:, 0] == 1
+    assert (topk_blocks[:, rows_b1, nblocks_b1:] == -1).all()
+    assert (topk_blocks[:, rows_b1, :nblocks_b1] >= layout.block_batch_start[1]).all()
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_selection_branch_matches_masked_dense(shuffle):
+    cbs, sbs = 2, 4
+    coords, ccoords, q, k, v, ck, cv = _setup(2, [80, 50], 12, cbs, shuffle)
+    layout = ssa.block_layout(coords, ccoords, cbs, sbs)
+    gen = torch.Generator().manual_seed(3)
+    n = coords.shape[0]
+    topk = 3
+    # arbitrary per-query choices of own-batch blocks, with some -1 padding
+    topk_blocks = torch.full((HKV, n, topk), -1, dtype=torch.long)
+    for i in range(n):
+        b = int(coords[i, 0])
+        lo, hi = int(layout.block_batch_start[b]), int(layout.block_batch_start[b + 1])
+        for g in range(HKV):
+            kk = 1 + int(torch.randint(0, topk, (1,), generator=gen))
+            topk_blocks[g, i, :kk] = lo + torch.randperm(hi - lo, generator=gen)[:kk].sort().values
+    out = ssa.selection_attention(q, k, v, topk_blocks, layout, chunk_bytes=4096)
+    token_block = layout.block_of_token
+    mask = torch.zeros(HKV, n, n, dtype=torch.bool)
+    for g in range(HKV):
+        for i in range(n):
+            chosen = topk_blocks[g, i][topk_blocks[g, i] >= 0]
+            mask[g, i] = torch.isin(token_block, chosen)
+    ref, _, _ = _dense_reference(q, k, v, mask)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    # the layout maps tokens to the right blocks
+    names = sorted(set(_block_keys(coords, sbs)))
+    assert [names[j] for j in token_block.tolist()] == _block_keys(coords, sbs)
+
+
+@pytest.mark.parametrize("shift", [0, 4])
+def test_window_branch_matches_masked_dense(shift):
+    coords, _, q, k, v, _, _ = _setup(4, [120, 60], 16, 2, True)
+    out = ssa.window_attention(q, k, v, coords, window_size=8, shift=shift, chunk_bytes=8192)
+    keys = [(int(r[0]), (int(r[1]) + shift) // 8, (int(r[2]) + shift) // 8, (int(r[3]) + shift) // 8) for r in coords]
+    same = torch.tensor([[a == b for b in keys] for a in keys])
+    ref, _, _ = _dense_reference(q, k, v, same.unsqueeze(0).expand(HKV, -1, -1))
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    assert len(set(keys)) > 4  # several windows, so the mask matters
+
+
+def test_gated_sum_equals_weighted_branches():
+    cbs, sbs, topk = 2, 4, 2
+    coords, ccoords, q, k, v, ck, cv = _setup(5, [60, 40], 12, cbs, False)
+    gate = torch.rand(coords.shape[0], 3)
+    out = ssa.spatial_sparse_attention(
+        q, k, v, coords, ck, cv, ccoords, gate, cbs, sbs, topk, window_size=8, shift_window=4, chunk_bytes=4096
+    )
+    # brute force: every branch as a dense masked attention
+    n = coords.shape[0]
+    same_batch = (coords[:, 0:1] == ccoords[:, 0].unsqueeze(0)).unsqueeze(0).expand(HKV, -1, -1)
+    ref_c, _, _ = _dense_reference(q, ck, cv, same_batch)
+    expected, names = _brute_topk(q, ck, coords, ccoords, cbs, sbs, topk)
+    token_names = _block_keys(coords, sbs)
+    sel_mask = torch.tensor([[[token_names[j] in expected[g][i] for j in range(n)] for i in range(n)] for g in range(HKV)])
+    ref_s, _, _ = _dense_reference(q, k, v, sel_mask)
+    keys = [(int(r[0]), (int(r[1]) + 4) // 8, (int(r[2]) + 4) // 8, (int(r[3]) + 4) // 8) for r in coords]
+    win_mask = torch.tensor([[a == b for b in keys] for a in keys]).unsqueeze(0).expand(HKV, -1, -1)
+    ref_w, _, _ = _dense_reference(q, k, v, win_mask)
+    g = gate.double()[:, :, None]
+    ref = g[:, 0:1] * ref_c + g[:, 1:2] * ref_s + g[:, 2:3] * ref_w
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_chunking_does_not_change_results():
+    coords, ccoords, q, k, v, ck, cv = _setup(6, [90], 12, 2, False)
+    gate = torch.rand(coords.shape[0], 3)
+    args = (q, k, v, coords, ck, cv, ccoords, gate, 2, 4, 3, 8, 0)
+    small = ssa.spatial_sparse_attention(*args, chunk_bytes=1)  # one row / window at a time
+    big = ssa.spatial_sparse_attention(*args, chunk_bytes=2**30)
+    torch.testing.assert_close(small, big, atol=1e-6, rtol=1e-6)
+
+
+def test_compressed_tokens_outside_blocks_rejected():
+    coords = torch.tensor([[0, 0, 0, 0], [0, 1, 1, 1]], dtype=torch.int32)
+    bad = torch.tensor([[0, 3, 3, 3]], dtype=torch.int32)
+    with pytest.raises(ValueError, match="compressed tokens"):
+        ssa.block_layout(coords, bad, 2, 4)

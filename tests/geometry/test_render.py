@@ -132,8 +132,9 @@ def test_render_pointmap() -> None:
     assert np.isnan(pm.points[~pm.mask]).all()
     dist = np.linalg.norm(pm.valid_points() - [0, 0, 3], axis=1)
     assert np.all(np.abs(dist - 0.5) < 0.01)
-    np.testing.assert_array_equal(render.render_silhouette(sphere.vertices + [0, 0, 3], sphere.faces, k, 48, 40),
-                                  pm.mask)
+    np.testing.assert_array_equal(
+        render.render_silhouette(sphere.vertices + [0, 0, 3], sphere.faces, k, 48, 40), pm.mask
+    )
     with pytest.raises(InputError, match="not visible"):
         render.render_pointmap(sphere.vertices + [0, 0, -3], sphere.faces, k, 48, 40)
 

@@ -1,0 +1,165 @@
+"""Sparse marching cubes (watertight, accurate, brick-independent), simplification and export."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from skimage.measure import marching_cubes
+
+from consistent3dgen.errors import InputError
+from consistent3dgen.geometry.extract import export_mesh, simplify_mesh, sparse_marching_cubes
+from consistent3dgen.geometry.voxels import SparseVoxels, voxel_centers
+
+
+def _band_sdf(resolution: int, distance, lo: np.ndarray, hi: np.ndarray, band: float, solid: bool) -> SparseVoxels:
+    """Voxels in the box [lo, hi] (canonical) within ``band`` voxels of the surface (or everything inside if solid);
+    values are the distance in band units, clipped to [-1, 1]."""
+    h = 2.0 / resolution
+    a = np.clip(np.floor((lo + 1) / h).astype(int), 0, resolution - 1)
+    b = np.clip(np.ceil((hi + 1) / h).astype(int), 1, resolution)
+    grid = np.stack(np.meshgrid(*[np.arange(x, y) for x, y in zip(a, b, strict=True)], indexing="ij"), -1)
+    grid = grid.reshape(-1, 3)
+    d = distance(voxel_centers(grid, resolution).astype(np.float64))
+    keep = d < band * h if solid else np.abs(d) < band * h
+    return SparseVoxels(grid[keep], resolution, np.clip(d[keep] / (band * h), -1, 1).astype(np.float32)[:, None])
+
+
+def _sphere(center=(0.03, -0.02, 0.01), radius=0.6):
+    c = np.asarray(center)
+    return lambda p: np.linalg.norm(p - c, axis=1) - radius
+
+
+def _torus(major=0.55, minor=0.2):
+    return lambda p: np.hypot(np.hypot(p[:, 0], p[:, 2]) - major, p[:, 1]) - minor
+
+
+def test_sphere_is_watertight_outward_and_within_a_voxel() -> None:
+    r = 64
+    sdf = _band_sdf(r, _sphere(), np.full(3, -0.7), np.full(3, 0.7), band=3, solid=True)
+    v, f = sparse_marching_cubes(sdf, brick=16)
+    mesh = trimesh.Trimesh(v, f, process=False)
+    assert mesh.is_watertight and mesh.is_winding_consistent
+    assert mesh.volume > 0  # normals point outwards (towards positive values)
+    dist = np.linalg.norm(v - np.array([0.03, -0.02, 0.01]), axis=1) - 0.6
+    assert np.abs(dist).max() < 2.0 / r  # within one voxel
+    assert mesh.volume == pytest.approx(4 / 3 * np.pi * 0.6**3, rel=0.02)
+
+
+def test_thin_shell_torus_band_is_watertight() -> None:
+    r = 96
+    # A thin shell (|d| - 1.5 voxels): two closed layers, no interior voxels, like the project's shell SDF.
+    shell = _torus()
+    sdf = _band_sdf(r, lambda p: np.abs(shell(p)) - 1.5 * 2 / r, np.full(3, -0.85), np.full(3, 0.85), 3, False)
+    v, f = sparse_marching_cubes(sdf, brick=16)
+    mesh = trimesh.Trimesh(v, f, process=False)
+    assert mesh.is_watertight
+    assert mesh.body_count == 2  # outer and inner layer of the shell
+    assert np.abs(np.abs(shell(v.astype(np.float64))) - 3.0 / r).max() < 2.0 / r
+
+
+def test_brick_borders_weld_to_the_single_brick_result() -> None:
+    r = 48
+    sdf = _band_sdf(r, _torus(), np.full(3, -0.85), np.full(3, 0.85), band=2, solid=True)
+    v_one, f_one = sparse_marching_cubes(sdf, brick=64)  # one brick covers the padded grid: nothing to weld
+    v_many, f_many = sparse_marching_cubes(sdf, brick=5)
+    assert len(v_many) == len(v_one) and len(f_many) == len(f_one)
+    np.testing.assert_allclose(np.unique(np.round(v_many, 5), axis=0), np.unique(np.round(v_one, 5), axis=0))
+    assert trimesh.Trimesh(v_many, f_many, process=False).is_watertight
+
+
+def test_matches_dense_skimage() -> None:
+    r = 40
+    sdf = _band_sdf(r, _sphere(radius=0.5), np.full(3, -1.0), np.full(3, 1.0), band=2, solid=True)
+    dense = sdf.to_dense(fill=1.0)[0]
+    dv, _, _, _ = marching_cubes(np.pad(dense, 1, constant_values=1.0), level=0.0)
+    dv = -1.0 + (2.0 * (dv - 1.0) + 1.0) / r
+    v, _ = sparse_marching_cubes(sdf, brick=8)
+    assert len(v) == len(dv)
+    tree_d = trimesh.Trimesh(v, np.zeros((0, 3), int), process=False).kdtree
+    dist, _ = tree_d.query(dv)
+    assert dist.max() < 1e-3 * 2 / r  # same vertices up to the level nudge
+
+
+def test_surface_touching_the_grid_border_is_closed() -> None:
+    r = 32
+    # A sphere larger than the cube: the surface is cut by the grid border and closed there by the padding.
+    sdf = _band_sdf(r, _sphere(center=(0.0, 0.0, 0.0), radius=1.2), np.full(3, -1.0), np.full(3, 1.0), 2, True)
+    v, f = sparse_marching_cubes(sdf, brick=8)
+    mesh = trimesh.Trimesh(v, f, process=False)
+    assert mesh.is_watertight and mesh.volume > 0
+    assert v.min() >= -1.0 and v.max() <= 1.0
+
+
+def test_values_exactly_at_the_level_still_weld() -> None:
+    r = 32
+    # Quantised values put many samples exactly on the level; the nudge keeps the weld by grid edge valid.
+    sdf = _band_sdf(r, _sphere(radius=0.5), np.full(3, -0.7), np.full(3, 0.7), band=2, solid=True)
+    sdf.feats = np.round(sdf.feats * 2) / 2
+    assert np.sum(sdf.feats == 0) > 100
+    v, f = sparse_marching_cubes(sdf, brick=4)
+    assert trimesh.Trimesh(v, f, process=False).is_watertight
+
+
+def test_bad_sdf_raises_input_error() -> None:
+    coords = np.array([[1, 2, 3], [4, 5, 6]])
+    with pytest.raises(InputError, match="one SDF value"):
+        sparse_marching_cubes(SparseVoxels(coords, 16))
+    with pytest.raises(InputError, match="nothing to extract"):
+        sparse_marching_cubes(SparseVoxels(coords, 16, np.array([0.5, 0.2], np.float32)))
+    with pytest.raises(InputError, match="NaN"):
+        sparse_marching_cubes(SparseVoxels(coords, 16, np.array([np.nan, -0.2], np.float32)))
+
+
+def test_simplify_keeps_budget_and_open_rim() -> None:
+    hemi = trimesh.creation.icosphere(subdivisions=4)
+    keep = hemi.vertices[hemi.faces].mean(axis=1)[:, 2] > 0
+    open_mesh = trimesh.Trimesh(hemi.vertices, hemi.faces[keep])
+    rim_before = len(open_mesh.outline().entities)
+    v, f = simplify_mesh(open_mesh.vertices, open_mesh.faces, max_faces=500)
+    assert 400 <= len(f) <= 500
+    out = trimesh.Trimesh(v, f)
+    assert len(out.outline().entities) == rim_before == 1
+    # The rim stays on the z ≈ 0 circle: border vertices are not collapsed away.
+    rim = out.vertices[np.unique(out.outline().entities[0].points)]
+    np.testing.assert_allclose(np.linalg.norm(rim[:, :2], axis=1), 1.0, atol=0.02)
+    same_v, same_f = simplify_mesh(open_mesh.vertices, open_mesh.faces, max_faces=10**6)
+    assert len(same_f) == len(open_mesh.faces)
+
+
+@pytest.mark.parametrize("ext", [".glb", ".obj", ".ply", ".stl"])
+def test_export_round_trips(tmp_path: Path, ext: str) -> None:
+    box = trimesh.creation.box(extents=(1.0, 2.0, 0.5))
+    colors = np.tile(np.array([[200, 30, 40, 255]], np.uint8), (len(box.vertices), 1))
+    out = export_mesh(box.vertices, box.faces, tmp_path / f"sub/box{ext}", vertex_colors=colors)
+    assert out.exists()
+    loaded = trimesh.load(out, force="mesh", process=True)
+    assert len(loaded.faces) == len(box.faces)
+    assert loaded.volume == pytest.approx(1.0, rel=1e-5)
+    np.testing.assert_allclose(loaded.bounds, box.bounds, atol=1e-6)
+    if ext in (".ply", ".glb"):
+        np.testing.assert_array_equal(
+            loaded.visual.vertex_colors[:, :3], np.tile([200, 30, 40], (len(loaded.vertices), 1))
+        )
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary file left beside it
+
+
+def test_failed_export_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    box = trimesh.creation.box()
+    with pytest.raises(InputError, match="unknown mesh format"):
+        export_mesh(box.vertices, box.faces, tmp_path / "box.fbx")
+    with pytest.raises(InputError):
+        export_mesh(box.vertices, box.faces + 100, tmp_path / "box.obj")
+
+    def broken_export(self, file_obj=None, file_type=None, **kw):  # noqa: ANN001, ANN202
+        with open(file_obj, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(trimesh.Trimesh, "export", broken_export)
+    with pytest.raises(OSError, match="disk full"):
+        export_mesh(box.vertices, box.faces, tmp_path / "box.ply")
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,132 @@
+"""Flow-matching Euler sampler with classifier-free guidance, front-partial guidance and debugging hooks.
+
+Model-agnostic: the model is a velocity function ``v(x, timestep, cond)`` with ``timestep`` a (1,) tensor of
+``1000·sigma``; ``x`` may be a dense (B, C, L, L, L) or sparse (N, C) latent. Conventions as diffusers'
+``FlowMatchEulerDiscreteScheduler``: ``x_t = (1 − σ)x_0 + σε``, ``v = ε − x_0``, and one step is
+``x ← x + (σ_next − σ)·v`` computed in float32 and cast back to the velocity's dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .guidance import FrontGuidance
+from .schedule import FlowMatchSchedule
+
+VelocityFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+
+
+@dataclass
+class StepInfo:
+    """Passed to the callback after each step (tensors are the sampler's own: clone to keep them)."""
+
+    index: int
+    sigma: float
+    sigma_next: float
+    x: torch.Tensor  # before the step
+    velocity: torch.Tensor  # after CFG, before front guidance
+    x0_pred: torch.Tensor  # x − σ·v
+    x_next: torch.Tensor  # after the step and the guidance
+
+
+@dataclass
+class SampleResult:
+    x: torch.Tensor
+    trajectory: list[torch.Tensor] = field(default_factory=list)  # x before each step, then the result
+    x0_predictions: list[torch.Tensor] = field(default_factory=list)
+
+
+def initial_noise(
+    shape: tuple[int, ...],
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Starting noise drawn as the official pipeline draws it (one ``torch.randn`` of the latent shape)."""
+    return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+
+
+def cfg_velocity(velocity_fn: VelocityFn, x: torch.Tensor, t: torch.Tensor, cond: Any, uncond: Any, scale: float):
+    """``uncond + scale·(cond − uncond)`` from two model calls (cond first, as the official pipeline)."""
+    v_cond = velocity_fn(x, t, cond)
+    if uncond is None:
+        return v_cond
+    v_uncond = velocity_fn(x, t, uncond)
+    return v_uncond + scale * (v_cond - v_uncond)
+
+
+def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor):
+    """diffusers' step: float32 math with 0-d float32 sigmas, cast back to the velocity's dtype."""
+    return (x.to(torch.float32) + (sigma_next - sigma) * velocity).to(velocity.dtype)
+
+
+def sample(
+    velocity_fn: VelocityFn,
+    noise: torch.Tensor,
+    schedule: FlowMatchSchedule,
+    cond: Any = None,
+    *,
+    uncond: Any = "zeros",
+    cfg_scale: float = 7.0,
+    guidance: FrontGuidance | None = None,
+    x_start: torch.Tensor | None = None,
+    start_index: int = 0,
+    generator: torch.Generator | None = None,
+    timestep_dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+    desc: str = "sampling",
+    callback: Callable[[StepInfo], None] | None = None,
+    return_trajectory: bool = False,
+) -> SampleResult:
+    """Integrate the flow from ``noise`` (or from ``x_start`` noised to ``sigmas[start_index]``) down to sigma 0.
+
+    cond / uncond: conditioning passed to ``velocity_fn``; ``uncond="zeros"`` uses ``zeros_like(cond)``,
+        ``None`` (or ``cond=None``) disables classifier-free guidance.
+    guidance: front-partial guidance (None or strength 0 = plain sampler).
+    x_start, start_index: SDEdit start, ``x = (1 − σ_s)·x_start + σ_s·noise``; noise is also the guidance's ε.
+    timestep_dtype: dtype of the timestep given to the model (the official pipeline uses the latent dtype).
+    callback: called with a :class:`StepInfo` after every step; ``return_trajectory`` keeps x and x̂₀ per step.
+    """
+    if not 0 <= start_index <= len(schedule):
+        raise ValueError(f"start_index {start_index} outside [0, {len(schedule)}]")
+    sigmas = schedule.sigmas.to(torch.float32)
+    if cond is None:
+        uncond = None
+    elif isinstance(uncond, str):
+        if uncond != "zeros" or not torch.is_tensor(cond):
+            raise ValueError("uncond='zeros' needs a tensor cond; pass the unconditional input explicitly")
+        uncond = torch.zeros_like(cond)
+    if x_start is not None:
+        if x_start.shape != noise.shape:
+            raise ValueError(f"x_start shape {tuple(x_start.shape)} != noise shape {tuple(noise.shape)}")
+        s0 = sigmas[start_index]
+        x = ((1 - s0) * x_start.to(torch.float32) + s0 * noise.to(torch.float32)).to(noise.dtype)
+    else:
+        x = noise.clone()
+    prepared = guidance.prepare(noise) if guidance is not None else None
+    result = SampleResult(x)
+    device = x.device
+    for i in tqdm(range(start_index, len(schedule)), desc=desc, disable=not progress, leave=False):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        t = torch.tensor([float(schedule.timesteps[i])], dtype=timestep_dtype, device=device)
+        v = cfg_velocity(velocity_fn, x, t, cond, uncond, cfg_scale)
+        x_next = euler_step(x, v, sigma, sigma_next)
+        if prepared is not None and prepared.active(float(sigma)):
+            prepared.apply_(x, v, x_next, float(sigma), float(sigma_next), generator)
+        if callback is not None or return_trajectory:
+            x0_pred = (x.to(torch.float32) - sigma * v).to(v.dtype)
+            if return_trajectory:
+                result.trajectory.append(x)
+                result.x0_predictions.append(x0_pred)
+            if callback is not None:
+                callback(StepInfo(i, float(sigma), float(sigma_next), x, v, x0_pred, x_next))
+        x = x_next
+    if return_trajectory:
+        result.trajectory.append(x)
+    result.x = x
+    return result

@@ -1,0 +1,209 @@
+"""Scores: how well a mesh matches its input view (depth, normals, silhouette), and Chamfer / F-score between
+two surfaces.
+
+Conventions, stated once:
+
+* Input-view consistency renders the mesh from the point map's own camera (its intrinsics, mesh given in the
+  camera frame) and compares pixel by pixel. Depth errors are absolute z differences over pixels valid in both,
+  divided by the object's size = the bounding-box diagonal of the point map's valid points. Point-map normals
+  come from finite differences of neighbouring points (central where both neighbours are valid, else
+  one-sided), oriented towards the camera like the rendered normals.
+* Chamfer / F-score sample both surfaces uniformly by area (seeded), divide all distances by the reference's
+  bounding-box diagonal, and use Euclidean nearest-neighbour distances (scipy cKDTree).
+  ``chamfer_l1`` = (mean d(a→ref) + mean d(ref→a)) / 2; ``chamfer_l2`` = the same with squared distances.
+  F-score@τ is the harmonic mean of precision (share of the mesh's samples within τ of the reference) and recall
+  (share of the reference's samples within τ of the mesh), τ relative to the same diagonal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .errors import InputError
+from .geometry.render import raycast
+from .pointmap import PointMap
+
+
+@dataclass
+class ViewConsistency:
+    """Agreement of a mesh with the input view. Depth errors are fractions of ``object_size``.
+
+    NaN where no pixel is valid in both (then ``overlap_pixels`` is 0).
+    """
+
+    depth_error_mean: float
+    depth_error_p90: float
+    normal_error_deg_mean: float
+    silhouette_iou: float
+    object_size: float
+    overlap_pixels: int
+
+    def to_dict(self) -> dict:
+        return {k: (float(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class SurfaceDistance:
+    """Chamfer distances and F-score between a mesh and a reference (see the module docstring)."""
+
+    chamfer_l1: float
+    chamfer_l2: float
+    fscore: float
+    precision: float
+    recall: float
+    tau: float
+    scale: float
+    n_points: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def pointmap_normals(pointmap: PointMap) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) unit normals of the point map facing the camera, and the (H, W) bool mask where they exist.
+
+    Finite differences along image columns and rows: central where both neighbours are valid, one-sided where
+    only one is; a pixel needs a difference in both directions.
+    """
+    p = pointmap.points.astype(np.float64)
+    m = pointmap.mask
+    du, ok_u = _difference(p, m, axis=1)
+    dv, ok_v = _difference(p, m, axis=0)
+    n = np.cross(du, dv)
+    length = np.linalg.norm(n, axis=-1)
+    ok = m & ok_u & ok_v & (length > 0)
+    n = np.where(ok[..., None], n / np.where(length > 0, length, 1.0)[..., None], np.nan)
+    # Face the camera (at the origin): the normal points against the viewing ray p.
+    flip = np.sum(n * p, axis=-1) > 0
+    n[flip] *= -1.0
+    return n.astype(np.float32), ok
+
+
+def _difference(p: np.ndarray, m: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Derivative of the points along one image axis and where it is defined."""
+
+    def shift(a: np.ndarray, k: int, fill) -> np.ndarray:  # noqa: ANN001 - a[i + k] along axis, fill outside
+        out = np.full_like(a, fill)
+        src = [slice(None)] * a.ndim
+        dst = [slice(None)] * a.ndim
+        if k > 0:
+            src[axis], dst[axis] = slice(k, None), slice(None, -k)
+        else:
+            src[axis], dst[axis] = slice(None, k), slice(-k, None)
+        out[tuple(dst)] = a[tuple(src)]
+        return out
+
+    nxt, prv = shift(p, 1, np.nan), shift(p, -1, np.nan)
+    ok_next, ok_prev = shift(m, 1, False) & m, shift(m, -1, False) & m
+    central = (nxt - prv) / 2.0
+    forward = nxt - p
+    backward = p - prv
+    d = np.where((ok_next & ok_prev)[..., None], central, np.where(ok_next[..., None], forward, backward))
+    return d, ok_next | ok_prev
+
+
+def input_view_consistency(vertices: np.ndarray, faces: np.ndarray, pointmap: PointMap) -> ViewConsistency:
+    """Score a mesh (in the point map's camera frame) against the point map: depth, normals, silhouette."""
+    if pointmap.intrinsics is None:
+        raise InputError("input-view consistency needs the point map's intrinsics (K) to render the mesh")
+    h, w = pointmap.shape
+    hits = raycast(vertices, faces, pointmap.intrinsics, w, h)
+    valid_points = pointmap.valid_points().astype(np.float64)
+    size = float(np.linalg.norm(valid_points.max(axis=0) - valid_points.min(axis=0)))
+    if not size > 0:
+        raise InputError("the point map's valid points have zero extent: cannot normalise depth errors")
+    inter = int(np.sum(hits.mask & pointmap.mask))
+    union = int(np.sum(hits.mask | pointmap.mask))
+    iou = inter / union if union else float("nan")
+    both = hits.mask & pointmap.mask
+    if not both.any():
+        return ViewConsistency(float("nan"), float("nan"), float("nan"), iou, size, 0)
+    err = np.abs(hits.depth[both].astype(np.float64) - pointmap.points[both, 2].astype(np.float64)) / size
+    pm_normals, pm_ok = pointmap_normals(pointmap)
+    nb = both & pm_ok
+    if nb.any():
+        cos = np.sum(hits.normals[nb].astype(np.float64) * pm_normals[nb], axis=1)
+        normal_err = float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).mean())
+    else:
+        normal_err = float("nan")
+    return ViewConsistency(
+        depth_error_mean=float(err.mean()),
+        depth_error_p90=float(np.percentile(err, 90)),
+        normal_error_deg_mean=normal_err,
+        silhouette_iou=float(iou),
+        object_size=size,
+        overlap_pixels=int(both.sum()),
+    )
+
+
+def sample_surface(vertices: np.ndarray, faces: np.ndarray, n_points: int, seed: int = 0) -> np.ndarray:
+    """(n_points, 3) points uniform by area on a triangle mesh, reproducible for a given seed."""
+    v = np.asarray(vertices, np.float64)
+    f = np.asarray(faces, np.int64)
+    if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3 or len(f) == 0:
+        raise InputError(f"need a triangle mesh (V, 3) + (F, 3), got {v.shape} and {f.shape}")
+    if f.min() < 0 or f.max() >= len(v):
+        raise InputError("face indices outside the vertex array")
+    if n_points < 1:
+        raise InputError(f"number of samples must be positive, got {n_points}")
+    tri = v[f]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    total = area.sum()
+    if not np.isfinite(total) or total <= 0:
+        raise InputError("mesh has zero surface area: cannot sample it")
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(f), size=n_points, p=area / total)
+    r1, r2 = rng.random(n_points), rng.random(n_points)
+    # Fold the unit square onto the triangle so the barycentric samples stay uniform.
+    fold = r1 + r2 > 1.0
+    r1[fold], r2[fold] = 1.0 - r1[fold], 1.0 - r2[fold]
+    t = tri[pick]
+    return t[:, 0] + r1[:, None] * (t[:, 1] - t[:, 0]) + r2[:, None] * (t[:, 2] - t[:, 0])
+
+
+def point_cloud_distance(points: np.ndarray, reference: np.ndarray, tau: float = 0.01) -> SurfaceDistance:
+    """Chamfer and F-score@τ between two point sets, normalised by the reference's bounding-box diagonal."""
+    from scipy.spatial import cKDTree
+
+    a = np.asarray(points, np.float64)
+    b = np.asarray(reference, np.float64)
+    for name, x in (("points", a), ("reference", b)):
+        if x.ndim != 2 or x.shape[1] != 3 or len(x) == 0 or not np.isfinite(x).all():
+            raise InputError(f"{name} must be a non-empty finite (N, 3) array, got shape {x.shape}")
+    if not tau > 0:
+        raise InputError(f"F-score threshold must be positive, got {tau}")
+    scale = float(np.linalg.norm(b.max(axis=0) - b.min(axis=0)))
+    if not scale > 0:
+        raise InputError("reference has zero extent: cannot normalise distances")
+    d_ab = cKDTree(b).query(a, workers=-1)[0] / scale
+    d_ba = cKDTree(a).query(b, workers=-1)[0] / scale
+    precision = float(np.mean(d_ab < tau))
+    recall = float(np.mean(d_ba < tau))
+    fscore = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return SurfaceDistance(
+        chamfer_l1=float((d_ab.mean() + d_ba.mean()) / 2),
+        chamfer_l2=float((np.mean(d_ab**2) + np.mean(d_ba**2)) / 2),
+        fscore=float(fscore),
+        precision=precision,
+        recall=recall,
+        tau=float(tau),
+        scale=scale,
+        n_points=int(min(len(a), len(b))),
+    )
+
+
+def mesh_distance(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    ref_vertices: np.ndarray,
+    ref_faces: np.ndarray,
+    n_points: int = 100_000,
+    tau: float = 0.01,
+    seed: int = 0,
+) -> SurfaceDistance:
+    """Chamfer / F-score@τ between a mesh and a reference mesh from ``n_points`` area-uniform samples each."""
+    a = sample_surface(vertices, faces, n_points, seed=seed)
+    b = sample_surface(ref_vertices, ref_faces, n_points, seed=seed + 1)
+    return point_cloud_distance(a, b, tau=tau)

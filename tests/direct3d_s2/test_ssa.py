@@ -172,7 +172,9 @@ def test_gated_sum_equals_weighted_branches():
     ref_c, _, _ = _dense_reference(q, ck, cv, same_batch)
     expected, names = _brute_topk(q, ck, coords, ccoords, cbs, sbs, topk)
     token_names = _block_keys(coords, sbs)
-    sel_mask = torch.tensor([[[token_names[j] in expected[g][i] for j in range(n)] for i in range(n)] for g in range(HKV)])
+    sel_mask = torch.tensor(
+        [[[token_names[j] in expected[g][i] for j in range(n)] for i in range(n)] for g in range(HKV)]
+    )
     ref_s, _, _ = _dense_reference(q, k, v, sel_mask)
     keys = [(int(r[0]), (int(r[1]) + 4) // 8, (int(r[2]) + 4) // 8, (int(r[3]) + 4) // 8) for r in coords]
     win_mask = torch.tensor([[a == b for b in keys] for a in keys]).unsqueeze(0).expand(HKV, -1, -1)

@@ -28,6 +28,10 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
+
+from .sparse_conv import SparseConv3d, SparseGroupNorm32, SparseSiLU, downsample_coords
+from .sparse_tensor import SparseTensor
 
 # Upper bound for the scratch memory of one attention chunk (scores + gathered keys/values), in bytes.
 DEFAULT_CHUNK_BYTES = 256 * 2**20
@@ -298,9 +302,18 @@ def spatial_sparse_attention(
     window_size: int,
     shift_window: int,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    layout_cache: dict | None = None,
 ) -> torch.Tensor:
-    """Gated sum of the three branches. q (N, Hq, D); k, v (N, Hkv, D); gate (N, 3). Returns (N, Hq, D) float32."""
-    layout = block_layout(coords, compressed_coords, compression_block_size, selection_block_size)
+    """Gated sum of the three branches. q (N, Hq, D); k, v (N, Hkv, D); gate (N, 3). Returns (N, Hq, D) float32.
+
+    ``layout_cache``: a dict tied to ``coords`` (e.g. ``SparseTensor.cache``) to reuse the block layout.
+    """
+    key = ("ssa_block_layout", compression_block_size, selection_block_size)
+    layout = layout_cache.get(key) if layout_cache is not None else None
+    if layout is None:
+        layout = block_layout(coords, compressed_coords, compression_block_size, selection_block_size)
+        if layout_cache is not None:
+            layout_cache[key] = layout
     q_slices = batch_slices(coords[:, 0])
     c_slices = batch_slices(compressed_coords[:, 0])
     if len(c_slices) != len(q_slices):
@@ -317,8 +330,164 @@ def spatial_sparse_attention(
     return out
 
 
+def official_mean_pool(x: SparseTensor, factor: int) -> SparseTensor:
+    """Pool onto the occupied cells of ``coords // factor`` (rows sorted by (b, x, y, z)) as the official
+    ``SparseDownsample(factor)`` does.
+
+    The official layer calls ``torch.scatter_reduce(zeros, ..., reduce="mean")`` with the default
+    ``include_self=True``, so the zero it starts from counts as one more member: a cell holding n voxels gets
+    ``sum / (n + 1)``, not the plain mean (checked against the ``sparse_encoder_downblock`` fixture, which the
+    official code produced). Sums in float64 like the official layer. The coarse coords are cached in the
+    input's cache, so all DiT blocks share them.
+    """
+    key = ("ssa_pool", factor)
+    cached = x.cache.get(key)
+    if cached is None:
+        coarse, inverse = downsample_coords(x.coords, (factor, factor, factor))
+        cached = (coarse, inverse, {})  # the dict: cache for the coarse tensor (neighbour maps of v2 convs)
+        x.cache[key] = cached
+    coarse, inverse, coarse_cache = cached
+    channels = x.feats.shape[1]
+    pooled = torch.zeros(coarse.shape[0], channels, dtype=torch.float64, device=x.feats.device)
+    pooled = pooled.scatter_reduce(0, inverse[:, None].expand(-1, channels), x.feats.double(), reduce="mean")
+    return SparseTensor(pooled.to(x.feats.dtype), coarse, coarse_cache)
+
+
+class SparseDownBlock3dV1(nn.Module):
+    """v1.1 compression: 1x1 sparse conv + SiLU, then pooling (keys ``act_layers.0.conv.{kernel,bias}``)."""
+
+    def __init__(self, channels: int, out_channels: int | None = None, factor: int = 2):
+        super().__init__()
+        out_channels = out_channels or channels
+        self.factor = factor
+        self.act_layers = nn.Sequential(SparseConv3d(out_channels, out_channels, 1, padding=0), SparseSiLU())
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        return official_mean_pool(self.act_layers(x), self.factor)
+
+
+class SparseDownBlock3dV2(nn.Module):
+    """v1.0 compression: GroupNorm32 + SiLU, pooling, two 3³ submanifold convs (GN + SiLU between), plus the
+    pooled input as an identity skip."""
+
+    def __init__(self, channels: int, out_channels: int | None = None, num_groups: int = 32, factor: int = 2):
+        super().__init__()
+        out_channels = out_channels or channels
+        if out_channels != channels:
+            raise ValueError("the SSA compression block keeps the channel count (identity skip)")
+        self.factor = factor
+        self.act_layers = nn.Sequential(SparseGroupNorm32(num_groups, channels), SparseSiLU())
+        self.out_layers = nn.Sequential(
+            SparseConv3d(channels, out_channels, 3, padding=1),
+            SparseGroupNorm32(num_groups, out_channels),
+            SparseSiLU(),
+            SparseConv3d(out_channels, out_channels, 3, padding=1),
+        )
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        h = self.out_layers(official_mean_pool(self.act_layers(x), self.factor))
+        skip = official_mean_pool(x, self.factor)
+        return h.replace(h.feats + skip.feats)
+
+
+class SpatialSparseAttention(nn.Module):
+    """The SSA self-attention layer of a sparse DiT block (official parameter names and order).
+
+    Keys: ``intra_block_pe`` (cbs, cbs, cbs, Hkv*D) learned position inside a compression block, added to the
+    keys before compression; ``proj_q`` / ``proj_k`` / ``proj_v`` (no bias), ``proj_o`` (no bias);
+    ``compression_key`` / ``compression_value`` (v1 or v2 down block); ``gate.0`` (hidden → 3, no bias) + sigmoid.
+    No q/k RMS norm here (the official block passes ``qk_rms_norm`` only to the non-SSA attention).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_q_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        compression_block_size: int,
+        selection_block_size: int,
+        topk: int,
+        window_size: int,
+        shift_window: int,
+        resolution: int = 64,
+        compression_version: str = "v2",
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ):
+        super().__init__()
+        if num_q_heads % num_kv_heads:
+            raise ValueError(f"num_q_heads {num_q_heads} is not a multiple of num_kv_heads {num_kv_heads}")
+        if selection_block_size % compression_block_size:
+            raise ValueError("selection_block_size must be a multiple of compression_block_size")
+        self.hidden_size = hidden_size
+        self.num_q_heads = num_q_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.compression_block_size = compression_block_size
+        self.selection_block_size = selection_block_size
+        self.topk = topk
+        self.window_size = window_size
+        self.shift_window = shift_window
+        self.resolution = resolution  # kept for parity; block ids here do not depend on it
+        self.chunk_bytes = chunk_bytes
+        kv_channels = num_kv_heads * head_dim
+        # (intra_block_pe, registered below, still comes first in state_dict(): direct parameters precede submodules)
+        self.proj_q = nn.Linear(hidden_size, num_q_heads * head_dim, bias=False)
+        self.proj_k = nn.Linear(hidden_size, kv_channels, bias=False)
+        self.proj_v = nn.Linear(hidden_size, kv_channels, bias=False)
+        self.proj_o = nn.Linear(num_q_heads * head_dim, hidden_size, bias=False)
+        if compression_version == "v1":
+            block = SparseDownBlock3dV1
+        elif compression_version == "v2":
+            block = SparseDownBlock3dV2
+        else:
+            raise ValueError(f"compression_version must be 'v1' or 'v2', got {compression_version!r}")
+        self.compression_key = block(kv_channels, kv_channels, factor=compression_block_size)
+        self.compression_value = block(kv_channels, kv_channels, factor=compression_block_size)
+        self.intra_block_pe = nn.Parameter(torch.zeros((compression_block_size,) * 3 + (kv_channels,)))
+        self.gate = nn.Sequential(nn.Linear(hidden_size, 3, bias=False), nn.Sigmoid())
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        """x: (N, hidden) features on (N, 4) coords, rows grouped by batch. Returns the same sites."""
+        feats, coords = x.feats, x.coords
+        if feats.shape[-1] != self.hidden_size:
+            raise ValueError(f"expected {self.hidden_size} channels, got {feats.shape[-1]}")
+        n = feats.shape[0]
+        q = self.proj_q(feats).view(n, self.num_q_heads, self.head_dim)
+        k = self.proj_k(feats)
+        v = self.proj_v(feats)
+        inside = (coords[:, 1:].long() % self.compression_block_size).unbind(1)
+        k_pe = x.replace(k + self.intra_block_pe[inside].to(k.dtype))
+        compressed_k = self.compression_key(k_pe)
+        compressed_v = self.compression_value(x.replace(v))
+        gate = self.gate(feats)
+        hkv = self.num_kv_heads
+        out = spatial_sparse_attention(
+            q,
+            k.view(n, hkv, self.head_dim),
+            v.view(n, hkv, self.head_dim),
+            coords,
+            compressed_k.feats.view(-1, hkv, self.head_dim),
+            compressed_v.feats.view(-1, hkv, self.head_dim),
+            compressed_k.coords,
+            gate,
+            self.compression_block_size,
+            self.selection_block_size,
+            self.topk,
+            self.window_size,
+            self.shift_window,
+            self.chunk_bytes,
+            layout_cache=x.cache,
+        )
+        return x.replace(self.proj_o(out.view(n, -1).to(feats.dtype)))
+
+
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
+    "SparseDownBlock3dV1",
+    "SparseDownBlock3dV2",
+    "SpatialSparseAttention",
+    "official_mean_pool",
     "BlockLayout",
     "attend",
     "batch_slices",

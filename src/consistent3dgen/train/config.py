@@ -1,0 +1,223 @@
+"""The tiny configuration of the bundled mini prior: data, the four models, and how each is trained.
+
+Sizes (chosen so the weights stay far below 20 MB and all four stages train in about 2 h on 2 CPU cores):
+
+* one sparse stage at 128³ SDF voxels, latent factor 8 → tokens on a 16³ latent-cell grid;
+* the dense stage's occupancy is that 16³ cell grid (as Direct3D-S2's 64³ occupancy is the 512 stage's cell
+  grid), its VAE halves it to an (4, 8, 8, 8) latent, and the dense DiT runs on its 512 tokens (patch 1).
+
+Model parameters are written exactly like the official ``configs/*.yaml`` entries (``target`` + ``params``) so
+the same classes (``generators/direct3d_s2``, resolved through its registry) build them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+
+@dataclass
+class DataConfig:
+    """What a training sample is (see :mod:`consistent3dgen.train.data`)."""
+
+    sparse_resolution: int = 128
+    latent_factor: int = 8
+    band_voxels: float = 2.0  # |value| < 1 within this many voxels of the (shell) surface
+    convention: str = "signed"  # "signed" (watertight solid) or "thin_shell" (|d| - shell_voxels)
+    shell_voxels: float = 0.5  # only for "thin_shell": half thickness of the shell, voxels
+    candidate_safety: float = 1.25  # slack on the cell-candidate radius (first-order SDFs underestimate)
+    num_procedural: int = 360
+    meshes: list[str] = field(default_factory=lambda: ["cow", "fandisk", "beetle"])
+    mesh_views: int = 12  # yaws per training mesh
+    families: list[str] | None = None  # None = all procedural families
+    seed: int = 0
+
+    def shell_extra_voxels(self) -> float:
+        return self.shell_voxels if self.convention == "thin_shell" else 0.0
+
+    @property
+    def occupancy_resolution(self) -> int:
+        return self.sparse_resolution // self.latent_factor
+
+
+@dataclass
+class StageTraining:
+    """Optimisation of one model."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    checkpoint_every: int = 200
+    log_every: int = 10
+    # VAE objectives
+    kl_weight: float = 1e-6
+    # flow-matching objectives: sigma ~ sigmoid(N(mean, std)) (logit-normal), then optionally shifted
+    timestep_sampling: str = "logit_normal"  # or "shifted_uniform"
+    logit_mean: float = 1.0
+    logit_std: float = 1.0
+    shift: float = 1.0
+    # sparse VAE: decode a random crop of at most this many latent cells per sample (the official
+    # ``chunk_size`` training decodes one random sub-volume); 0 = all cells
+    max_decoded_cells: int = 0
+
+
+@dataclass
+class MiniPriorConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    dense_vae: dict[str, Any] = field(
+        default_factory=lambda: {
+            "target": "direct3d_s2.models.autoencoders.dense_vae.DenseShapeVAE",
+            "params": {
+                "embed_dim": 4,
+                "in_channels": 1,
+                "out_channels": 1,
+                "model_channels_encoder": [32, 64],
+                "num_res_blocks_encoder": 1,
+                "num_res_blocks_middle_encoder": 1,
+                "model_channels_decoder": [64, 32],
+                "num_res_blocks_decoder": 1,
+                "num_res_blocks_middle_decoder": 1,
+                "use_fp16": False,
+                "latents_scale": 1.0,
+                "latents_shift": 0.0,
+            },
+        }
+    )
+    dense_dit: dict[str, Any] = field(
+        default_factory=lambda: {
+            "target": "direct3d_s2.models.transformers.dense_dit.DenseDiT",
+            "params": {
+                "resolution": 8,
+                "in_channels": 4,
+                "out_channels": 4,
+                "model_channels": 128,
+                "cond_channels": 64,
+                "num_blocks": 4,
+                "num_heads": 4,
+                "mlp_ratio": 4,
+                "patch_size": 1,
+                "pe_mode": "ape",
+                "qk_rms_norm": True,
+                "use_fp16": False,
+                "latent_shape": [4, 8, 8, 8],
+            },
+        }
+    )
+    sparse_vae: dict[str, Any] = field(
+        default_factory=lambda: {
+            "target": "direct3d_s2.models.autoencoders.ss_vae.SparseSDFVAE",
+            "params": {
+                "embed_dim": 8,
+                "resolution": 16,
+                "model_channels_encoder": 64,
+                "num_blocks_encoder": 2,
+                "num_heads_encoder": 2,
+                "num_head_channels_encoder": 32,
+                "model_channels_decoder": 64,
+                "num_blocks_decoder": 2,
+                "num_heads_decoder": 2,
+                "num_head_channels_decoder": 32,
+                "out_channels": 1,
+                "use_fp16": False,
+                "chunk_size": 1,
+                "latents_scale": 1.0,
+                "latents_shift": 0.0,
+            },
+        }
+    )
+    sparse_dit: dict[str, Any] = field(
+        default_factory=lambda: {
+            "target": "direct3d_s2.models.transformers.sparse_dit.SparseDiT",
+            "params": {
+                "resolution": 16,
+                "in_channels": 8,
+                "out_channels": 8,
+                "model_channels": 128,
+                "cond_channels": 64,
+                "num_blocks": 4,
+                "num_heads": 4,
+                "num_kv_heads": 2,
+                "compression_block_size": 4,
+                "selection_block_size": 8,
+                "topk": 4,
+                "compression_version": "v1",
+                "pe_mode": "ape",
+                "factor": 1.0,
+                "sparse_conditions": False,
+                "qk_rms_norm": True,
+                "use_shift": True,
+                "use_fp16": False,
+            },
+        }
+    )
+    # the unconditional prior still has cross-attention layers: they see this many all-zero tokens (the
+    # official classifier-free-guidance "uncond" input), so guidance alone supplies the image
+    null_cond_tokens: int = 1
+    train_dense_vae: StageTraining = field(
+        default_factory=lambda: StageTraining(steps=1500, batch_size=16, lr=1e-3, kl_weight=1e-4)
+    )
+    train_dense_dit: StageTraining = field(
+        default_factory=lambda: StageTraining(steps=4000, batch_size=32, lr=3e-4, shift=1.0)
+    )
+    train_sparse_vae: StageTraining = field(
+        default_factory=lambda: StageTraining(steps=1200, batch_size=2, lr=5e-4, kl_weight=1e-6, max_decoded_cells=256)
+    )
+    train_sparse_dit: StageTraining = field(
+        default_factory=lambda: StageTraining(steps=3000, batch_size=8, lr=3e-4, shift=1.0)
+    )
+    # inference schedule shifts (diffusers FlowMatchEulerDiscreteScheduler) and step counts for the mini prior
+    dense_sampler: dict[str, Any] = field(default_factory=lambda: {"shift": 3.0, "steps": 25})
+    sparse_sampler: dict[str, Any] = field(default_factory=lambda: {"shift": 3.0, "steps": 20})
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MiniPriorConfig:
+        d = dict(d)
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise InputError(f"unknown mini-prior config keys: {sorted(unknown)}")
+        if "data" in d:
+            d["data"] = DataConfig(**d["data"])
+        for k in ("train_dense_vae", "train_dense_dit", "train_sparse_vae", "train_sparse_dit"):
+            if k in d:
+                d[k] = StageTraining(**d[k])
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> MiniPriorConfig:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise InputError(f"cannot read mini-prior config {path}: {e}") from e
+
+    def training(self, stage: str) -> StageTraining:
+        return getattr(self, f"train_{stage}")
+
+
+STAGES = ("dense_vae", "sparse_vae", "dense_dit", "sparse_dit")
+
+
+def smoke_config() -> MiniPriorConfig:
+    """A tiny variant for tests and smoke runs: few shapes, few steps, same model sizes."""
+    cfg = MiniPriorConfig()
+    cfg.data.num_procedural = 6
+    cfg.data.meshes = []
+    for stage in STAGES:
+        t = cfg.training(stage)
+        t.steps, t.batch_size, t.warmup_steps, t.checkpoint_every, t.log_every = 3, 2, 1, 2, 1
+    return cfg

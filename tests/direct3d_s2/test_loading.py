@@ -1,0 +1,238 @@
+"""Checkpoint loading: local folder and hub-cache layouts, strictness, dtypes, clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from consistent3dgen.errors import InputError, WeightsNotFoundError
+from consistent3dgen.generators.direct3d_s2 import loading, registry
+
+FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "direct3d_s2"
+
+TINY_CONFIG = {
+    "dense_vae": {
+        "target": "direct3d_s2.models.autoencoders.dense_vae.DenseShapeVAE",
+        "params": {
+            "use_checkpoint": True,
+            "embed_dim": 4,
+            "in_channels": 1,
+            "out_channels": 1,
+            "model_channels_encoder": [8, 16],
+            "num_res_blocks_encoder": 1,
+            "num_res_blocks_middle_encoder": 1,
+            "model_channels_decoder": [16, 8],
+            "num_res_blocks_decoder": 1,
+            "num_res_blocks_middle_decoder": 1,
+            "use_fp16": True,
+            "latents_scale": 1.0,
+            "latents_shift": 0.0,
+        },
+    },
+    "dense_dit": {
+        "target": "direct3d_s2.models.transformers.dense_dit.DenseDiT",
+        "params": {
+            "resolution": 4,
+            "in_channels": 4,
+            "out_channels": 4,
+            "model_channels": 32,
+            "cond_channels": 16,
+            "num_blocks": 1,
+            "num_heads": 2,
+            "mlp_ratio": 4,
+            "patch_size": 1,
+            "pe_mode": "ape",
+            "qk_rms_norm": True,
+            "use_checkpoint": True,
+            "use_fp16": True,
+            "latent_shape": [4, 4, 4, 4],
+        },
+    },
+}
+
+
+def _random_state(entry: dict, seed: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """A state dict with the part's keys/shapes filled with seeded random values (buffers kept)."""
+    model = registry.build(entry, device="meta")
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in model.state_dict().items():
+        # weights scaled by 1/sqrt(fan_in) so that activations stay O(1) (fp16 must not overflow)
+        scale = 1.0 / (v[0].numel() ** 0.5) if v.ndim >= 2 else 1.0
+        out[k] = (torch.empty(v.shape).uniform_(-1, 1, generator=g) * scale).to(dtype)
+    return out
+
+
+def _write_dense(folder: Path, config: dict, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    ckpt = {
+        "vae": _random_state(config["dense_vae"], seed, dtype),
+        "dit": _random_state(config["dense_dit"], seed + 1, dtype),
+    }
+    torch.save(ckpt, folder / "model_dense.ckpt")
+    return ckpt
+
+
+def _hub_cache(root: Path, subfolder: str, files: dict[str, Path], repo: str = loading.HUB_ID) -> Path:
+    """Arrange files as a huggingface_hub cache: blobs/<sha>, snapshots/<commit>/<subfolder>/<name> → blob."""
+    repo_dir = root / ("models--" + repo.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    (repo_dir / "blobs").mkdir()
+    snap = repo_dir / "snapshots" / commit / subfolder
+    snap.mkdir(parents=True)
+    for name, src in files.items():
+        blob = repo_dir / "blobs" / hashlib.sha256(name.encode()).hexdigest()
+        src.rename(blob)
+        (snap / name).symlink_to(blob)
+    return root
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    import huggingface_hub.constants as hfc
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", True)
+
+
+def test_local_folder_loads_strict_values_and_fp16_layout(tmp_path):
+    ckpt = _write_dense(tmp_path / "w", TINY_CONFIG)
+    parts = loading.load_parts(tmp_path / "w", dtype="fp16")
+    vae, dit = parts["dense_vae"], parts["dense_dit"]
+    assert not vae.training and not dit.training
+    # values arrive cast into the official mixed layout
+    assert vae.encoder.input_layer.weight.dtype == torch.float32
+    assert vae.encoder.blocks[0].conv1.weight.dtype == torch.float16
+    assert dit.blocks[0].self_attn.q_rms_norm.gamma.dtype == torch.float32
+    assert dit.input_layer.weight.dtype == torch.float16
+    for k, v in dit.state_dict().items():
+        assert torch.equal(v, ckpt["dit"][k].to(v.dtype)), k
+    for k, v in vae.state_dict().items():
+        assert torch.equal(v, ckpt["vae"][k].to(v.dtype)), k
+    with torch.no_grad():
+        out = dit(
+            torch.randn(1, 4, 4, 4, 4, dtype=torch.float16),
+            torch.tensor([500.0], dtype=torch.float16),
+            torch.randn(1, 3, 16),
+        )
+    assert out.dtype == torch.float16 and torch.isfinite(out.float()).all()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "conv_dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16), (None, torch.float16)]
+)
+def test_dtype_choice(tmp_path, dtype, conv_dtype):
+    _write_dense(tmp_path / "w", TINY_CONFIG)
+    parts = loading.load_parts(tmp_path / "w", dtype=dtype)
+    assert parts["dense_dit"].blocks[0].mlp.mlp[0].weight.dtype == conv_dtype
+    assert parts["dense_vae"].decoder.input_layer.weight.dtype == conv_dtype
+    assert parts["dense_dit"].blocks[0].norm2.weight.dtype == torch.float32
+    assert parts["dense_dit"].pos_emb.dtype == torch.float32
+
+
+def test_fp32_load_matches_a_plain_strict_load(tmp_path):
+    ckpt = _write_dense(tmp_path / "w", TINY_CONFIG)
+    dit = loading.load_parts(tmp_path / "w", parts=["dense_dit"], dtype="fp32")["dense_dit"]
+    ref = registry.build(TINY_CONFIG["dense_dit"], use_fp16=False).eval()
+    ref.load_state_dict(ckpt["dit"], strict=True)
+    x, t, c = torch.randn(2, 4, 4, 4, 4), torch.tensor([10.0, 900.0]), torch.randn(2, 5, 16)
+    with torch.no_grad():
+        assert torch.equal(dit(x, t, c), ref(x, t, c))
+
+
+def test_strict_errors(tmp_path):
+    ckpt = _write_dense(tmp_path / "w", TINY_CONFIG)
+    model = loading.build_part(TINY_CONFIG["dense_dit"])
+    bad = dict(ckpt["dit"])
+    bad.pop("out_layer.bias")
+    with pytest.raises(InputError, match="1 missing keys"):
+        loading.load_state_strict(loading.build_part(TINY_CONFIG["dense_dit"]), bad)
+    bad = dict(ckpt["dit"], extra=torch.zeros(1))
+    with pytest.raises(InputError, match="1 unexpected keys"):
+        loading.load_state_strict(model, bad)
+    bad = dict(ckpt["dit"])
+    bad["input_layer.weight"] = torch.zeros(3, 3)
+    with pytest.raises(InputError, match="input_layer.weight has shape"):
+        loading.load_state_strict(loading.build_part(TINY_CONFIG["dense_dit"]), bad)
+
+
+def test_missing_files_name_the_path(tmp_path):
+    with pytest.raises(WeightsNotFoundError, match="nowhere"):
+        loading.load_parts(tmp_path / "nowhere")
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "config.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    with pytest.raises(WeightsNotFoundError, match="model_dense.ckpt"):
+        loading.load_parts(tmp_path / "w")
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(InputError, match="unknown Direct3D-S2 parts"):
+        loading.load_parts(tmp_path, parts=["dense_thing"])
+    with pytest.raises(InputError, match="unsupported dtype"):
+        loading.parse_dtype("int8")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="cannot read checkpoint"):
+        loading.load_checkpoint(tmp_path / "junk.ckpt")
+
+
+def test_hub_id_offline_missing_names_hub_id(tmp_path, offline):
+    with pytest.raises(WeightsNotFoundError, match="wushuang98/Direct3D-S2/direct3d-s2-v-1-1/config.yaml"):
+        loading.load_parts(loading.HUB_ID, cache_dir=tmp_path / "empty_cache")
+
+
+def test_hub_cache_tiny(tmp_path, offline):
+    ckpt = _write_dense(tmp_path / "src", TINY_CONFIG, seed=5)
+    cache = _hub_cache(
+        tmp_path / "cache",
+        loading.SUBFOLDERS["v1.0"],
+        {n: tmp_path / "src" / n for n in ("config.yaml", "model_dense.ckpt")},
+    )
+    parts = loading.load_parts(loading.HUB_ID, subfolder=loading.SUBFOLDERS["v1.0"], cache_dir=cache, dtype="fp32")
+    assert torch.equal(parts["dense_vae"].decoder.input_layer.weight, ckpt["vae"]["decoder.input_layer.weight"])
+
+
+@pytest.mark.slow
+def test_hub_cache_full_size_dense_checkpoint(tmp_path, offline):
+    """A random full-size model_dense.ckpt (fp16 tensors, official keys) loads strict through the hub cache."""
+    cfg_path = FIXTURES / "configs_v1_1.yaml"
+    if not cfg_path.is_file():
+        pytest.skip(f"config fixture not found: {cfg_path} (needs the shared folder beside the repo)")
+    config = registry.load_config(cfg_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.yaml").write_text(cfg_path.read_text())
+    t0 = time.perf_counter()
+    ckpt = {}
+    for part, key in (("dense_vae", "vae"), ("dense_dit", "dit")):
+        layout = registry.build(config[part], device="meta").state_dict()
+        g = torch.Generator().manual_seed(len(part))
+        ckpt[key] = {
+            k: torch.empty(v.shape, dtype=torch.float16).uniform_(-1, 1, generator=g) for k, v in layout.items()
+        }
+    torch.save(ckpt, src / "model_dense.ckpt")
+    n_params = sum(v.numel() for sd in ckpt.values() for v in sd.values())
+    assert n_params == 193_037_009 + 555_543_560 + 4_194_304
+    samples = {key: {k: sd[k].clone() for k in list(sd)[:: max(1, len(sd) // 40)]} for key, sd in ckpt.items()}
+    del ckpt
+    cache = _hub_cache(
+        tmp_path / "cache", loading.SUBFOLDERS["v1.1"], {n: src / n for n in ("config.yaml", "model_dense.ckpt")}
+    )
+    t1 = time.perf_counter()
+    parts = loading.load_parts(loading.HUB_ID, cache_dir=cache, dtype="fp16")
+    t2 = time.perf_counter()
+    print(f"write {t1 - t0:.1f}s, load {t2 - t1:.1f}s")
+    for part, key in (("dense_vae", "vae"), ("dense_dit", "dit")):
+        sd = parts[part].state_dict()
+        for k, v in samples[key].items():
+            assert torch.equal(sd[k], v.to(sd[k].dtype)), k
+    assert parts["dense_vae"].encoder.input_layer.weight.dtype == torch.float32
+    assert parts["dense_dit"].blocks[23].cross_attn.to_kv.weight.dtype == torch.float16
+    assert not any(t.is_meta for t in parts["dense_dit"].state_dict().values())

@@ -96,13 +96,17 @@ def revolution(radii, heights, center=(0.0, 0.0, 0.0)) -> SDF:
     def f(p):
         q = p - c
         pt = np.stack([np.hypot(q[:, 0], q[:, 2]), q[:, 1]], -1)
-        return _polygon_sdf(pt, poly)
+        return _polygon_sdf(pt, poly, skip_distance_edge=len(poly) - 1)
 
     return f
 
 
-def _polygon_sdf(points: np.ndarray, poly: np.ndarray) -> np.ndarray:
-    """Signed distance of 2-D points to a closed simple polygon (negative inside; even-odd rule)."""
+def _polygon_sdf(points: np.ndarray, poly: np.ndarray, skip_distance_edge: int | None = None) -> np.ndarray:
+    """Signed distance of 2-D points to a closed simple polygon (negative inside; even-odd rule).
+
+    ``skip_distance_edge``: an edge that bounds the polygon for the inside test but is not a surface (the
+    axis of a solid of revolution).
+    """
     d2 = np.full(len(points), np.inf)
     inside = np.zeros(len(points), bool)
     n = len(poly)
@@ -110,8 +114,9 @@ def _polygon_sdf(points: np.ndarray, poly: np.ndarray) -> np.ndarray:
         a, b = poly[i], poly[(i + 1) % n]
         e = b - a
         w = points - a
-        t = np.clip(w @ e / max(float(e @ e), 1e-12), 0.0, 1.0)
-        d2 = np.minimum(d2, np.sum((w - t[:, None] * e) ** 2, axis=-1))
+        if i != skip_distance_edge:
+            t = np.clip(w @ e / max(float(e @ e), 1e-12), 0.0, 1.0)
+            d2 = np.minimum(d2, np.sum((w - t[:, None] * e) ** 2, axis=-1))
         # crossing test of a horizontal ray towards +x
         cond = (a[1] <= points[:, 1]) != (b[1] <= points[:, 1])
         x_cross = a[0] + (points[:, 1] - a[1]) * e[0] / np.where(e[1] == 0, 1e-12, e[1])

@@ -359,14 +359,14 @@ class TrackHeadLayout(nn.Module):
     implemented, so :meth:`forward` raises ``NotImplementedError``.
     """
 
-    def __init__(self, dim_in: int, patch_size: int = 14, features: int = 128,
+    def __init__(self, dim_in: int, patch_size: int = 14, features: int = 128, hidden: int = 384,
                  out_channels: tuple[int, ...] = (256, 512, 1024, 1024),
                  intermediate_layer_idx: tuple[int, ...] = (4, 11, 17, 23)) -> None:
         super().__init__()
         self.feature_extractor = DPTHead(dim_in, patch_size=patch_size, features=features, feature_only=True,
                                          down_ratio=2, pos_embed=False, out_channels=out_channels,
                                          intermediate_layer_idx=intermediate_layer_idx)
-        self.tracker = _TrackerLayout(latent_dim=features)
+        self.tracker = _TrackerLayout(latent_dim=features, hidden=hidden)
 
     def forward(self, *args, **kwargs):  # noqa: ANN002, ANN003
         raise NotImplementedError("VGGT point tracking is not implemented in consistent3dgen (weights load only)")

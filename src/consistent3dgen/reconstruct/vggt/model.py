@@ -29,6 +29,7 @@ class VGGTConfig:
     camera_trunk_depth: int = 4
     camera_num_heads: int = 16
     track_features: int = 128
+    track_hidden: int = 384
 
     @classmethod
     def from_dict(cls, d: dict) -> VGGTConfig:
@@ -65,7 +66,7 @@ class VGGT(nn.Module):
         self.depth_head = (DPTHead(dim_in, output_dim=2, activation="exp", conf_activation="expp1", **dpt_kw)
                            if enable_depth else None)
         self.track_head = (TrackHeadLayout(dim_in, patch_size=c.patch_size, features=c.track_features,
-                                           out_channels=c.head_out_channels,
+                                           hidden=c.track_hidden, out_channels=c.head_out_channels,
                                            intermediate_layer_idx=c.intermediate_layer_idx)
                            if enable_track else None)
 

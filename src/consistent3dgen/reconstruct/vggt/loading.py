@@ -1,0 +1,163 @@
+"""Find and load VGGT weights: a local file or folder, or a Hugging Face hub id (default ``facebook/VGGT-1B``).
+
+The model is built on the ``meta`` device and every parameter is taken straight from the checkpoint (memory
+mapped safetensors, or ``torch.load(mmap=True, weights_only=True)`` for ``model.pt``), converted to the target
+dtype/device one tensor at a time, so the weights are never held twice in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...errors import InputError, WeightsNotFoundError
+from .model import VGGT, VGGTConfig
+
+DEFAULT_HUB_ID = "facebook/VGGT-1B"
+# Preferred first: safetensors (no pickle), then the official torch checkpoint.
+WEIGHT_FILES = ("model.safetensors", "model.pt")
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def resolve_weights(source: str | os.PathLike | None = None) -> tuple[Path, dict]:
+    """Local file / local folder / hub id → (weights file, config dict from a ``config.json`` beside it or {})."""
+    source = DEFAULT_HUB_ID if source is None else source
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path, _read_config(path.parent / "config.json")
+    if path.is_dir():
+        for name in WEIGHT_FILES:
+            if (path / name).is_file():
+                return path / name, _read_config(path / "config.json")
+        raise WeightsNotFoundError(f"no VGGT weights ({' or '.join(WEIGHT_FILES)}) in folder {path}")
+    text = os.fspath(source)
+    if text.count("/") != 1 or text.startswith((".", "/", "~")) or os.sep in text.replace("/", ""):
+        raise WeightsNotFoundError(f"VGGT weights not found: {text} is neither a file, a folder nor a hub id")
+    # "owner/name" that is not a local path: a hub id (the error below names both readings).
+    return _from_hub(text)
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read model config {path}: {e}") from None
+
+
+def _from_hub(repo_id: str) -> tuple[Path, dict]:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise WeightsNotFoundError(f"huggingface_hub is not installed; cannot fetch {repo_id}") from None
+    errors = []
+    for name in WEIGHT_FILES:
+        try:
+            weights = Path(hf_hub_download(repo_id, name))
+        except Exception as e:  # offline, missing file, gated repo, no network: try the next name
+            errors.append(f"{name}: {type(e).__name__}")
+            continue
+        config: dict = {}
+        try:
+            config = _read_config(Path(hf_hub_download(repo_id, "config.json")))
+        except Exception:  # config.json is optional; the default architecture is VGGT-1B
+            pass
+        return weights, config
+    raise WeightsNotFoundError(
+        f"VGGT weights not found: {repo_id} is no local path and the hub id could not be fetched "
+        f"(tried {', '.join(errors)}); download them or pass a local folder with {' or '.join(WEIGHT_FILES)}")
+
+
+@contextmanager
+def _open_checkpoint(path: Path) -> Iterator[tuple[list[str], Callable[[str], torch.Tensor]]]:
+    """Yield (keys, get(key) -> tensor) without reading the whole file into memory."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            f = safe_open(str(path), framework="pt", device="cpu")
+        except Exception as e:
+            raise InputError(f"cannot read safetensors checkpoint {path}: {e}") from None
+        yield list(f.keys()), f.get_tensor
+        return
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+        # Old (non-zip) serialisation cannot be memory-mapped.
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"cannot read checkpoint {path}: {e}") from None
+    if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
+        sd = sd["model"]
+    if not isinstance(sd, dict):
+        raise InputError(f"checkpoint {path} does not hold a state dict")
+    yield list(sd.keys()), sd.__getitem__
+
+
+def _set_tensor(model: nn.Module, key: str, value: torch.Tensor) -> None:
+    *parents, name = key.split(".")
+    module = model
+    for p in parents:
+        module = getattr(module, p)
+    old = module._parameters.get(name)
+    if old is None:
+        raise KeyError(key)
+    module._parameters[name] = nn.Parameter(value, requires_grad=False)
+
+
+def load_vggt(source: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+              dtype: str | torch.dtype = "fp32", enable_track: bool = False) -> VGGT:
+    """Build VGGT and fill it from ``source`` (file, folder or hub id). Returns the model in eval mode.
+
+    With ``dtype`` bf16/fp16 only the aggregator (95 % of the compute and memory) is stored in that dtype; the
+    heads stay float32, as the official inference runs them. Track-head weights in the checkpoint are skipped
+    unless ``enable_track``.
+    """
+    path, config = resolve_weights(source)
+    target = resolve_dtype(dtype)
+    device = torch.device(device)
+    with torch.device("meta"):
+        model = VGGT(VGGTConfig.from_dict(config), enable_track=enable_track)
+    expected = set(model.state_dict().keys())
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    with _open_checkpoint(path) as (keys, get):
+        missing = sorted(expected - set(keys))
+        if missing:
+            raise InputError(f"checkpoint {path} is not a VGGT checkpoint: {len(missing)} keys missing, "
+                             f"e.g. {missing[0]}")
+        unexpected = [k for k in keys if k not in expected and not (not enable_track and k.startswith("track_head."))]
+        if unexpected:
+            raise InputError(f"checkpoint {path} has {len(unexpected)} unexpected keys, e.g. {unexpected[0]}")
+        for key in keys:
+            if key not in expected:
+                continue
+            t = get(key)
+            if tuple(t.shape) != tuple(shapes[key]):
+                raise InputError(f"checkpoint {path}: {key} has shape {tuple(t.shape)}, expected "
+                                 f"{tuple(shapes[key])}")
+            want = target if key.startswith("aggregator.") else torch.float32
+            _set_tensor(model, key, t.to(device=device, dtype=want))
+            del t
+    return model.eval()
+
+
+def random_vggt(config: VGGTConfig | None = None, seed: int = 0, enable_track: bool = True) -> VGGT:
+    """A VGGT with random (PyTorch default-initialised) weights, for tests and benchmarks."""
+    torch.manual_seed(seed)
+    return VGGT(config, enable_track=enable_track).eval()

@@ -135,7 +135,9 @@ def _dense_attention(q, k, v, mask):
     return torch.einsum("hqk,khd->qhd", p, v.double().repeat_interleave(group, 1)), p
 
 
-def _reference_ssa(attn: ssa.SpatialSparseAttention, feats: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+def _reference_ssa(
+    attn: ssa.SpatialSparseAttention, feats: torch.Tensor, coords: torch.Tensor, shift: int
+) -> torch.Tensor:
     """SSA written as three dense masked attentions (float64), block choice by brute force."""
     n, hq, hkv, d = feats.shape[0], attn.num_q_heads, attn.num_kv_heads, attn.head_dim
     q = (feats @ attn.proj_q.weight.T).view(n, hq, d)
@@ -162,7 +164,7 @@ def _reference_ssa(attn: ssa.SpatialSparseAttention, feats: torch.Tensor, coords
             chosen = {own[j] for j in s.topk(min(attn.topk, len(own))).indices.tolist()}
             sel[g, i] = torch.tensor([tb in chosen for tb in tok_block])
     out_s, _ = _dense_attention(q, k, v, sel)
-    sh, ws = attn.shift_window, attn.window_size
+    sh, ws = shift, attn.window_size
     win = [(int(c[0]), *((int(x) + sh) // ws for x in c[1:])) for c in coords]
     wmask = torch.tensor([[a == b for b in win] for a in win]).unsqueeze(0).expand(hkv, -1, -1)
     out_w, _ = _dense_attention(q, k, v, wmask)
@@ -184,11 +186,11 @@ def _reference_dit(model: SparseDiT, x: SparseTensor, t: torch.Tensor, cond) -> 
     else:
         ctx = list(cond)
     batch = coords[:, 0].long()
-    for blk in model.blocks:
+    for i, blk in enumerate(model.blocks):
         mod = blk.adaLN_modulation(t_emb)[batch]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
         a = F.layer_norm(h, h.shape[-1:], eps=1e-6) * (1 + scale_msa) + shift_msa
-        h = h + _reference_ssa(blk.self_attn, a, coords) * gate_msa
+        h = h + _reference_ssa(blk.self_attn, a, coords, shift=8 // 2 * (i % 2)) * gate_msa
         a = F.layer_norm(h, h.shape[-1:], blk.norm2.weight, blk.norm2.bias, eps=1e-6)
         ca = blk.cross_attn
         heads, hd = ca.num_heads, ca.head_dim

@@ -53,34 +53,47 @@ def kernel_offsets(kernel_size: tuple[int, int, int], device: torch.device | str
 
 
 class _CoordHash:
-    """Sorted int64 keys of (batch, x, y, z) rows for O(log N) lookups of arbitrary query coordinates."""
+    """Sorted int64 keys of (batch, x, y, z) rows in a box widened by ``margin``, for searchsorted lookups.
+
+    Because the box has the margin, a coordinate shifted by at most ``margin`` per axis stays inside it, so the
+    shifted coordinate's key is simply ``key + delta`` (no wrap-around): lookups need no bounds checks.
+    """
 
     def __init__(self, coords: torch.Tensor, margin: int):
         c = coords.long()
-        self.margin = margin
-        lo = c[:, 1:].min(dim=0).values - margin if len(c) else torch.zeros(3, dtype=torch.long)
-        hi = c[:, 1:].max(dim=0).values + margin if len(c) else torch.zeros(3, dtype=torch.long)
-        self.lo = lo.to(c.device)
-        self.extent = [int(v) for v in (hi - lo + 1).tolist()]
-        if math.prod(self.extent) * (int(c[:, 0].max()) + 1 if len(c) else 1) >= 2**62:
+        if len(c):
+            self.lo = c[:, 1:].min(dim=0).values - margin
+            hi = c[:, 1:].max(dim=0).values + margin
+            batches = int(c[:, 0].max()) + 1
+        else:
+            self.lo = torch.zeros(3, dtype=torch.long, device=c.device)
+            hi, batches = self.lo, 1
+        self.extent = [int(v) for v in (hi - self.lo + 1).tolist()]
+        if math.prod(self.extent) * batches >= 2**62:
             raise ValueError("sparse coordinates span too large a range to hash into int64")
-        keys = self.encode(c)
-        self.sorted_keys, self.order = torch.sort(keys)
+        self.keys = self.encode(c)
+        self.sorted_keys, order = torch.sort(self.keys)
+        self.order = order.to(torch.int32)
+        # a sentinel past the end makes every searchsorted position a valid index (no clamp needed)
+        self._keys_ext = torch.cat([self.sorted_keys, self.sorted_keys.new_full((1,), 2**63 - 1)])
+        self._order_ext = torch.cat([self.order, self.order.new_full((1,), -1)])
 
     def encode(self, c: torch.Tensor) -> torch.Tensor:
-        """int64 keys; coordinates must lie within the hashed box widened by ``margin``."""
         ex, ey, ez = self.extent
         rel = c[:, 1:] - self.lo
         return ((c[:, 0] * ex + rel[:, 0]) * ey + rel[:, 1]) * ez + rel[:, 2]
 
+    def delta(self, offset: list[int]) -> int:
+        """Key difference of a coordinate shift (dx, dy, dz)."""
+        _, ey, ez = self.extent
+        return (offset[0] * ey + offset[1]) * ez + offset[2]
+
     def lookup(self, query_keys: torch.Tensor) -> torch.Tensor:
-        """Row index (int64) of each query key, -1 where absent."""
-        n = self.sorted_keys.numel()
-        if n == 0:
-            return torch.full_like(query_keys, -1)
-        pos = torch.searchsorted(self.sorted_keys, query_keys).clamp_(max=n - 1)
-        found = self.sorted_keys[pos] == query_keys
-        return torch.where(found, self.order[pos], torch.full_like(pos, -1))
+        """Row index (int32) of each query key, -1 where absent (fastest when the queries are sorted)."""
+        pos = torch.searchsorted(self.sorted_keys, query_keys)
+        rows = self._order_ext[pos]
+        rows[self._keys_ext[pos] != query_keys] = -1
+        return rows
 
 
 def build_neighbor_map(
@@ -95,25 +108,21 @@ def build_neighbor_map(
 
     Output site o (batch b, position p) reads input (b, stride*p + dilation*i - padding) for kernel index i.
     """
-    offsets = kernel_offsets(kernel_size, in_coords.device) * dilation - torch.tensor(padding, device=in_coords.device)
-    margin = int(offsets.abs().max()) + max(stride) if offsets.numel() else max(stride)
+    offsets = kernel_offsets(kernel_size) * dilation - torch.tensor(padding)
+    # stride*p lies within stride - 1 below the inputs it covers, so this margin keeps every query in the box
+    margin = int(offsets.abs().max()) + max(stride)
     table = _CoordHash(in_coords, margin)
-    out = out_coords.long()
-    base = out.clone()
-    base[:, 1:] = base[:, 1:] * torch.tensor(stride, device=out.device)
-    # queries outside the hashed box cannot hit; clamp them into the box and mask the result
-    lo = table.lo
-    hi = table.lo + torch.tensor(table.extent, device=out.device) - 1
-    nmap = torch.empty(out.shape[0], offsets.shape[0], dtype=torch.int32, device=out.device)
-    for k in range(offsets.shape[0]):
-        for s in range(0, out.shape[0], _QUERY_CHUNK):
-            q = base[s : s + _QUERY_CHUNK].clone()
-            q[:, 1:] += offsets[k]
-            inside = ((q[:, 1:] >= lo) & (q[:, 1:] <= hi)).all(dim=1)
-            q[:, 1:] = torch.maximum(torch.minimum(q[:, 1:], hi), lo)
-            idx = table.lookup(table.encode(q))
-            idx[~inside] = -1
-            nmap[s : s + _QUERY_CHUNK, k] = idx.to(torch.int32)
+    if out_coords is in_coords or (stride == (1, 1, 1) and torch.equal(out_coords, in_coords)):
+        base_keys, base_order = table.sorted_keys, table.order.long()  # sorted queries: cache-friendly search
+    else:
+        base = out_coords.long().clone()
+        base[:, 1:] *= torch.tensor(stride, device=base.device)
+        base_keys, base_order = torch.sort(table.encode(base))
+    nmap = torch.empty(out_coords.shape[0], offsets.shape[0], dtype=torch.int32, device=out_coords.device)
+    for k, off in enumerate(offsets.tolist()):
+        d = table.delta(off)
+        for s in range(0, base_keys.shape[0], _QUERY_CHUNK):
+            nmap[base_order[s : s + _QUERY_CHUNK], k] = table.lookup(base_keys[s : s + _QUERY_CHUNK] + d)
     return nmap
 
 
@@ -334,10 +343,12 @@ class SparseLayerNorm32(SparseLayerNorm):
 
 
 class SparseDownsample(nn.Module):
-    """Mean (or other ``scatter_reduce`` mode) pooling by ``factor``; output rows sorted by (b, x, y, z).
+    """Pooling by ``factor`` like the official layer; output rows sorted by (b, x, y, z).
 
+    Official quirk, kept for parity: ``torch.scatter_reduce`` runs with its default ``include_self=True`` on a
+    zero-initialised output, so "mean" is ``sum(children) / (n_children + 1)`` (checked against the
+    ``sparse_encoder_downblock`` fixture). Reduces in float64 like the official layer (fp16 sums overflow).
     Remembers the fine coords and the inverse index in the output's cache so ``SparseUpsample`` can undo it.
-    Averages in float64 like the official layer (fp16 sums overflow).
     """
 
     def __init__(self, factor: int | tuple[int, int, int], mode: str = "mean"):
@@ -355,7 +366,11 @@ class SparseDownsample(nn.Module):
         c = x.feats.shape[1]
         pooled = torch.zeros(new_coords.shape[0], c, dtype=torch.float64, device=x.device)
         pooled = pooled.scatter_reduce(
-            0, inverse[:, None].expand(-1, c), x.feats.double(), reduce=self.mode, include_self=False
+            0,
+            inverse[:, None].expand(-1, c),
+            x.feats.double(),
+            reduce=self.mode,
+            include_self=True,  # official default, see docstring
         )
         out = SparseTensor(pooled.to(x.feats.dtype), new_coords)
         out.cache[("upsample", self.factor)] = (x.coords, inverse, x.cache)

@@ -136,6 +136,10 @@ class VGGTReconstructor(Reconstructor):
         extr, intr = pose_encoding_to_extri_intri(preds["pose_enc"][None].float(), image_size_hw=(net_h, net_w))
         extr_np = extr[0].cpu().double().numpy()
         intr_np = intr[0].cpu().double().numpy()
+        focal = intr_np[:, [0, 1], [0, 1]]
+        if not (np.isfinite(focal).all() and (focal > 0).all() and np.isfinite(extr_np).all()):
+            fov = preds["pose_enc"][:, 7:].cpu().numpy().round(4).tolist()
+            raise InputError(f"VGGT predicted a degenerate camera (field of view {fov} rad); check the weights")
         to_ref = reference_from_camera(extr_np, ref=0)
         out = []
         for i, (img, geom) in enumerate(zip(pil, geoms, strict=True)):

@@ -148,3 +148,47 @@ def test_encode_shapes_posterior_and_dtype_flow():
     with torch.no_grad():
         rec16 = half.decode(SparseTensor(torch.randn(3, 4), torch.tensor([[0, 0, 0, 0], [0, 0, 0, 1], [0, 3, 3, 3]])))
     assert rec16.feats.dtype == torch.float32 and rec16.coords.shape[0] == 3 * 512
+
+
+def _tiny_vae() -> SparseSDFVAE:
+    return SparseSDFVAE(
+        embed_dim=4, resolution=4, model_channels_encoder=512, num_blocks_encoder=1, num_heads_encoder=8,
+        model_channels_decoder=64, num_blocks_decoder=1, num_heads_decoder=4, num_head_channels_decoder=16,
+        latents_scale=2.0, latents_shift=0.5,
+    ).eval()  # fmt: skip
+
+
+def test_codec_roundtrip_and_bad_input():
+    import numpy as np
+
+    from consistent3dgen.errors import InputError
+    from consistent3dgen.generators.base import SparseLatent
+    from consistent3dgen.generators.direct3d_s2.sparse_codec import decode_sdf, encode_sdf
+    from consistent3dgen.geometry.voxels import SparseVoxels
+
+    torch.manual_seed(0)
+    vae = _tiny_vae()
+    rng = np.random.default_rng(0)
+    xyz = np.unique(rng.integers(0, 32, (80, 3)), axis=0)
+    sdf = SparseVoxels(xyz, 32, rng.uniform(-1, 1, (len(xyz), 1)).astype(np.float32))
+    lat = encode_sdf(vae, sdf)
+    assert lat.resolution == 4 and lat.feats.shape[1] == 4
+    assert set(map(tuple, lat.coords.tolist())) == set(map(tuple, (xyz // 8).tolist()))
+    with torch.no_grad():
+        z, _ = vae.encode(
+            SparseTensor(
+                torch.as_tensor(sdf.feats), torch.cat([torch.zeros(len(xyz), 1), torch.as_tensor(xyz)], 1).int()
+            )
+        )
+    torch.testing.assert_close(lat.feats, (z.feats - 0.5) * 2.0)  # normalised like the DiT's latents
+    rec = decode_sdf(vae, lat)
+    assert rec.resolution == 32 and len(rec) == 512 * len(lat) and rec.feats.shape == (len(rec), 1)
+    with torch.no_grad():
+        direct = vae.decode(SparseTensor(z.feats, z.coords))
+    np.testing.assert_allclose(rec.feats, direct.feats.numpy(), atol=1e-5)
+    with pytest.raises(InputError):
+        encode_sdf(vae, SparseVoxels(xyz, 64, sdf.feats))  # wrong resolution
+    with pytest.raises(InputError):
+        encode_sdf(vae, SparseVoxels(xyz, 32))  # no SDF values
+    with pytest.raises(InputError):
+        decode_sdf(vae, SparseLatent(lat.coords, lat.feats[:, :2], 4))

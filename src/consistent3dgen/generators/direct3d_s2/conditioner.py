@@ -1,0 +1,243 @@
+"""Image conditioning of Direct3D-S2: official preprocessing + DINOv2 ViT-L/14 with registers (transformers).
+
+Preprocessing (official ``preprocess_image`` + ``DinoEncoder``):
+1. RGBA image; crop to the bounding box of alpha > 0 (whole image if under 0.1 % of the pixels);
+2. composite on white (``rgb·a + (1 − a)``), back to uint8 by truncation;
+3. pad to a square (rgb white, mask 0; extra row/column at the bottom/right), PIL bilinear resize to 518
+   (mask nearest), pad 16 pixels on every side, resize to 518 again;
+4. [0, 1] tensor, ImageNet mean/std normalisation.
+The tokens are the last transformer layer's output *before* DINOv2's final norm (the hub model's
+``x_prenorm``: cls, 4 registers, 37×37 patches), passed through a LayerNorm without affine (eps 1e-5).
+
+An image without alpha needs a foreground mask: pass a segmenter (e.g. :class:`BiRefNetSegmenter` on local
+weights); without one it is an :class:`InputError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...errors import InputError, WeightsNotFoundError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_DINO = "facebook/dinov2-with-registers-large"  # transformers port of dinov2_vitl14_reg
+DEFAULT_BIREFNET = "ZhengPeng7/BiRefNet"
+EXTRA_PAD = 16
+
+# image (RGB uint8 H×W×3) → alpha mask uint8 H×W
+Segmenter = Callable[[np.ndarray], np.ndarray]
+
+
+def _as_array(image: Any) -> np.ndarray:
+    from PIL import Image
+
+    if isinstance(image, (str, os.PathLike)):
+        p = Path(image)
+        if not p.is_file():
+            raise InputError(f"image not found: {p}")
+        try:
+            image = Image.open(p)
+            image.load()
+        except Exception as e:
+            raise InputError(f"cannot read image {p}: {e}") from e
+    if isinstance(image, Image.Image):
+        if image.mode not in ("RGB", "RGBA"):
+            image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
+        image = np.asarray(image)
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"unsupported image type {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
+        raise InputError(f"image must be uint8 H×W×3 or H×W×4, got {image.dtype} {image.shape}")
+    if min(image.shape[:2]) < 1:
+        raise InputError("image is empty")
+    return image
+
+
+def to_rgba(image: Any, segmenter: Segmenter | None = None) -> np.ndarray:
+    """uint8 H×W×4; an image without alpha is masked by ``segmenter`` (required then)."""
+    arr = _as_array(image)
+    if arr.shape[2] == 4:
+        return arr
+    if segmenter is None:
+        raise InputError(
+            "image has no alpha channel: give an RGBA image (foreground mask in alpha) or a background-removal "
+            "model (e.g. BiRefNet weights)"
+        )
+    alpha = np.asarray(segmenter(arr))
+    if alpha.shape != arr.shape[:2]:
+        raise InputError(f"segmenter returned a {alpha.shape} mask for a {arr.shape[:2]} image")
+    return np.concatenate([arr, alpha.astype(np.uint8)[..., None]], axis=-1)
+
+
+def _crop_to_alpha(rgba: np.ndarray) -> np.ndarray:
+    fg = rgba[..., 3] > 0
+    h, w = fg.shape
+    if fg.sum() < h * w * 0.001:
+        return rgba
+    rows, cols = np.nonzero(fg)
+    return rgba[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+
+
+def _pad(arr: np.ndarray, top: int, bottom: int, left: int, right: int, fill: int) -> np.ndarray:
+    widths = ((top, bottom), (left, right)) + ((0, 0),) * (arr.ndim - 2)
+    return np.pad(arr, widths, mode="constant", constant_values=fill)
+
+
+def preprocess_image(image: Any, size: int = 518, segmenter: Segmenter | None = None) -> torch.Tensor:
+    """Official preprocessing → float32 (4, size, size): RGB on white in [0, 1], then the mask."""
+    from PIL import Image
+
+    rgba = _crop_to_alpha(to_rgba(image, segmenter)).astype(np.float64) / 255.0
+    alpha = rgba[..., 3:]
+    rgb = ((rgba[..., :3] * alpha + (1 - alpha)) * 255).astype(np.uint8)
+    mask = (alpha[..., 0] * 255).astype(np.uint8)
+    h, w = mask.shape
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    rgb = _pad(rgb, top, side - h - top, left, side - w - left, 255)
+    mask = _pad(mask, top, side - h - top, left, side - w - left, 0)
+    rgb_img = Image.fromarray(rgb).resize((size, size), Image.BILINEAR)
+    mask_img = Image.fromarray(mask).resize((size, size), Image.NEAREST)
+    rgb = _pad(np.asarray(rgb_img), EXTRA_PAD, EXTRA_PAD, EXTRA_PAD, EXTRA_PAD, 255)
+    mask = _pad(np.asarray(mask_img), EXTRA_PAD, EXTRA_PAD, EXTRA_PAD, EXTRA_PAD, 0)
+    rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
+    mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))
+    out = np.concatenate([rgb, mask[..., None]], axis=-1).astype(np.float32) / 255.0
+    return torch.from_numpy(out).permute(2, 0, 1).contiguous()
+
+
+def patch_mask(mask: torch.Tensor, patch_size: int = 14) -> torch.Tensor:
+    """(B, 1, H, W) mask → (B, H/p, W/p) bool: patches containing any foreground (v1.0 sparse conditions)."""
+    return F.max_pool2d(mask, kernel_size=patch_size, stride=patch_size).squeeze(1) > 0
+
+
+def _load_pretrained(loader: Callable[..., Any], source: str | os.PathLike, what: str, **kwargs: Any) -> Any:
+    path = Path(source)
+    is_path = path.exists() or str(source).startswith((".", "/", "~")) or str(source).count("/") != 1
+    if is_path and not path.is_dir():
+        raise WeightsNotFoundError(f"{what} weights folder not found: {source}")
+    try:
+        return loader(str(source), local_files_only=True, **kwargs)
+    except (OSError, ValueError) as e:
+        raise WeightsNotFoundError(f"{what} weights not found locally: {source} ({type(e).__name__})") from e
+
+
+class DinoConditioner(nn.Module):
+    """Image → (B, 5 + (size/14)², 1024) DINOv2-reg tokens, as the official ``DinoEncoder``.
+
+    ``weights``: a local folder or a cached hub id of a transformers ``Dinov2WithRegistersModel``
+    (default ``facebook/dinov2-with-registers-large``); or pass a built ``encoder``. ``model``/``version`` are
+    the official config's torch.hub names, accepted for config compatibility (only ViT-L/14-reg is supported).
+    """
+
+    def __init__(
+        self,
+        model: str = "facebookresearch/dinov2",
+        version: str = "dinov2_vitl14_reg",
+        size: int = 518,
+        weights: str | os.PathLike | None = None,
+        encoder: nn.Module | None = None,
+        segmenter: Segmenter | None = None,
+    ):
+        super().__init__()
+        if version != "dinov2_vitl14_reg":
+            raise InputError(f"unsupported DINOv2 version {version!r}; Direct3D-S2 uses dinov2_vitl14_reg")
+        self.size = size
+        self.segmenter = segmenter
+        if encoder is None:
+            try:
+                from transformers import Dinov2WithRegistersModel
+            except ImportError as e:
+                raise ImportError("the DINOv2 conditioner needs transformers (pip install 'transformers>=4.40')") from e
+            encoder = _load_pretrained(
+                Dinov2WithRegistersModel.from_pretrained, weights or DEFAULT_DINO, "DINOv2 (ViT-L/14 with registers)"
+            )
+        self.encoder = encoder.eval()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    def prepare(self, images: Any) -> torch.Tensor:
+        """One image or a list (paths, PIL, uint8 arrays) → (B, 4, size, size) preprocessed RGB + mask."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        return torch.stack([preprocess_image(im, self.size, self.segmenter) for im in images])
+
+    @torch.no_grad()
+    def encode(self, rgb: torch.Tensor) -> torch.Tensor:
+        """(B, 3, size, size) RGB in [0, 1] → normalised pre-norm tokens (B, L, C) float32."""
+        if rgb.ndim != 4 or rgb.shape[1] != 3:
+            raise InputError(f"expected (B, 3, H, W) RGB in [0, 1], got {tuple(rgb.shape)}")
+        if tuple(rgb.shape[-2:]) != (self.size, self.size):
+            # the official Resize + CenterCrop; a no-op for preprocessed images
+            scale = self.size / min(rgb.shape[-2:])
+            hw = [max(self.size, round(s * scale)) for s in rgb.shape[-2:]]
+            rgb = F.interpolate(rgb.float(), size=hw, mode="bilinear", antialias=True, align_corners=False)
+            top, left = (hw[0] - self.size) // 2, (hw[1] - self.size) // 2
+            rgb = rgb[..., top : top + self.size, left : left + self.size]
+        param = next(self.encoder.parameters())
+        x = ((rgb.to(self.mean.device).float() - self.mean) / self.std).to(device=param.device, dtype=param.dtype)
+        hidden = self.encoder(pixel_values=x, output_hidden_states=True).hidden_states[-1]
+        return F.layer_norm(hidden.float(), hidden.shape[-1:])
+
+    def forward(self, image: Any) -> torch.Tensor:
+        """Conditioner protocol: image(s) (path / PIL / array, or a preprocessed (B, 3|4, S, S) tensor) → tokens."""
+        if torch.is_tensor(image):
+            x = image if image.ndim == 4 else image.unsqueeze(0)
+            return self.encode(x[:, :3])
+        return self.encode(self.prepare(image)[:, :3])
+
+    def tokens_and_mask(self, image: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens plus the per-patch foreground mask (v1.0 sparse conditions)."""
+        x = self.prepare(image) if not torch.is_tensor(image) else image
+        return self.encode(x[:, :3]), patch_mask(x[:, 3:].float())
+
+
+class BiRefNetSegmenter:
+    """Foreground alpha from BiRefNet (official ``utils/rembg.py``) loaded from local weights via transformers.
+
+    Note: BiRefNet ships its model code with the weights (``trust_remote_code``): only use weights you trust.
+    """
+
+    def __init__(self, weights: str | os.PathLike = DEFAULT_BIREFNET, device: str | torch.device = "cpu"):
+        try:
+            from transformers import AutoModelForImageSegmentation
+        except ImportError as e:
+            raise ImportError("background removal needs transformers (pip install 'transformers>=4.40')") from e
+        self.model = (
+            _load_pretrained(
+                AutoModelForImageSegmentation.from_pretrained,
+                weights,
+                "BiRefNet (background removal)",
+                trust_remote_code=True,
+            )
+            .to(device)
+            .eval()
+        )
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        h, w = rgb.shape[:2]
+        x = np.asarray(Image.fromarray(rgb).resize((1024, 1024), Image.BILINEAR), dtype=np.float32) / 255.0
+        x = (torch.from_numpy(x).permute(2, 0, 1)[None] - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+            IMAGENET_STD
+        ).view(1, 3, 1, 1)
+        param = next(self.model.parameters())
+        pred = self.model(x.to(device=param.device, dtype=param.dtype))[-1].sigmoid()[0, 0].float().cpu()
+        mask = Image.fromarray((pred.numpy() * 255).astype(np.uint8)).resize((w, h))
+        return np.asarray(mask)

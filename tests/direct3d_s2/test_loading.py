@@ -236,3 +236,78 @@ def test_hub_cache_full_size_dense_checkpoint(tmp_path, offline):
     assert parts["dense_vae"].encoder.input_layer.weight.dtype == torch.float32
     assert parts["dense_dit"].blocks[23].cross_attn.to_kv.weight.dtype == torch.float16
     assert not any(t.is_meta for t in parts["dense_dit"].state_dict().values())
+
+
+TINY_SPARSE = {
+    "sparse_vae_512": {
+        "target": "direct3d_s2.models.autoencoders.ss_vae_legacy.SparseSDFVAE",
+        "params": {
+            "embed_dim": 4, "resolution": 4, "model_channels_encoder": 512, "num_blocks_encoder": 1,
+            "num_heads_encoder": 8, "model_channels_decoder": 64, "num_blocks_decoder": 1, "num_heads_decoder": 4,
+            "num_head_channels_decoder": 16, "out_channels": 1, "use_fp16": True,
+        },
+    },
+    "sparse_dit_512": {
+        "target": "direct3d_s2.models.transformers.sparse_dit.SparseDiT",
+        "params": {
+            "resolution": 4, "in_channels": 4, "out_channels": 4, "model_channels": 64, "cond_channels": 16,
+            "num_blocks": 1, "num_heads": 4, "num_kv_heads": 2, "compression_block_size": 4,
+            "selection_block_size": 4, "topk": 2, "compression_version": "v1", "pe_mode": "ape", "factor": 1.0,
+            "sparse_conditions": False, "qk_rms_norm": True, "use_shift": True, "use_fp16": True,
+        },
+    },
+}  # fmt: skip
+
+
+def test_load_generator_with_sparse_stage(tmp_path):
+    from consistent3dgen.generators.base import DenseStage, Generator, SparseLatent, SparseStage
+    from consistent3dgen.generators.direct3d_s2.stages import load_generator
+
+    for part in TINY_SPARSE.values():
+        if registry.resolve(part["target"]) is None:
+            pytest.skip(f"no class yet for {part['target']}")
+    config = {**TINY_CONFIG, **TINY_SPARSE}
+    _write_dense(tmp_path / "w", config)
+    torch.save(
+        {
+            "vae": _random_state(TINY_SPARSE["sparse_vae_512"], 7),
+            "dit": _random_state(TINY_SPARSE["sparse_dit_512"], 8),
+        },
+        tmp_path / "w" / "model_sparse_512.ckpt",
+    )
+    gen = load_generator(tmp_path / "w", sparse_resolutions=(512,), dtype="fp32", with_conditioner=False)
+    assert isinstance(gen, Generator) and gen.conditioner is None
+    assert isinstance(gen.dense, DenseStage) and isinstance(gen.sparse[0], SparseStage)
+    stage = gen.sparse[0]
+    assert stage.resolution == 32 and stage.latent_channels == 4
+    g = torch.Generator().manual_seed(0)
+    coords = torch.unique(torch.randint(0, 4, (40, 3), generator=g), dim=0).int()
+    order = stage.token_order(coords)
+    assert sorted(order.tolist()) == list(range(len(coords)))
+    coords = coords[order]
+    x = torch.randn(len(coords), 4, generator=g)
+    cond = torch.randn(1, 6, 16, generator=g)
+    v = stage.velocity(x, coords, torch.tensor([800.0]), cond)
+    assert v.shape == x.shape and torch.isfinite(v).all()
+    v_zero = stage.velocity(x, coords, torch.tensor([800.0]), torch.zeros_like(cond))
+    assert not torch.allclose(v, v_zero)  # the condition matters
+    sdf = stage.decode_sdf(SparseLatent(coords, x, 4))
+    assert sdf.resolution == 32 and len(sdf) == 512 * len(coords)
+    with pytest.raises(InputError, match="coords"):
+        stage.velocity(x, coords[:, :2], torch.tensor([800.0]), cond)
+
+
+def test_sparse_condition_layout():
+    from consistent3dgen.generators.direct3d_s2.stages import sparse_condition
+
+    tokens = torch.arange(2 * (5 + 9) * 2, dtype=torch.float32).reshape(2, 14, 2)
+    mask = torch.zeros(2, 3, 3, dtype=torch.bool)
+    mask[0, 1, 2] = True  # h=1, w=2 → patch index 5
+    mask[1, 0, 0] = mask[1, 2, 1] = True
+    sp = sparse_condition(tokens, mask)
+    assert sp.coords.dtype == torch.int32 and sp.coords.shape == (5 + 1 + 5 + 2, 4)
+    assert sp.coords[:5].tolist() == [[0, 0, 0, 1]] * 5
+    assert sp.coords[5].tolist() == [0, 2, 1, 0]  # (b, w, h, 0)
+    assert torch.equal(sp.feats[5], tokens[0, 5 + 5])
+    assert sp.coords[11:].tolist() == [[1, 0, 0, 0], [1, 1, 2, 0]]
+    assert torch.equal(sp.feats[12], tokens[1, 5 + 2 * 3 + 1])

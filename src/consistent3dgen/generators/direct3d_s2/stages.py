@@ -112,3 +112,106 @@ def load_dense_stage(
         **kwargs,
     )
     return Direct3DS2DenseStage(parts["dense_vae"], parts["dense_dit"])
+
+
+def sparse_condition(tokens: torch.Tensor, patch_mask: torch.Tensor, num_cls: int = 1, num_reg: int = 4):
+    """v1.0 sparse conditions (official ``extract_tokens_and_coords``): a SparseTensor of the cls + register
+    tokens at (b, 0, 0, 1) and the foreground patch tokens at (b, w, h, 0); ``patch_mask`` (B, H, W) bool."""
+    from .sparse_tensor import SparseTensor
+
+    feats, coords = [], []
+    side = patch_mask.shape[1]
+    for b in range(tokens.shape[0]):
+        head = tokens[b, : num_cls + num_reg]
+        pos = patch_mask[b].nonzero()
+        h, w = pos[:, 0], pos[:, 1]
+        patches = tokens[b, num_cls + num_reg :][h * side + w]
+        head_coords = torch.tensor([[b, 0, 0, 1]] * (num_cls + num_reg), device=tokens.device)
+        patch_coords = torch.stack([torch.full_like(h, b), w, h, torch.zeros_like(h)], dim=1)
+        feats += [head, patches]
+        coords += [head_coords, patch_coords]
+    return SparseTensor(torch.cat(feats), torch.cat(coords).to(torch.int32))
+
+
+class Direct3DS2SparseStage:
+    """Sparse stage (``SparseStage``): SDF voxels at 8·latent resolution ↔ latent tokens; sparse DiT velocity.
+
+    ``velocity`` returns the DiT output in the model's compute dtype (like the dense stage).
+    """
+
+    latent_factor = 8
+
+    def __init__(self, vae: torch.nn.Module, dit: torch.nn.Module):
+        if vae.resolution != dit.resolution:
+            raise InputError(f"sparse VAE latent grid {vae.resolution} != sparse DiT grid {dit.resolution}")
+        self.vae = vae.eval()
+        self.dit = dit.eval()
+        self.resolution = int(vae.resolution) * self.latent_factor
+        self.latent_channels = int(dit.in_channels)
+
+    @property
+    def device(self) -> torch.device:
+        return _model_device(self.dit)
+
+    def encode_sdf(self, sdf):
+        from .sparse_codec import encode_sdf
+
+        return encode_sdf(self.vae, sdf)
+
+    def decode_sdf(self, latent):
+        from .sparse_codec import decode_sdf
+
+        return decode_sdf(self.vae, latent)
+
+    def token_order(self, coords: torch.Tensor) -> torch.Tensor:
+        """Permutation to block order (the official ``sort_block`` with the DiT's selection block size)."""
+        from .block_order import block_order
+
+        return block_order(coords, self.dit.selection_block_size)
+
+    @torch.no_grad()
+    def velocity(self, x: torch.Tensor, coords: torch.Tensor, timestep: torch.Tensor, cond: Any) -> torch.Tensor:
+        """Velocity (N, C) for one shape's tokens x (N, C) at latent coords (N, 3) (in block order)."""
+        from .sparse_tensor import SparseTensor
+
+        if x.ndim != 2 or coords.ndim != 2 or coords.shape != (x.shape[0], 3):
+            raise InputError(f"tokens (N, C) with coords (N, 3) expected, got {tuple(x.shape)}, {tuple(coords.shape)}")
+        device = self.device
+        c = coords.to(device=device, dtype=torch.int32)
+        c4 = torch.cat([torch.zeros(len(c), 1, dtype=torch.int32, device=device), c], dim=1)
+        if torch.is_tensor(cond):
+            cond = cond.to(device)
+        t = torch.as_tensor(timestep, device=device).reshape(-1)
+        return self.dit(SparseTensor(x.to(device=device, dtype=self.dit.dtype), c4), t, cond).feats
+
+
+def load_generator(
+    source: str | os.PathLike | None = None,
+    subfolder: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    sparse_resolutions: tuple[int, ...] = (512, 1024),
+    dino_weights: str | os.PathLike | None = None,
+    with_conditioner: bool = True,
+    **kwargs: Any,
+):
+    """The full Direct3D-S2 prior as a ``Generator``: dense stage, sparse stages, DINOv2 conditioner."""
+    from ..base import Generator
+    from . import loading
+    from .conditioner import DinoConditioner
+
+    bad = [r for r in sparse_resolutions if r not in (512, 1024)]
+    if bad:
+        raise InputError(f"Direct3D-S2 sparse stages are 512 and 1024, got {bad}")
+    names = ["dense_vae", "dense_dit"]
+    for r in sparse_resolutions:
+        names += [f"sparse_vae_{r}", f"sparse_dit_{r}"]
+    sub = subfolder if subfolder is not None else loading.DEFAULT_SUBFOLDER
+    parts = loading.load_parts(
+        source if source is not None else loading.HUB_ID, parts=names, subfolder=sub, dtype=dtype, device=device,
+        **kwargs,
+    )  # fmt: skip
+    dense = Direct3DS2DenseStage(parts["dense_vae"], parts["dense_dit"])
+    sparse = [Direct3DS2SparseStage(parts[f"sparse_vae_{r}"], parts[f"sparse_dit_{r}"]) for r in sparse_resolutions]
+    conditioner = DinoConditioner(weights=dino_weights).to(device) if with_conditioner else None
+    return Generator(dense=dense, sparse=sparse, conditioner=conditioner, name=f"direct3d-s2 {sub}")

@@ -79,10 +79,10 @@ class MiniPriorConfig:
                 "embed_dim": 4,
                 "in_channels": 1,
                 "out_channels": 1,
-                "model_channels_encoder": [32, 64],
+                "model_channels_encoder": [16, 32],
                 "num_res_blocks_encoder": 1,
                 "num_res_blocks_middle_encoder": 1,
-                "model_channels_decoder": [64, 32],
+                "model_channels_decoder": [32, 16],
                 "num_res_blocks_decoder": 1,
                 "num_res_blocks_middle_decoder": 1,
                 "use_fp16": False,
@@ -114,6 +114,9 @@ class MiniPriorConfig:
     sparse_vae: dict[str, Any] = field(
         default_factory=lambda: {
             "target": "direct3d_s2.models.autoencoders.ss_vae.SparseSDFVAE",
+            # not an official parameter: GroupNorm groups of the encoder's down blocks (official 32 needs
+            # model_channels >= 512); see trainer.build_model
+            "encoder_norm_groups": 4,
             "params": {
                 "embed_dim": 8,
                 "resolution": 16,

@@ -1,0 +1,509 @@
+"""Trainers of the mini prior: the VAE and flow-matching objectives, AdamW + EMA, resumable checkpoints, curves.
+
+Objectives (Direct3D-S2's training code is not public; these follow its released model code and TRELLIS, the
+codebase its sparse modules come from):
+
+* dense VAE: occupancy {0,1} → posterior sample → logits; binary cross-entropy + ``kl_weight`` · KL, the KL
+  averaged over latent elements like the official ``DiagonalGaussianDistribution.kl``.
+* sparse SDF VAE: narrow-band voxels → posterior sample on latent cells → tanh SDF on every voxel of the
+  cells; L1 to the stored values + ``kl_weight`` · KL. Like the official ``chunk_size`` training, the decoder's
+  upsampling runs on one random box of latent cells (with a padding of context cells) to bound its cost.
+* dense / sparse DiT (rectified flow, diffusers convention): ``x_t = (1 − σ) x0 + σ ε``, target ``v = ε − x0``,
+  the model sees ``t = 1000 σ``; σ ~ logit-normal(mean 1, std 1) as TRELLIS trains, optionally shifted
+  ``σ' = sσ / (1 + (s − 1)σ)`` (SD3/diffusers shift), or shifted-uniform. MSE loss. The latents are the
+  EMA VAE's posterior means, scaled to unit variance (``latents_scale``, stored in the config as the
+  official models do).
+
+Checkpoints: ``<run>/<stage>/checkpoint.safetensors`` (model, EMA, AdamW moments, RNG states) +
+``checkpoint.json`` (step, config, loss history); a resumed run continues bit-exactly (same batches, noise).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..generators.direct3d_s2.sparse_tensor import SparseTensor
+from ..io.atomic import atomic_path, atomic_write_text
+from .config import MiniPriorConfig, StageTraining
+from .data import SampleSet, ShapeSample
+
+# ------------------------------------------------------------------------------------------------- models
+
+
+@contextlib.contextmanager
+def _encoder_norm_groups(groups: int | None):
+    """Build a sparse VAE whose encoder GroupNorms use ``groups`` groups instead of the official 32.
+
+    The official encoder's GroupNorm(32, model_channels // 16) needs model_channels ≥ 512 (≈ 39 MB of encoder
+    weights); the mini prior uses far fewer channels. Until the VAE class takes the group count as a
+    parameter, its down block's default is swapped only while the model is constructed.
+    """
+    if groups is None:
+        yield
+        return
+    from ..generators.direct3d_s2 import sparse_vae
+
+    init = sparse_vae.SparseDownBlock3d.__init__
+    old = init.__defaults__
+    names = init.__code__.co_varnames[1 : init.__code__.co_argcount]
+    defaults_start = len(names) - len(old)
+    new = list(old)
+    new[names.index("num_groups") - defaults_start] = groups
+    init.__defaults__ = tuple(new)
+    try:
+        yield
+    finally:
+        init.__defaults__ = old
+
+
+def build_model(entry: dict[str, Any]) -> nn.Module:
+    """Build one model from a ``{"target", "params"[, "encoder_norm_groups"]}`` entry via the registry."""
+    from ..generators.direct3d_s2.registry import build
+
+    with _encoder_norm_groups(entry.get("encoder_norm_groups")):
+        return build(entry)
+
+
+def build_models(cfg: MiniPriorConfig, seed: int | None = None) -> dict[str, nn.Module]:
+    """The four models of the mini prior, freshly initialised for training (seeded)."""
+    torch.manual_seed(cfg.seed if seed is None else seed)
+    models = {
+        "dense_vae": build_model(cfg.dense_vae),
+        "dense_dit": build_model(cfg.dense_dit),
+        "sparse_vae": build_model(cfg.sparse_vae),
+        "sparse_dit": build_model(cfg.sparse_dit),
+    }
+    for name, m in models.items():
+        init_for_training(m, is_dit=name.endswith("dit"))
+    return models
+
+
+def init_for_training(model: nn.Module, is_dit: bool) -> None:
+    """The official initialisation: xavier linears, zero adaLN modulation and zero output layers (DiT: output 0;
+    sparse decoder: tanh(0) = 0; encoder: posterior N(0, 1) at start)."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    for name, m in model.named_modules():
+        last = name.split(".")[-1]
+        if is_dit and "adaLN_modulation" in name and isinstance(m, nn.Linear):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+        if last == "out_layer" and isinstance(m, nn.Linear):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+    if is_dit:
+        for name, m in model.named_modules():
+            if name.endswith("adaLN_modulation") and isinstance(m, nn.Sequential):
+                nn.init.zeros_(m[-1].weight)
+                nn.init.zeros_(m[-1].bias)
+
+
+def count_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+# --------------------------------------------------------------------------------------------- objectives
+
+
+def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, e^logvar) ‖ N(0, 1)) averaged over elements (the official ``kl`` uses a mean)."""
+    return 0.5 * torch.mean(mean.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def dense_vae_loss(vae: nn.Module, occupancy: torch.Tensor, kl_weight: float, gen: torch.Generator) -> dict:
+    mean, logvar = vae.encode_moments(occupancy)
+    z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
+    logits = vae.decode(z)
+    recon = F.binary_cross_entropy_with_logits(logits, occupancy)
+    kl = gaussian_kl(mean, logvar)
+    with torch.no_grad():
+        pred = logits > 0
+        truth = occupancy > 0.5
+        iou = (pred & truth).sum() / (pred | truth).sum().clamp(min=1)
+    return {"loss": recon + kl_weight * kl, "recon": recon, "kl": kl, "iou": iou}
+
+
+def batch_band_tensor(samples: list[ShapeSample]) -> SparseTensor:
+    """Narrow-band voxels of several samples as one SparseTensor (batch column first, rows grouped)."""
+    coords, feats = [], []
+    for b, s in enumerate(samples):
+        band = s.band()
+        coords.append(np.concatenate([np.full((len(band), 1), b, np.int32), band.coords], 1))
+        feats.append(band.feats)
+    return SparseTensor(torch.from_numpy(np.concatenate(feats)).float(), torch.from_numpy(np.concatenate(coords)))
+
+
+def _crop_cells(coords: torch.Tensor, max_cells: int, rng: np.random.Generator, padding: int = 1):
+    """(core mask, padded mask) of one batch element's latent cells: a random box holding ≤ max_cells cells."""
+    n = coords.shape[0]
+    if max_cells <= 0 or n <= max_cells:
+        full = torch.ones(n, dtype=torch.bool)
+        return full, full
+    xyz = coords[:, 1:].long()
+    centre = xyz[int(rng.integers(n))]
+    dist = (xyz - centre).abs().max(dim=1).values  # Chebyshev distance: boxes around the centre cell
+    radius = int(torch.sort(dist).values[max_cells - 1])
+    core = dist <= radius
+    if core.sum() > max_cells:  # the boundary shell overshoots: keep the box one smaller (≥ the centre)
+        core = dist <= max(radius - 1, 0)
+    return core, dist <= int(dist[core].max()) + padding
+
+
+def sparse_vae_loss(
+    vae: nn.Module, samples: list[ShapeSample], kl_weight: float, max_cells: int, gen: torch.Generator, rng
+) -> dict:
+    x = batch_band_tensor(samples)
+    h = vae.encoder(x)
+    mean, logvar = torch.chunk(h.feats, 2, dim=1)
+    logvar = logvar.clamp(-30.0, 20.0)
+    z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
+    t = vae.decoder.transformer(h.replace(z))
+    losses, n_vox, sign_ok, band_n = [], 0, 0.0, 0
+    for b, s in enumerate(samples):
+        rows = torch.nonzero(t.coords[:, 0] == b)[:, 0]
+        core, padded = _crop_cells(t.coords[rows], max_cells, rng)
+        sub = SparseTensor(t.feats[rows[padded]], t.coords[rows[padded]])
+        sdf, _ = vae.decoder.upsamples(sub, x.feats.dtype)
+        parent = sdf.coords[:, 1:].long() // s.factor
+        core_cells = t.coords[rows[core]][:, 1:].long()
+        keep = _rows_in(parent, core_cells, s.cell_resolution)
+        pred = sdf.feats[keep, 0]
+        target = torch.from_numpy(s.lookup(sdf.coords[keep, 1:].numpy()))
+        losses.append(torch.abs(pred - target).sum())
+        n_vox += int(keep.sum())
+        with torch.no_grad():
+            band = target.abs() < 1
+            sign_ok += float(((pred[band] > 0) == (target[band] > 0)).float().sum())
+            band_n += int(band.sum())
+    recon = torch.stack(losses).sum() / max(n_vox, 1)
+    kl = gaussian_kl(mean, logvar)
+    return {
+        "loss": recon + kl_weight * kl,
+        "recon_l1": recon,
+        "kl": kl,
+        "band_sign_acc": torch.tensor(sign_ok / max(band_n, 1)),
+    }
+
+
+def _rows_in(coords: torch.Tensor, members: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Mask of ``coords`` (N, 3) rows that are in ``members`` (M, 3)."""
+    key = (coords[:, 0] * resolution + coords[:, 1]) * resolution + coords[:, 2]
+    mk = torch.sort((members[:, 0] * resolution + members[:, 1]) * resolution + members[:, 2]).values
+    pos = torch.searchsorted(mk, key).clamp(max=len(mk) - 1)
+    return mk[pos] == key
+
+
+def sample_sigmas(n: int, tc: StageTraining, gen: torch.Generator) -> torch.Tensor:
+    """Training noise levels σ ∈ (0, 1) (see module doc)."""
+    if tc.timestep_sampling == "logit_normal":
+        sigma = torch.sigmoid(torch.randn(n, generator=gen) * tc.logit_std + tc.logit_mean)
+    elif tc.timestep_sampling == "shifted_uniform":
+        sigma = torch.rand(n, generator=gen)
+    else:
+        raise InputError(f"unknown timestep sampling {tc.timestep_sampling!r}")
+    s = tc.shift
+    return s * sigma / (1 + (s - 1) * sigma)
+
+
+def flow_matching_loss(velocity: Callable, x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> dict:
+    """Rectified-flow loss; ``sigma`` broadcastable to x0; ``velocity(x_t)`` returns the predicted ε − x0."""
+    xt = (1 - sigma) * x0 + sigma * noise
+    v = velocity(xt)
+    loss = F.mse_loss(v, noise - x0)
+    return {"loss": loss}
+
+
+def dense_dit_loss(dit: nn.Module, latents: torch.Tensor, tc: StageTraining, null_tokens: int, gen) -> dict:
+    b = latents.shape[0]
+    sigma = sample_sigmas(b, tc, gen)
+    noise = torch.randn(latents.shape, generator=gen)
+    cond = torch.zeros(b, null_tokens, _cond_channels(dit))
+    return flow_matching_loss(lambda xt: dit(xt, sigma * 1000.0, cond), latents, sigma.view(b, 1, 1, 1, 1), noise)
+
+
+def _cond_channels(model: nn.Module) -> int:
+    """Width of the condition tokens (the cross-attention key/value input)."""
+    for name, m in model.named_modules():
+        if name.endswith("cross_attn.to_kv") and isinstance(m, nn.Linear):
+            return m.in_features
+    raise InputError("cannot find the cross-attention context width of the DiT")
+
+
+def sparse_dit_loss(dit: nn.Module, tokens: list[tuple[np.ndarray, np.ndarray]], tc, null_tokens: int, gen) -> dict:
+    """``tokens``: per sample (coords (M, 3) int, latents (M, C)), already in block order."""
+    b = len(tokens)
+    coords = torch.from_numpy(np.concatenate([np.c_[np.full(len(c), i), c] for i, (c, _) in enumerate(tokens)]))
+    x0 = torch.from_numpy(np.concatenate([z for _, z in tokens])).float()
+    counts = torch.tensor([len(c) for c, _ in tokens])
+    sigma = sample_sigmas(b, tc, gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    cond = torch.zeros(b, null_tokens, _cond_channels(dit))
+    sig_rows = torch.repeat_interleave(sigma, counts)[:, None]
+
+    def velocity(xt):
+        return dit(SparseTensor(xt, coords.int()), sigma * 1000.0, cond).feats
+
+    return flow_matching_loss(velocity, x0, sig_rows, noise)
+
+
+# ------------------------------------------------------------------------------------------- stage runner
+
+
+class EMA:
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for e, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            e.lerp_(p.detach(), 1.0 - self.decay)
+
+
+def _lr_at(step: int, tc: StageTraining) -> float:
+    """Linear warm-up, then cosine decay to 10 % of the peak."""
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    frac = (step - tc.warmup_steps) / max(tc.steps - tc.warmup_steps, 1)
+    return tc.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+class StageTrainer:
+    """Train one model with a loss function ``loss_fn(model, step, gen, rng) -> dict`` and resumable state."""
+
+    def __init__(self, name: str, model: nn.Module, tc: StageTraining, run_dir: str | Path, seed: int = 0):
+        self.name = name
+        self.model = model
+        self.tc = tc
+        self.dir = Path(run_dir) / name
+        self.opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
+        self.ema = EMA(model, tc.ema_decay)
+        self.step = 0
+        self.gen = torch.Generator().manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        self.history: list[dict[str, float]] = []
+
+    # --- checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / "checkpoint.safetensors"
+
+    def save(self) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {f"model.{k}": v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        tensors.update({f"ema.{k}": v.detach().contiguous() for k, v in self.ema.model.state_dict().items()})
+        opt_state = self.opt.state_dict()
+        for pid, st in opt_state["state"].items():
+            for k, v in st.items():
+                tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v).detach().clone().contiguous()
+        tensors["rng.torch"] = self.gen.get_state()
+        meta = {
+            "stage": self.name,
+            "step": self.step,
+            "training": self.tc.__dict__,
+            "numpy_rng": self.rng.bit_generator.state,
+            "history": self.history,
+        }
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.checkpoint_path) as tmp:
+            save_file(tensors, tmp)
+        atomic_write_text(self.dir / "checkpoint.json", json.dumps(meta, default=_json_default))
+
+    def load(self) -> bool:
+        """Resume from the stage's checkpoint if there is one (weights, EMA, optimizer, RNGs, history)."""
+        if not self.checkpoint_path.is_file() or not (self.dir / "checkpoint.json").is_file():
+            return False
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(self.checkpoint_path)
+            meta = json.loads((self.dir / "checkpoint.json").read_text())
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the same user error
+            raise InputError(f"cannot resume from {self.checkpoint_path}: {e}") from e
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+        self.ema.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, strict=True)
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, pid, key = k.split(".", 2)
+                state.setdefault(int(pid), {})[key] = v
+        opt_sd = self.opt.state_dict()
+        opt_sd["state"] = state
+        self.opt.load_state_dict(opt_sd)
+        self.gen.set_state(tensors["rng.torch"])
+        self.rng.bit_generator.state = meta["numpy_rng"]
+        self.step = int(meta["step"])
+        self.history = meta["history"]
+        return True
+
+    # --- loop
+    def run(self, loss_fn: Callable, steps: int | None = None, log: Callable | None = print) -> None:
+        """Train until ``steps`` (default: the configured total) steps are done, checkpointing on the way."""
+        total = self.tc.steps if steps is None else steps
+        self.model.train()
+        t0 = time.time()
+        while self.step < total:
+            for g in self.opt.param_groups:
+                g["lr"] = _lr_at(self.step, self.tc)
+            out = loss_fn(self.model, self.step, self.gen, self.rng)
+            self.opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
+            self.opt.step()
+            self.ema.update(self.model)
+            self.step += 1
+            row = {"step": self.step, "lr": self.opt.param_groups[0]["lr"], "grad_norm": float(grad_norm)}
+            row.update({k: float(v) for k, v in out.items()})
+            row["seconds"] = time.time() - t0
+            self.history.append(row)
+            if log and (self.step % self.tc.log_every == 0 or self.step == total):
+                terms = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("step", "seconds"))
+                log(f"{self.name} step {self.step}/{total} {terms} ({row['seconds']:.0f} s)")
+            if self.step % self.tc.checkpoint_every == 0 or self.step == total:
+                self.save()
+                write_curves(self.history, self.dir / "loss.csv", self.dir / "loss.png", self.name)
+
+
+def _json_default(o):
+    if isinstance(o, np.integer | np.floating):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+# ------------------------------------------------------------------------------------------------- curves
+
+
+def write_curves(history: list[dict[str, float]], csv_path: Path, png_path: Path, title: str = "") -> None:
+    """Loss history as CSV (every logged term) and a PNG line plot of ``loss`` (log scale, plus a running mean)."""
+    if not history:
+        return
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+    with atomic_path(png_path) as tmp:
+        plot_curve([r["step"] for r in history], [r["loss"] for r in history], tmp, title)
+
+
+def plot_curve(steps, values, path: str | Path, title: str = "", size=(640, 400)) -> None:
+    """A minimal log-scale line plot with PIL (no plotting library needed)."""
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    x = np.asarray(steps, np.float64)
+    y = np.log10(np.maximum(np.asarray(values, np.float64), 1e-12))
+    left, right, top, bottom = 60, w - 20, 30, h - 40
+    x0, x1 = float(x.min()), float(max(x.max(), x.min() + 1))
+    y0, y1 = float(y.min()), float(max(y.max(), y.min() + 1e-6))
+
+    def to_px(xv, yv):
+        return left + (xv - x0) / (x1 - x0) * (right - left), bottom - (yv - y0) / (y1 - y0) * (bottom - top)
+
+    draw.rectangle([left, top, right, bottom], outline="black")
+    for frac in (0.0, 0.5, 1.0):
+        yv = y0 + frac * (y1 - y0)
+        _, py = to_px(x0, yv)
+        draw.text((5, py - 6), f"{10**yv:.3g}", fill="black")
+        xv = x0 + frac * (x1 - x0)
+        px, _ = to_px(xv, y0)
+        draw.text((px - 10, bottom + 8), f"{int(xv)}", fill="black")
+    draw.line([to_px(a, b) for a, b in zip(x, y, strict=True)], fill=(150, 180, 230), width=1)
+    k = max(1, len(y) // 50)
+    smooth = np.convolve(y, np.ones(k) / k, mode="valid")
+    draw.line([to_px(a, b) for a, b in zip(x[k - 1 :], smooth, strict=True)], fill=(20, 60, 160), width=2)
+    draw.text((left, 8), f"{title} loss (log10 scale), step", fill="black")
+    img.save(path, format="PNG")
+
+
+# --------------------------------------------------------------------------------------------- batching
+
+
+def dense_vae_objective(data: SampleSet, tc: StageTraining) -> Callable:
+    def loss_fn(model, step, gen, rng):
+        idx = rng.integers(0, len(data), tc.batch_size)
+        occ = torch.from_numpy(data.occupancy_batch(idx))
+        return dense_vae_loss(model, occ, tc.kl_weight, gen)
+
+    return loss_fn
+
+
+def sparse_vae_objective(data: SampleSet, tc: StageTraining) -> Callable:
+    def loss_fn(model, step, gen, rng):
+        idx = rng.integers(0, len(data), tc.batch_size)
+        return sparse_vae_loss(model, [data[int(i)] for i in idx], tc.kl_weight, tc.max_decoded_cells, gen, rng)
+
+    return loss_fn
+
+
+def dense_dit_objective(latents: torch.Tensor, tc: StageTraining, null_tokens: int) -> Callable:
+    def loss_fn(model, step, gen, rng):
+        idx = torch.from_numpy(rng.integers(0, len(latents), tc.batch_size))
+        return dense_dit_loss(model, latents[idx], tc, null_tokens, gen)
+
+    return loss_fn
+
+
+def sparse_dit_objective(tokens: list[tuple[np.ndarray, np.ndarray]], tc: StageTraining, null_tokens: int):
+    def loss_fn(model, step, gen, rng):
+        idx = rng.integers(0, len(tokens), tc.batch_size)
+        return sparse_dit_loss(model, [tokens[int(i)] for i in idx], tc, null_tokens, gen)
+
+    return loss_fn
+
+
+# ------------------------------------------------------------------------------------------ latent caches
+
+
+@torch.no_grad()
+def encode_dense_latents(vae: nn.Module, data: SampleSet, batch: int = 32) -> torch.Tensor:
+    """Posterior means (N, C, L, L, L) of every sample's occupancy."""
+    out = []
+    for s in range(0, len(data), batch):
+        occ = torch.from_numpy(data.occupancy_batch(range(s, min(s + batch, len(data)))))
+        out.append(vae.encode_moments(occ)[0])
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_sparse_latents(vae: nn.Module, data: SampleSet, block_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per sample: (latent cell coords (M, 3) in block order, posterior means (M, C))."""
+    from ..generators.direct3d_s2.block_order import block_order
+
+    out = []
+    for i in range(len(data)):
+        h = vae.encoder(batch_band_tensor([data[i]]))
+        mean = torch.chunk(h.feats, 2, dim=1)[0]
+        order = block_order(h.coords, block_size)
+        out.append((h.coords[order, 1:].numpy().astype(np.int32), mean[order].numpy().astype(np.float32)))
+    return out
+
+
+def latent_scale(values: torch.Tensor | np.ndarray) -> float:
+    """``latents_scale`` that gives the diffusion space unit standard deviation (official decode: z / scale)."""
+    std = float(torch.as_tensor(values).float().std())
+    return 1.0 / max(std, 1e-6)

@@ -122,3 +122,21 @@ def test_bf16_aggregator_stays_close_to_fp32(tmp_path):
     assert b["depth"].dtype == torch.float32
     rel = (a["depth"] - b["depth"]).abs().max() / a["depth"].abs().max()
     assert rel < 0.05
+
+
+def test_safetensors_with_mixed_dtypes_and_corruption(tmp_path):
+    ref = random_vggt(TINY, seed=4, enable_track=False)
+    sd = {k: v.contiguous() for k, v in ref.state_dict().items()}
+    # An odd-sized float16 tensor first in the file shifts every later float32 tensor off 4-byte alignment.
+    sd["camera_head.pose_branch.fc2.bias"] = sd["camera_head.pose_branch.fc2.bias"].half()  # 9 values, 18 bytes
+    folder = tmp_path / "w"
+    folder.mkdir()
+    save_file(sd, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(TINY.to_dict()))
+    loaded = load_vggt(folder)
+    for k, v in sd.items():
+        assert torch.equal(loaded.state_dict()[k], v.float()), k
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])  # truncated download
+    with pytest.raises(InputError, match="corrupt"):
+        load_vggt(folder)

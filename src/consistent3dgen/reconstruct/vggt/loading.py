@@ -1,14 +1,19 @@
 """Find and load VGGT weights: a local file or folder, or a Hugging Face hub id (default ``facebook/VGGT-1B``).
 
-The model is built on the ``meta`` device and every parameter is taken straight from the checkpoint (memory
-mapped safetensors, or ``torch.load(mmap=True, weights_only=True)`` for ``model.pt``), converted to the target
-dtype/device one tensor at a time, so the weights are never held twice in memory.
+The model is built on the ``meta`` device and every parameter is taken straight from the checkpoint: safetensors
+through a private memory map (zero-copy when the dtype already matches), ``model.pt`` through
+``torch.load(mmap=True, weights_only=True)``. Conversions to another dtype/device happen one tensor at a time, so
+the weights are never held twice in memory.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import mmap
 import os
+import struct
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,17 +89,56 @@ def _from_hub(repo_id: str) -> tuple[Path, dict]:
         f"(tried {', '.join(errors)}); download them or pass a local folder with {' or '.join(WEIGHT_FILES)}")
 
 
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+
+
+def _safetensors_mmap(path: Path) -> tuple[list[str], Callable[[str], torch.Tensor], mmap.mmap]:
+    """Zero-copy view of a safetensors file: tensors share a private (copy-on-write) memory map of the file,
+    so a float32 checkpoint loaded as float32 occupies only page cache, never a second anonymous copy."""
+    try:
+        with open(path, "rb") as f:
+            header_len = struct.unpack("<Q", f.read(8))[0]
+            if header_len > 100_000_000:
+                raise ValueError("header too large")
+            header = json.loads(f.read(header_len))
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError, struct.error) as e:
+        raise InputError(f"cannot read safetensors checkpoint {path}: {e}") from None
+    header.pop("__metadata__", None)
+    base = 8 + header_len
+
+    def get(key: str) -> torch.Tensor:
+        info = header[key]
+        dtype = SAFETENSORS_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise InputError(f"checkpoint {path}: {key} has unsupported dtype {info['dtype']}")
+        start, end = info["data_offsets"]
+        count = (end - start) // dtype.itemsize
+        if count != math.prod(info["shape"]) or base + end > len(mapped):
+            raise InputError(f"checkpoint {path} is corrupt: {key} does not match its byte range")
+        if count == 0:
+            return torch.empty(info["shape"], dtype=dtype)
+        if (base + start) % dtype.itemsize:
+            # Misaligned (mixed dtypes in one file): copy this tensor instead of viewing it.
+            raw = bytearray(mapped[base + start:base + end])
+            return torch.frombuffer(raw, dtype=dtype).view(info["shape"]).clone()
+        with warnings.catch_warnings():  # the mapping is writable (copy-on-write); silence the generic warning
+            warnings.simplefilter("ignore")
+            flat = torch.frombuffer(mapped, dtype=dtype, count=count, offset=base + start)
+        return flat.view(info["shape"])
+
+    return list(header.keys()), get, mapped
+
+
 @contextmanager
 def _open_checkpoint(path: Path) -> Iterator[tuple[list[str], Callable[[str], torch.Tensor]]]:
     """Yield (keys, get(key) -> tensor) without reading the whole file into memory."""
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            f = safe_open(str(path), framework="pt", device="cpu")
-        except Exception as e:
-            raise InputError(f"cannot read safetensors checkpoint {path}: {e}") from None
-        yield list(f.keys()), f.get_tensor
+        keys, get, _mapped = _safetensors_mmap(path)
+        # The map stays open as long as tensors reference it (they hold the buffer), so it is not closed here.
+        yield keys, get
         return
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

@@ -60,89 +60,108 @@ def sparse_marching_cubes(
     values = np.where(np.abs(values - level) < nudge, np.float32(level) + nudge, values).astype(np.float32)
 
     # Padded sample coordinates: voxel i sits at sample i + 1; samples 0 and R + 1 are outside padding.
-    samples = sdf.coords.astype(np.int64) + 1
-    n_samples = sdf.resolution + 2
-    n_bricks_axis = -(-(n_samples - 1) // brick)  # cubes per axis = n_samples - 1
+    samples = sdf.coords.astype(np.int32) + 1
+    side = brick + 1  # samples per block side
+    n_bricks_axis = -(-(sdf.resolution + 1) // brick)  # cubes per axis = samples per axis - 1
+    brick_index = samples // brick
+    local = samples - brick_index * brick
+    base_key = (brick_index[:, 0].astype(np.int64) * n_bricks_axis + brick_index[:, 1]) * n_bricks_axis
+    base_key += brick_index[:, 2]
+    base_flat = (local[:, 0] * side + local[:, 1]) * side + local[:, 2]
+    on_lower_face = (local == 0) @ np.array([1, 2, 4], np.int32)  # bit a set: local index 0 along axis a
+    del brick_index, local
 
-    # Every sample belongs to the brick holding it as a lower corner, and also (at local index ``brick``) to the
-    # bricks below it along each axis where it lies on the brick boundary.
-    entry_brick, entry_local, entry_value = [], [], []
-    base_brick = samples // brick
-    base_local = samples - base_brick * brick
-    for dx in (0, 1):
-        for dy in (0, 1):
-            for dz in (0, 1):
-                d = np.array([dx, dy, dz])
-                ok = np.all((d == 0) | (base_local == 0), axis=1) & np.all(base_brick - d >= 0, axis=1)
-                if not ok.any():
-                    continue
-                entry_brick.append(base_brick[ok] - d)
-                entry_local.append(base_local[ok] + d * brick)
-                entry_value.append(values[ok])
-    bricks = np.concatenate(entry_brick)
-    local = np.concatenate(entry_local).astype(np.intp)
+    # Each sample is a corner of cubes in its own brick and, where it lies on a brick's lower face, also of the
+    # cubes in the neighbouring brick(s) below, where it sits at local index ``brick``. (Samples are >= 1, so a
+    # brick below always exists.)
+    entry_key, entry_flat, entry_value = [base_key], [base_flat], [values]
+    for bits in range(1, 8):
+        sel = np.flatnonzero((on_lower_face & bits) == bits)
+        if len(sel) == 0:
+            continue
+        d = np.array([(bits >> a) & 1 for a in range(3)])
+        entry_key.append(base_key[sel] - int((d[0] * n_bricks_axis + d[1]) * n_bricks_axis + d[2]))
+        entry_flat.append(base_flat[sel] + int(((d[0] * side + d[1]) * side + d[2]) * brick))
+        entry_value.append(values[sel])
+    keys = np.concatenate(entry_key)
+    flat = np.concatenate(entry_flat)
     vals = np.concatenate(entry_value)
-    bkey = (bricks[:, 0] * n_bricks_axis + bricks[:, 1]) * n_bricks_axis + bricks[:, 2]
-    order = np.argsort(bkey, kind="stable")
-    bkey, local, vals = bkey[order], local[order], vals[order]
-    starts = np.flatnonzero(np.r_[True, bkey[1:] != bkey[:-1]])
-    ends = np.r_[starts[1:], len(bkey)]
+    del entry_key, entry_flat, entry_value, base_key, base_flat
+    order = np.argsort(keys, kind="stable")
+    keys, flat, vals = keys[order], flat[order], vals[order]
+    del order
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    counts = np.diff(np.r_[starts, len(keys)])
+    # A brick has a surface only if it holds a sample below the level and one above it (an absent sample is
+    # above: it is outside).
+    has_inside = np.minimum.reduceat(vals, starts) < level
+    has_outside = (counts < side**3) | (np.maximum.reduceat(vals, starts) > level)
+    active = np.flatnonzero(has_inside & has_outside)
 
-    block = np.empty((brick + 1,) * 3, np.float32)
+    block = np.empty(side**3, np.float32)
+    cube = block.reshape(side, side, side)
     all_verts: list[np.ndarray] = []
     all_faces: list[np.ndarray] = []
+    border_ids: list[np.ndarray] = []
+    border_keys: list[np.ndarray] = []
     n_verts = 0
-    for s, e in zip(starts, ends, strict=True):
-        v = vals[s:e]
-        if not np.any(v < level):
-            continue  # absent samples are outside, so a brick with no inside sample has no surface
-        key = int(bkey[s])
-        origin = np.array(np.unravel_index(key, (n_bricks_axis,) * 3)) * brick
+    for b in active:
+        s, e = starts[b], starts[b] + counts[b]
+        origin = np.array(np.unravel_index(int(keys[s]), (n_bricks_axis,) * 3), np.int64) * brick
         block.fill(fill)
-        li = local[s:e]
-        block[li[:, 0], li[:, 1], li[:, 2]] = v
-        if not block.max() > level:
-            continue  # a brick entirely inside (every sample present and negative) has no surface either
-        # Cubes beyond the padded grid (last brick) see only fill values: no surface there.
-        verts, faces, _, _ = marching_cubes(block, level=level, gradient_direction="descent", allow_degenerate=True)
+        block[flat[s:e]] = vals[s:e]
+        verts, faces, _, _ = marching_cubes(cube, level=level, gradient_direction="descent", allow_degenerate=True)
         if len(faces) == 0:
             continue
-        all_verts.append(verts.astype(np.float64) + origin)
-        all_faces.append(faces.astype(np.int64) + n_verts)
+        # Vertices on the brick's faces are also produced by the neighbouring brick: key them by grid edge.
+        on_border = np.flatnonzero(np.any((verts == 0) | (verts == brick), axis=1))
+        if len(on_border):
+            border_ids.append(on_border + n_verts)
+            border_keys.append(_edge_keys(verts[on_border], origin, n_bricks_axis * brick + 1))
+        all_verts.append(verts.astype(np.float32) + origin.astype(np.float32))
+        all_faces.append(faces.astype(np.int32) + np.int32(n_verts))
         n_verts += len(verts)
+    del keys, flat, vals, starts, counts
     if not all_faces:
         raise InputError(f"the SDF does not cross the level {level}: nothing to extract")
     verts = np.concatenate(all_verts)
+    del all_verts
     faces = np.concatenate(all_faces)
-    verts, faces = _weld_brick_borders(verts, faces, brick)
-    canonical = -1.0 + (2.0 * (verts - 1.0) + 1.0) / sdf.resolution
-    return canonical.astype(np.float32), faces
+    del all_faces
+    if border_ids:
+        verts, faces = _weld(verts, faces, np.concatenate(border_ids), np.concatenate(border_keys))
+    # Sample s sits at the centre of voxel s - 1: canonical = -1 + (2 (s - 1) + 1) / R.
+    verts *= np.float32(2.0 / sdf.resolution)
+    verts -= np.float32(1.0 + 1.0 / sdf.resolution)
+    return verts, faces.astype(np.int64)
 
 
-def _weld_brick_borders(verts: np.ndarray, faces: np.ndarray, brick: int) -> tuple[np.ndarray, np.ndarray]:
-    """Merge vertices computed twice on shared brick faces, identified by the grid edge they lie on."""
-    rounded = np.rint(verts)
-    off_grid = np.abs(verts - rounded)
-    on_border = np.any((off_grid < 1e-3) & (np.mod(rounded, brick) == 0), axis=1)
-    idx = np.flatnonzero(on_border)
-    if len(idx) == 0:
-        return verts, faces
-    p = verts[idx]
-    # Every MC vertex lies on a grid edge: the axis farthest from an integer is the edge direction (the nudge
-    # keeps it at least ~1e-4 away), the other two coordinates are integers.
+def _edge_keys(local_verts: np.ndarray, origin: np.ndarray, n: int) -> np.ndarray:
+    """Global id of the grid edge each marching-cubes vertex lies on (local block coordinates + origin).
+
+    Two coordinates of such a vertex are integers; the third, the edge direction, is at least ~1e-4 away from
+    one thanks to the level nudge, and local coordinates are small, so float32 resolves it.
+    """
+    p = local_verts.astype(np.float64)
     axis = np.argmax(np.abs(p - np.rint(p)), axis=1)
     edge = np.rint(p).astype(np.int64)
-    edge[np.arange(len(p)), axis] = np.floor(p[np.arange(len(p)), axis]).astype(np.int64)
-    n = int(edge.max()) + 2
-    keys = ((edge[:, 0] * n + edge[:, 1]) * n + edge[:, 2]) * 3 + axis
+    rows = np.arange(len(p))
+    edge[rows, axis] = np.floor(p[rows, axis]).astype(np.int64)
+    edge += origin
+    return ((edge[:, 0] * n + edge[:, 1]) * n + edge[:, 2]) * 3 + axis
+
+
+def _weld(verts: np.ndarray, faces: np.ndarray, ids: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge the vertices ``ids`` that share an edge key; faces are re-indexed, vertex order kept."""
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    remap = np.arange(len(verts))
-    remap[idx] = idx[first[inverse.reshape(-1)]]
+    remap = np.arange(len(verts), dtype=faces.dtype)
+    remap[ids] = ids[first[inverse.reshape(-1)]]
     keep = np.ones(len(verts), bool)
-    keep[idx] = False
-    keep[idx[first]] = True
-    new_index = np.cumsum(keep) - 1
-    return verts[keep], new_index[remap[faces]]
+    keep[ids] = False
+    keep[ids[first]] = True
+    new_index = (np.cumsum(keep) - 1).astype(faces.dtype)
+    faces = remap[faces]
+    return verts[keep], new_index[faces]
 
 
 def simplify_mesh(

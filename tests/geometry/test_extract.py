@@ -163,3 +163,15 @@ def test_failed_export_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Monkey
     with pytest.raises(OSError, match="disk full"):
         export_mesh(box.vertices, box.faces, tmp_path / "box.ply")
     assert os.listdir(tmp_path) == []
+
+
+def test_extract_mesh_with_budget() -> None:
+    from consistent3dgen.geometry.extract import extract_mesh
+
+    sdf = _band_sdf(48, _sphere(), np.full(3, -0.7), np.full(3, 0.7), band=2, solid=True)
+    v_full, f_full = extract_mesh(sdf)
+    v, f = extract_mesh(sdf, max_faces=2000)
+    assert len(f_full) > 2000 >= len(f) > 1500
+    mesh = trimesh.Trimesh(v, f)
+    assert mesh.is_watertight
+    assert np.abs(np.linalg.norm(v - [0.03, -0.02, 0.01], axis=1) - 0.6).max() < 0.02

@@ -164,6 +164,16 @@ def _weld(verts: np.ndarray, faces: np.ndarray, ids: np.ndarray, keys: np.ndarra
     return verts[keep], new_index[faces]
 
 
+def extract_mesh(
+    sdf: SparseVoxels, level: float = 0.0, max_faces: int | None = None, brick: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse marching cubes, then quadric simplification to ``max_faces`` if given (canonical frame)."""
+    vertices, faces = sparse_marching_cubes(sdf, level=level, brick=brick)
+    if max_faces is not None:
+        vertices, faces = simplify_mesh(vertices, faces, max_faces)
+    return vertices, faces
+
+
 def simplify_mesh(
     vertices: np.ndarray, faces: np.ndarray, max_faces: int, preserve_border: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -209,10 +209,13 @@ def _face_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 
 def _warp_available() -> bool:
+    if "error" in _WARP_STATE:
+        return False
     try:
         _warp_kernel()
         return True
-    except Exception:  # noqa: BLE001 - any import/compile failure means: use the fallback
+    except Exception as e:  # noqa: BLE001 - any import/compile failure means: use the fallback (remembered)
+        _WARP_STATE["error"] = e
         return False
 
 

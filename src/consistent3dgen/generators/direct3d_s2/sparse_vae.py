@@ -391,7 +391,13 @@ class SparseSDFDecoder(SparseTransformerBase):
         padding: int = 4,
     ) -> SparseTensor | tuple[SparseTensor, SparseTensor]:
         """Decode. ``chunk_size`` > 1 (default ``self.chunk_size``) upsamples ``chunk_size``³ spatial chunks one
-        at a time, each with ``padding`` latent cells of context (the official ``split_for_meshing``)."""
+        at a time, each with ``padding`` latent cells of context (the official ``split_for_meshing``).
+
+        Difference from the official chunked path: it keeps voxels up to ``core_end * 8 + 6`` per chunk, so voxels
+        just past a chunk boundary appear twice (from both chunks, same values since the context covers the
+        receptive field); here every voxel is kept once, from the chunk whose core holds it. Rows are grouped by
+        batch element, chunk-major inside it (the official order is chunk-major, then batch).
+        """
         h = self.transformer(x, factor)
         chunks = self.chunk_size if chunk_size is None else chunk_size
         if chunks <= 1:

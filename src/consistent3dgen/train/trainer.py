@@ -373,7 +373,7 @@ class StageTrainer:
             self.ema.update(self.model)
             self.step += 1
             row = {"step": self.step, "lr": self.opt.param_groups[0]["lr"], "grad_norm": float(grad_norm)}
-            row.update({k: float(v) for k, v in out.items()})
+            row.update({k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.items()})
             row["seconds"] = time.time() - t0
             self.history.append(row)
             if log and (self.step % self.tc.log_every == 0 or self.step == total):

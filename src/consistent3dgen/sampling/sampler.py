@@ -65,6 +65,27 @@ def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sig
     return (x.to(torch.float32) + (sigma_next - sigma) * velocity).to(velocity.dtype)
 
 
+def ancestral_step(
+    x: torch.Tensor,
+    velocity: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    eta: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """DDIM-style step of the flow path: ``eta = 0`` is the Euler step, ``eta = 1`` samples the DDPM posterior.
+
+    With ``x̂₀ = x − σv`` and ``ε̂ = x + (1 − σ)v``: ``x' = (1 − σ')x̂₀ + sqrt(σ'² − c²)·ε̂ + c·z`` where
+    ``c = eta·σ'·sqrt(σ² − a²σ'²)/σ``, ``a = (1 − σ)/(1 − σ')`` (the std of x_σ' given x_σ and x₀).
+    """
+    xf, vf = x.to(torch.float32), velocity.to(torch.float32)
+    x0, eps = xf - sigma * vf, xf + (1 - sigma) * vf
+    a = (1 - sigma) / (1 - sigma_next)
+    c = eta * sigma_next * torch.sqrt(torch.clamp(sigma**2 - (a * sigma_next) ** 2, min=0.0)) / sigma
+    z = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=x.device)
+    return ((1 - sigma_next) * x0 + torch.sqrt(sigma_next**2 - c**2) * eps + c * z).to(velocity.dtype)
+
+
 def sample(
     velocity_fn: VelocityFn,
     noise: torch.Tensor,
@@ -82,6 +103,8 @@ def sample(
     desc: str = "sampling",
     callback: Callable[[StepInfo], None] | None = None,
     return_trajectory: bool = False,
+    resample: int = 0,
+    eta: float = 0.0,
 ) -> SampleResult:
     """Integrate the flow from ``noise`` (or from ``x_start`` noised to ``sigmas[start_index]``) down to sigma 0.
 
@@ -91,6 +114,10 @@ def sample(
     x_start, start_index: SDEdit start, ``x = (1 − σ_s)·x_start + σ_s·noise``; noise is also the guidance's ε.
     timestep_dtype: dtype of the timestep given to the model (the official pipeline uses the latent dtype).
     callback: called with a :class:`StepInfo` after every step; ``return_trajectory`` keeps x and x̂₀ per step.
+    resample: RePaint-style jumps: while guidance acts, each step is redone ``resample`` more times after
+        re-noising its result back to the step's sigma with fresh noise (stochastic; makes ``replace`` approach
+        the exact conditional, see docs/guidance.md). Ignored without guidance or at strength 0.
+    eta: 0 = deterministic Euler (the official sampler); > 0 = stochastic ancestral steps (:func:`ancestral_step`).
     """
     if not 0 <= start_index <= len(schedule):
         raise ValueError(f"start_index {start_index} outside [0, {len(schedule)}]")
@@ -114,10 +141,22 @@ def sample(
     for i in tqdm(range(start_index, len(schedule)), desc=desc, disable=not progress, leave=False):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         t = torch.tensor([float(schedule.timesteps[i])], dtype=timestep_dtype, device=device)
-        v = cfg_velocity(velocity_fn, x, t, cond, uncond, cfg_scale)
-        x_next = euler_step(x, v, sigma, sigma_next)
-        if prepared is not None and prepared.active(float(sigma)):
-            prepared.apply_(x, v, x_next, float(sigma), float(sigma_next), generator)
+        guided = prepared is not None and prepared.active(float(sigma))
+        jumps = resample if guided and prepared.settings.strength > 0 else 0
+        x_next = x
+        for jump in range(jumps + 1):
+            if jump:  # forward transition sigma_next -> sigma of the path x_s = (1 - s) x_0 + s eps
+                alpha = (1 - sigma) / (1 - sigma_next)
+                beta = torch.sqrt(torch.clamp(sigma**2 - (alpha * sigma_next) ** 2, min=0.0))
+                z = torch.randn(x_next.shape, generator=generator, dtype=torch.float32, device=device)
+                x = (alpha * x_next.to(torch.float32) + beta * z).to(x_next.dtype)
+            v = cfg_velocity(velocity_fn, x, t, cond, uncond, cfg_scale)
+            if eta > 0:
+                x_next = ancestral_step(x, v, sigma, sigma_next, eta, generator)
+            else:
+                x_next = euler_step(x, v, sigma, sigma_next)
+            if guided:
+                prepared.apply_(x, v, x_next, float(sigma), float(sigma_next), generator)
         if callback is not None or return_trajectory:
             x0_pred = (x.to(torch.float32) - sigma * v).to(v.dtype)
             if return_trajectory:

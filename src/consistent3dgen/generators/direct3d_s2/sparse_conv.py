@@ -32,6 +32,8 @@ from .sparse_tensor import SparseTensor
 _GATHER_BUDGET_BYTES = 64 * 2**20
 # queries per searchsorted call while building neighbour maps
 _QUERY_CHUNK = 1 << 22
+# input rows per float64 pooling chunk
+_POOL_CHUNK = 1 << 20
 
 
 def _ntuple(value: int | tuple[int, ...] | list[int], name: str) -> tuple[int, int, int]:
@@ -364,14 +366,20 @@ class SparseDownsample(nn.Module):
             x.cache[key] = cached
         new_coords, inverse = cached
         c = x.feats.shape[1]
-        pooled = torch.zeros(new_coords.shape[0], c, dtype=torch.float64, device=x.device)
-        pooled = pooled.scatter_reduce(
-            0,
-            inverse[:, None].expand(-1, c),
-            x.feats.double(),
-            reduce=self.mode,
-            include_self=True,  # official default, see docstring
-        )
+        n_out = new_coords.shape[0]
+        if self.mode in ("mean", "sum"):
+            # float64 sums accumulated in row chunks: no full float64 copy of a ~10 M-row input
+            pooled = torch.zeros(n_out, c, dtype=torch.float64, device=x.device)
+            for s in range(0, x.feats.shape[0], _POOL_CHUNK):
+                pooled.index_add_(0, inverse[s : s + _POOL_CHUNK], x.feats[s : s + _POOL_CHUNK].double())
+            if self.mode == "mean":
+                counts = torch.bincount(inverse, minlength=n_out).to(torch.float64)
+                pooled /= (counts + 1.0)[:, None]  # "+ 1": the zero the official scatter_reduce includes
+        else:
+            pooled = torch.zeros(n_out, c, dtype=torch.float64, device=x.device)
+            pooled = pooled.scatter_reduce(
+                0, inverse[:, None].expand(-1, c), x.feats.double(), reduce=self.mode, include_self=True
+            )
         out = SparseTensor(pooled.to(x.feats.dtype), new_coords)
         out.cache[("upsample", self.factor)] = (x.coords, inverse, x.cache)
         return out

@@ -30,13 +30,37 @@ def sphere_sample(small_config):
     return build_sample(ball, small_config, "sphere")
 
 
-def test_values_are_truncated_signed_distance_in_voxels(sphere_sample, small_config):
+def test_values_are_the_thin_shell_of_the_distance_in_voxels(sphere_sample, small_config):
     vox = sphere_sample.all_voxels()
     centres = vox.centers().astype(np.float64)
-    d = np.linalg.norm(centres - [0.1, -0.05, 0.0], axis=1) - 0.55
-    expected = np.clip(d * 64 / 2 / small_config.band_voxels, -1, 1)
+    d_vox = (np.linalg.norm(centres - [0.1, -0.05, 0.0], axis=1) - 0.55) * 64 / 2
+    expected = np.clip(np.abs(d_vox) - 1.0, -1, 1)  # band 2, shell 1: (|d| - 1) / (2 - 1)
     assert np.allclose(vox.feats[:, 0], expected, atol=2e-3)  # float16 storage
-    assert sphere_sample.values.dtype == np.float16
+    assert sphere_sample.values.dtype == np.float16 and sphere_sample.convention == "thin_shell"
+
+
+def test_signed_convention_values(small_config):
+    cfg = DataConfig(**{**small_config.__dict__, "convention": "signed"})
+    s = build_sample(shapes.Shape("sphere", shapes.sphere((0.0, 0.0, 0.0), 0.5)), cfg, "sphere")
+    vox = s.all_voxels()
+    d_vox = (np.linalg.norm(vox.centers().astype(np.float64), axis=1) - 0.5) * 32
+    assert np.allclose(vox.feats[:, 0], np.clip(d_vox / 2.0, -1, 1), atol=2e-3)
+    assert np.all(np.abs(s.band().feats) < 1)
+
+
+def test_thin_shell_values_match_the_inference_shell_of_a_mesh(small_config):
+    # the prior must be trained on the field the guidance target is made of (geometry.shell.thin_shell_sdf)
+    shell = pytest.importorskip("consistent3dgen.geometry.shell")
+    import trimesh
+
+    ico = trimesh.creation.icosphere(subdivisions=5, radius=0.55)
+    target = shell.thin_shell_sdf(np.asarray(ico.vertices), np.asarray(ico.faces), 64, band=2.0, shell=1.0)
+    mine = build_sample(shapes.Shape("sphere", shapes.sphere((0, 0, 0), 0.55)), small_config, "sphere")
+    band = mine.band()
+    assert abs(len(band) - len(target)) < 0.02 * len(target)
+    vals = mine.lookup(target.coords)
+    # icosphere facets sit up to ~0.01 voxels inside the true sphere at this subdivision
+    assert np.max(np.abs(vals - target.feats[:, 0])) < 0.05
 
 
 def test_cells_are_exactly_the_cells_holding_band_voxels(sphere_sample):
@@ -64,7 +88,7 @@ def test_lookup_matches_stored_values_and_fills_absent_with_plus_one(sphere_samp
 def test_thin_shell_convention():
     cfg = DataConfig(convention="thin_shell", shell_voxels=0.5, band_voxels=2.0)
     d_world = np.array([-4.0, -0.5, 0.0, 0.5, 4.0]) * 2 / 128  # in voxels at 128
-    assert np.allclose(distance_to_value(d_world, 128, cfg), [1.0, 0.0, -0.25, 0.0, 1.0])
+    assert np.allclose(distance_to_value(d_world, 128, cfg), [1.0, 0.0, -1 / 3, 0.0, 1.0])
     with pytest.raises(ValueError):
         distance_to_value(d_world, 128, DataConfig(convention="bogus"))
 
@@ -93,7 +117,7 @@ def test_build_dataset_caches_and_reuses(small_config, tmp_path):
     occ = ds.occupancy_batch([0, 1])
     assert occ.shape == (2, 1, 8, 8, 8) and occ.sum() > 0
     # a different convention goes to a different folder
-    other = DataConfig(**{**small_config.__dict__, "convention": "thin_shell"})
+    other = DataConfig(**{**small_config.__dict__, "convention": "signed"})
     assert cache_key(other) != cache_key(small_config)
 
 

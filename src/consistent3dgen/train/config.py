@@ -26,18 +26,15 @@ class DataConfig:
 
     sparse_resolution: int = 128
     latent_factor: int = 8
-    band_voxels: float = 2.0  # |value| < 1 within this many voxels of the (shell) surface
-    convention: str = "signed"  # "signed" (watertight solid) or "thin_shell" (|d| - shell_voxels)
-    shell_voxels: float = 0.5  # only for "thin_shell": half thickness of the shell, voxels
+    band_voxels: float = 2.0  # narrow band: voxels closer than this to the surface (geometry.shell default)
+    convention: str = "thin_shell"  # "thin_shell" (as geometry.shell.thin_shell_sdf) or "signed"
+    shell_voxels: float = 1.0  # only for "thin_shell": half thickness of the shell (geometry.shell default)
     candidate_safety: float = 1.25  # slack on the cell-candidate radius (first-order SDFs underestimate)
     num_procedural: int = 360
     meshes: list[str] = field(default_factory=lambda: ["cow", "fandisk", "beetle"])
     mesh_views: int = 12  # yaws per training mesh
     families: list[str] | None = None  # None = all procedural families
     seed: int = 0
-
-    def shell_extra_voxels(self) -> float:
-        return self.shell_voxels if self.convention == "thin_shell" else 0.0
 
     @property
     def occupancy_resolution(self) -> int:

@@ -8,7 +8,7 @@ One sample of a shape at sparse resolution ``R`` with latent factor ``F`` (the m
 * ``values`` (M, F, F, F) float16: the SDF value convention (see :func:`distance_to_value`) at **every**
   voxel centre of those cells, because the sparse SDF decoder subdivides each latent cell into all its F³
   voxels and is supervised on all of them (unset voxels read as +1, as the official ``sparse2mesh`` fills).
-* the encoder's input is the narrow band: voxels with ``|value| < 1``.
+* the encoder's input is the narrow band (:func:`band_mask`): voxels within ``band`` voxels of the surface.
 
 Values are computed coarse-to-fine: the SDF at the latent-cell centres picks the cells that can hold band
 voxels (|d| below half a cell diagonal plus the band, with a safety factor for first-order SDFs), then only
@@ -32,23 +32,34 @@ from .config import DataConfig
 from .meshes import mesh_shape
 from .shapes import Shape, make_shape, sample_shapes
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def distance_to_value(distance: np.ndarray, resolution: int, config: DataConfig) -> np.ndarray:
     """World-unit signed distance (canonical cube, side 2) → the sparse SDF value in [-1, 1].
 
-    ``signed``: ``clip(d_vox / band, -1, 1)`` with ``d_vox = d · R / 2`` (distance in voxels): negative inside the
-    watertight solid, ±1 beyond the band. ``thin_shell``: the same on ``|d| - shell`` (voxels), i.e. the
-    unsigned distance turned into a thin closed shell around the surface, the form the seen-surface target
-    takes at inference (:mod:`consistent3dgen.geometry.shell`).
+    With ``d_vox = d · R / 2`` the distance in voxels:
+
+    * ``thin_shell`` (default): ``clip((|d_vox| - shell) / (band - shell), -1, 1)``, exactly the formula of
+      :func:`consistent3dgen.geometry.shell.thin_shell_sdf`, which makes the seen-surface target at inference:
+      a thin closed shell (thickness 2·shell) around the watertight surface, +1 (outside, as the official
+      decoder assumes for absent voxels) from ``band`` voxels on. The prior then learns the same kind of field
+      the guidance target is.
+    * ``signed``: ``clip(d_vox / band, -1, 1)``, negative inside the watertight solid.
     """
     d_vox = np.asarray(distance, np.float64) * (resolution / 2.0)
     if config.convention == "thin_shell":
-        d_vox = np.abs(d_vox) - config.shell_voxels
-    elif config.convention != "signed":
-        raise ValueError(f"unknown SDF convention {config.convention!r}")
-    return np.clip(d_vox / config.band_voxels, -1.0, 1.0)
+        return np.clip((np.abs(d_vox) - config.shell_voxels) / (config.band_voxels - config.shell_voxels), -1.0, 1.0)
+    if config.convention == "signed":
+        return np.clip(d_vox / config.band_voxels, -1.0, 1.0)
+    raise ValueError(f"unknown SDF convention {config.convention!r}")
+
+
+def band_mask(values: np.ndarray, convention: str) -> np.ndarray:
+    """Voxels in the narrow band (the encoder's input): ``udf < band`` ⇔ value < 1 for the thin shell
+    (value -1 is the surface itself), ``|d| < band`` ⇔ |value| < 1 for the signed field."""
+    v = np.asarray(values)
+    return v < 1.0 if convention == "thin_shell" else np.abs(v) < 1.0
 
 
 @dataclass
@@ -60,6 +71,7 @@ class ShapeSample:
     resolution: int
     factor: int
     source: str = ""
+    convention: str = "thin_shell"
 
     @property
     def cell_resolution(self) -> int:
@@ -83,9 +95,9 @@ class ShapeSample:
         return SparseVoxels(self.voxel_coords(), self.resolution, self.values.reshape(-1, 1).astype(np.float32))
 
     def band(self) -> SparseVoxels:
-        """The narrow band ``|value| < 1``: the encoder's input."""
+        """The narrow band (see :func:`band_mask`): the encoder's input."""
         flat = self.values.reshape(-1).astype(np.float32)
-        keep = np.abs(flat) < 1.0
+        keep = band_mask(flat, self.convention)
         return SparseVoxels(self.voxel_coords()[keep], self.resolution, flat[keep, None])
 
     def lookup(self, coords: np.ndarray) -> np.ndarray:
@@ -111,6 +123,7 @@ class ShapeSample:
             resolution=np.int64(self.resolution),
             factor=np.int64(self.factor),
             source=np.array(self.source),
+            convention=np.array(self.convention),
             format_version=np.int64(FORMAT_VERSION),
         )
 
@@ -126,6 +139,7 @@ class ShapeSample:
                     int(z["resolution"]),
                     int(z["factor"]),
                     str(z["source"]),
+                    str(z["convention"]),
                 )
         except (OSError, KeyError, ValueError) as e:
             raise InputError(f"cannot read training sample {path}: {e}") from e
@@ -138,7 +152,7 @@ def build_sample(shape: Shape | object, config: DataConfig, source: str = "") ->
     ax = -1.0 + (2.0 * np.arange(d) + 1.0) / d
     centres = np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1, 3)
     voxel = 2.0 / r
-    reach = np.sqrt(3.0) * f * voxel / 2.0 + config.band_voxels * voxel + config.shell_extra_voxels() * voxel
+    reach = np.sqrt(3.0) * f * voxel / 2.0 + config.band_voxels * voxel
     d_centre = np.asarray(shape(centres), np.float64)
     candidates = np.argwhere(np.abs(d_centre.reshape(d, d, d)) < reach * config.candidate_safety).astype(np.int32)
     if len(candidates) == 0:
@@ -151,10 +165,10 @@ def build_sample(shape: Shape | object, config: DataConfig, source: str = "") ->
     for s in range(0, len(points), chunk):
         values[s : s + chunk] = distance_to_value(shape(points[s : s + chunk]), r, config)
     values = values.reshape(len(candidates), f, f, f)
-    keep = (np.abs(values) < 1.0).reshape(len(candidates), -1).any(axis=1)
+    keep = band_mask(values, config.convention).reshape(len(candidates), -1).any(axis=1)
     if not keep.any():
         raise InputError(f"shape {source or ''} has no narrow-band voxel at resolution {r}")
-    return ShapeSample(candidates[keep], values[keep].astype(np.float16), r, f, source)
+    return ShapeSample(candidates[keep], values[keep].astype(np.float16), r, f, source, config.convention)
 
 
 # ------------------------------------------------------------------------------------------------ sources

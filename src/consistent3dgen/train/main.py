@@ -20,7 +20,7 @@ import torch
 from ..errors import InputError
 from ..io.atomic import atomic_path, atomic_write_text
 from .config import STAGES, MiniPriorConfig, smoke_config
-from .data import SampleSet, build_dataset, default_sources
+from .data import SampleSet, band_mask, build_dataset, default_sources
 from .trainer import (
     StageTrainer,
     batch_band_tensor,
@@ -154,7 +154,7 @@ def evaluate_vaes(dense_vae, sparse_vae, held: SampleSet) -> dict:
         target = torch.from_numpy(s.lookup(sdf.coords[:, 1:].numpy()))
         pred_v = sdf.feats[:, 0]
         l1 += float((pred_v - target).abs().sum())
-        band = target.abs() < 1
+        band = torch.from_numpy(band_mask(target.numpy(), s.convention))
         sign_ok += float(((pred_v[band] > 0) == (target[band] > 0)).sum())
         n_all += len(target)
         n_band += int(band.sum())
@@ -198,7 +198,7 @@ def model_card(cfg: MiniPriorConfig, trainers: dict[str, StageTrainer], report: 
         "  Held out, never trained on: spot, stanford-bunny, teapot, suzanne.",
         f"- Sparse SDF at {d.sparse_resolution}³, latent factor {d.latent_factor}",
         f"  ({d.occupancy_resolution}³ cells = the dense occupancy), convention `{d.convention}`,",
-        f"  band {d.band_voxels} voxels (values clip(d / band, -1, 1)).",
+        f"  band {d.band_voxels} voxels, shell {d.shell_voxels} voxels (see train.data.distance_to_value).",
         "",
         "## Training",
         "| stage | steps | batch | lr | final loss (mean of last 50) | seconds |",

@@ -39,7 +39,7 @@ from ..errors import InputError
 from ..generators.direct3d_s2.sparse_tensor import SparseTensor
 from ..io.atomic import atomic_path, atomic_write_text
 from .config import MiniPriorConfig, StageTraining
-from .data import SampleSet, ShapeSample
+from .data import SampleSet, ShapeSample, band_mask
 
 # ------------------------------------------------------------------------------------------------- models
 
@@ -189,7 +189,7 @@ def sparse_vae_loss(
         losses.append(torch.abs(pred - target).sum())
         n_vox += int(keep.sum())
         with torch.no_grad():
-            band = target.abs() < 1
+            band = torch.from_numpy(band_mask(target.numpy(), s.convention))
             sign_ok += float(((pred[band] > 0) == (target[band] > 0)).float().sum())
             band_n += int(band.sum())
     recon = torch.stack(losses).sum() / max(n_vox, 1)

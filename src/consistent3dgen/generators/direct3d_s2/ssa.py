@@ -206,30 +206,51 @@ def selection_attention(
 
     q (N, Hq, D); k, v (N, Hkv, D); topk_blocks (Hkv, N, K) global block ids (-1 = none). Returns (N, Hq, D)
     float32.
+
+    Computed key-block-major: for each (kv head, block), the queries that selected it form one dense matmul
+    against the block's tokens; the per-block partial softmaxes are merged per query with their log-sum-exps
+    (exact, as in flash attention). Same FLOPs as per-query gathering but large matmuls and no copies of keys.
     """
     n, hq, dim = q.shape
-    hkv, _, kk = topk_blocks.shape
+    hkv = topk_blocks.shape[0]
     group = hq // hkv
-    out = torch.empty(n, hq, dim, dtype=torch.float32, device=q.device)
+    scale = 1.0 / math.sqrt(dim)
+    acc = torch.zeros(n, hkv, group, dim, dtype=torch.float32, device=q.device)
+    lse = torch.full((n, hkv, group), float("-inf"), dtype=torch.float32, device=q.device)
     if n == 0:
-        return out
-    pad = layout.block_tokens.shape[1]
-    # padded lookup: block id -1 maps to an all-padding row
-    table = torch.cat([layout.block_tokens, layout.block_tokens.new_full((1, pad), -1)])
-    heads = torch.arange(hkv, device=q.device).view(1, 1, hkv)
-    rows = _rows_per_chunk(4.0 * kk * pad * hkv * (2 * dim + 2 * group + 2), chunk_bytes)
-    for start in range(0, n, rows):
-        stop = min(start + rows, n)
-        blocks = topk_blocks[:, start:stop].permute(1, 2, 0)  # (rows, K, Hkv)
-        blocks = torch.where(blocks < 0, layout.num_blocks, blocks)
-        idx = table[blocks].permute(0, 1, 3, 2).reshape(stop - start, kk * pad, hkv)  # (rows, K*P, Hkv)
-        valid = idx >= 0
-        idx = idx.clamp(min=0)
-        k_sel = k[idx, heads.expand_as(idx)]  # (rows, K*P, Hkv, D)
-        v_sel = v[idx, heads.expand_as(idx)]
-        o, _, _ = attend(q[start:stop].unsqueeze(1), k_sel, v_sel, key_mask=valid)
-        out[start:stop] = o[:, 0]
-    return out
+        return acc.view(n, hq, dim)
+    qg = q.view(n, hkv, group, dim)
+    # (kv head, block) pairs of every query, grouped by pair
+    head = torch.arange(hkv, device=q.device).view(hkv, 1, 1).expand_as(topk_blocks)
+    query = torch.arange(n, device=q.device).view(1, n, 1).expand_as(topk_blocks)
+    valid = topk_blocks >= 0
+    key = (head * layout.num_blocks + topk_blocks)[valid]
+    query = query[valid]
+    order = torch.argsort(key, stable=True)
+    key, query = key[order], query[order]
+    pairs, counts = torch.unique_consecutive(key, return_counts=True)
+    sizes = (layout.block_tokens >= 0).sum(1)
+    start = 0
+    for pair, count in zip(pairs.tolist(), counts.tolist(), strict=True):
+        g, block = divmod(pair, layout.num_blocks)
+        queries = query[start : start + count]
+        start += count
+        tokens = layout.block_tokens[block, : int(sizes[block])]
+        kb = k[tokens, g].float()  # (P, D)
+        vb = v[tokens, g].float()
+        rows = _rows_per_chunk(4.0 * group * (2 * tokens.numel() + 2 * dim), chunk_bytes)
+        for c in range(0, count, rows):
+            qi = queries[c : c + rows]
+            scores = torch.matmul(qg[qi, g].float(), kb.T).mul_(scale)  # (rows, G, P)
+            part_lse = torch.logsumexp(scores, dim=-1)
+            part = torch.matmul(scores.sub_(part_lse.unsqueeze(-1)).exp_(), vb)  # (rows, G, D), normalised
+            old_lse = lse[qi, g]
+            new_lse = torch.logaddexp(old_lse, part_lse)
+            acc[qi, g] = acc[qi, g] * (old_lse - new_lse).exp().unsqueeze(-1) + part * (
+                part_lse - new_lse
+            ).exp().unsqueeze(-1)
+            lse[qi, g] = new_lse
+    return acc.view(n, hq, dim)
 
 
 def window_partition(coords: torch.Tensor, window_size: int, shift: int) -> tuple[torch.Tensor, torch.Tensor]:

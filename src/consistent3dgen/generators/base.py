@@ -97,3 +97,8 @@ class Generator:
     sparse: list[SparseStage]
     conditioner: Conditioner | None = None
     name: str = "generator"
+    # condition used when there is no conditioner (an unconditional prior: its all-zero "uncond" tokens);
+    # classifier-free guidance is then skipped, since cond and uncond are the same input
+    null_condition: torch.Tensor | None = None
+    # default sampler settings of this prior: {"dense": {"shift", "steps"}, "sparse": [{"shift", "steps"}, ...]}
+    sampler_defaults: dict | None = None

@@ -51,6 +51,7 @@ def test_infer_reconstructor_from_inputs(tmp_path):
     assert infer_reconstructor("scan.npy") == "depth"
     assert infer_reconstructor("view.npz") == "pointmap"
     assert infer_reconstructor([np.zeros((4, 4, 3), np.uint8)]) == "vggt"
+    assert infer_reconstructor(PointMap(np.ones((3, 3, 3)))) == "pointmap"
     with pytest.raises(InputError, match="mix"):
         infer_reconstructor(["a.npz", tmp_path / "rgb.png"])
     with pytest.raises(InputError, match="--reconstructor"):
@@ -204,6 +205,12 @@ def test_vggt_reconstructor_options(tiny_model):
     # Same input twice (S=2) must not change view 0 shapes / masks.
     two = VGGTReconstructor(model=tiny_model)([img, img])
     assert np.array_equal(two[0].mask, base.mask)
+    # Crop mode: a tall image loses its top and bottom rows, which must not be in the mask.
+    tall = _rgba(40, 100)
+    tall[..., 3] = 255
+    cropped = VGGTReconstructor(model=tiny_model, mode="crop", mask="none")([tall])[0]
+    rows = cropped.mask.any(axis=1)
+    assert not rows[0] and not rows[-1] and rows[50] and cropped.mask[50].all()
     with pytest.raises(InputError):
         VGGTReconstructor(model=tiny_model, points_from="rays")
     with pytest.raises(InputError, match="not found"):

@@ -54,6 +54,9 @@ def infer_reconstructor(inputs: Sequence[Any] | Any) -> str:
         inputs = [inputs]
     kinds = set()
     for item in inputs:
+        if isinstance(item, PointMap):
+            kinds.add("pointmap")
+            continue
         if not isinstance(item, (str, os.PathLike)):
             kinds.add("vggt")  # in-memory images (PIL / arrays)
             continue

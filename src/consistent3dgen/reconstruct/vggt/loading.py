@@ -94,7 +94,7 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
                       "BOOL": torch.bool}
 
 
-def _safetensors_mmap(path: Path) -> tuple[list[str], Callable[[str], torch.Tensor], mmap.mmap]:
+def _safetensors_mmap(path: Path) -> tuple[list[str], Callable[[str], torch.Tensor], Callable[[str], None]]:
     """Zero-copy view of a safetensors file: tensors share a private (copy-on-write) memory map of the file,
     so a float32 checkpoint loaded as float32 occupies only page cache, never a second anonymous copy."""
     try:
@@ -129,16 +129,29 @@ def _safetensors_mmap(path: Path) -> tuple[list[str], Callable[[str], torch.Tens
             flat = torch.frombuffer(mapped, dtype=dtype, count=count, offset=base + start)
         return flat.view(info["shape"])
 
-    return list(header.keys()), get, mapped
+    def release(key: str) -> None:
+        """Drop the mapped pages of a tensor that was copied (dtype/device change), so converting a checkpoint does
+        not keep the source pages resident next to the converted copy."""
+        if not hasattr(mapped, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start, end = header[key]["data_offsets"]
+        page = mmap.PAGESIZE
+        lo = -(-(base + start) // page) * page  # whole pages inside this tensor only
+        hi = (base + end) // page * page
+        if hi > lo:
+            mapped.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+    return list(header.keys()), get, release
 
 
 @contextmanager
-def _open_checkpoint(path: Path) -> Iterator[tuple[list[str], Callable[[str], torch.Tensor]]]:
-    """Yield (keys, get(key) -> tensor) without reading the whole file into memory."""
+def _open_checkpoint(
+    path: Path,
+) -> Iterator[tuple[list[str], Callable[[str], torch.Tensor], Callable[[str], None]]]:
+    """Yield (keys, get(key) -> tensor, release(key)) without reading the whole file into memory."""
     if path.suffix == ".safetensors":
-        keys, get, _mapped = _safetensors_mmap(path)
         # The map stays open as long as tensors reference it (they hold the buffer), so it is not closed here.
-        yield keys, get
+        yield _safetensors_mmap(path)
         return
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -151,7 +164,7 @@ def _open_checkpoint(path: Path) -> Iterator[tuple[list[str], Callable[[str], to
         sd = sd["model"]
     if not isinstance(sd, dict):
         raise InputError(f"checkpoint {path} does not hold a state dict")
-    yield list(sd.keys()), sd.__getitem__
+    yield list(sd.keys()), sd.__getitem__, lambda key: None
 
 
 def _set_tensor(model: nn.Module, key: str, value: torch.Tensor) -> None:
@@ -180,7 +193,7 @@ def load_vggt(source: str | os.PathLike | None = None, device: str | torch.devic
         model = VGGT(VGGTConfig.from_dict(config), enable_track=enable_track)
     expected = set(model.state_dict().keys())
     shapes = {k: v.shape for k, v in model.state_dict().items()}
-    with _open_checkpoint(path) as (keys, get):
+    with _open_checkpoint(path) as (keys, get, release):
         missing = sorted(expected - set(keys))
         if missing:
             raise InputError(f"checkpoint {path} is not a VGGT checkpoint: {len(missing)} keys missing, "
@@ -196,8 +209,11 @@ def load_vggt(source: str | os.PathLike | None = None, device: str | torch.devic
                 raise InputError(f"checkpoint {path}: {key} has shape {tuple(t.shape)}, expected "
                                  f"{tuple(shapes[key])}")
             want = target if key.startswith("aggregator.") else torch.float32
-            _set_tensor(model, key, t.to(device=device, dtype=want))
-            del t
+            converted = t.to(device=device, dtype=want)
+            _set_tensor(model, key, converted)
+            if converted.data_ptr() != t.data_ptr():
+                del t
+                release(key)
     return model.eval()
 
 

@@ -25,6 +25,7 @@ from .preprocess import (
     alpha_of,
     intrinsics_to_original,
     open_image,
+    original_pixel_grid,
     preprocess_images,
     sample_to_original,
     to_rgb_on_white,
@@ -164,7 +165,10 @@ class VGGTReconstructor(Reconstructor):
             w2ref[:3, :4] = extr[0]
             points = transform_points(world, w2ref)
             valid = np.isfinite(points).all(axis=2)
-        mask = object_mask(rgb, alpha_of(img), self.mask_mode) & valid & np.isfinite(points).all(axis=2)
+        # Crop mode cuts rows off: those input pixels were never seen by the network.
+        gx, gy = original_pixel_grid(geom)
+        in_view = (gx >= -0.5) & (gx <= geom.net_w - 0.5) & (gy >= -0.5) & (gy <= geom.net_h - 0.5)
+        mask = object_mask(rgb, alpha_of(img), self.mask_mode) & valid & in_view & np.isfinite(points).all(axis=2)
         if self.conf_percentile and mask.any():
             mask &= conf >= np.percentile(conf[mask], self.conf_percentile)
         if not mask.any():

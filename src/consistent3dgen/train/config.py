@@ -4,7 +4,11 @@ Sizes (chosen so the weights stay far below 20 MB and all four stages train in a
 
 * one sparse stage at 128³ SDF voxels, latent factor 8 → tokens on a 16³ latent-cell grid;
 * the dense stage's occupancy is that 16³ cell grid (as Direct3D-S2's 64³ occupancy is the 512 stage's cell
-  grid), its VAE halves it to an (4, 8, 8, 8) latent, and the dense DiT runs on its 512 tokens (patch 1).
+  grid); its VAE downsamples by 4 like the official one (64³ → 16³ there, 16³ → 4³ here) to an (8, 4, 4, 4)
+  latent, and the dense DiT runs on its 64 tokens (patch 1).
+
+Measured cost per step (``python -m consistent3dgen.train.profile``, 1 thread, CPU seconds): see the model
+card of a trained prior; the step counts below keep the total near 1.5 CPU hours.
 
 Model parameters are written exactly like the official ``configs/*.yaml`` entries (``target`` + ``params``) so
 the same classes (``generators/direct3d_s2``, resolved through its registry) build them.
@@ -30,7 +34,7 @@ class DataConfig:
     convention: str = "thin_shell"  # "thin_shell" (as geometry.shell.thin_shell_sdf) or "signed"
     shell_voxels: float = 1.0  # only for "thin_shell": half thickness of the shell (geometry.shell default)
     candidate_safety: float = 1.25  # slack on the cell-candidate radius (first-order SDFs underestimate)
-    num_procedural: int = 360
+    num_procedural: int = 300
     meshes: list[str] = field(default_factory=lambda: ["cow", "fandisk", "beetle"])
     mesh_views: int = 12  # yaws per training mesh
     families: list[str] | None = None  # None = all procedural families
@@ -73,13 +77,13 @@ class MiniPriorConfig:
         default_factory=lambda: {
             "target": "direct3d_s2.models.autoencoders.dense_vae.DenseShapeVAE",
             "params": {
-                "embed_dim": 4,
+                "embed_dim": 8,
                 "in_channels": 1,
                 "out_channels": 1,
-                "model_channels_encoder": [16, 32],
+                "model_channels_encoder": [16, 32, 48],
                 "num_res_blocks_encoder": 1,
                 "num_res_blocks_middle_encoder": 1,
-                "model_channels_decoder": [32, 16],
+                "model_channels_decoder": [48, 32, 16],
                 "num_res_blocks_decoder": 1,
                 "num_res_blocks_middle_decoder": 1,
                 "use_fp16": False,
@@ -92,9 +96,9 @@ class MiniPriorConfig:
         default_factory=lambda: {
             "target": "direct3d_s2.models.transformers.dense_dit.DenseDiT",
             "params": {
-                "resolution": 8,
-                "in_channels": 4,
-                "out_channels": 4,
+                "resolution": 4,
+                "in_channels": 8,
+                "out_channels": 8,
                 "model_channels": 128,
                 "cond_channels": 64,
                 "num_blocks": 4,
@@ -104,7 +108,7 @@ class MiniPriorConfig:
                 "pe_mode": "ape",
                 "qk_rms_norm": True,
                 "use_fp16": False,
-                "latent_shape": [4, 8, 8, 8],
+                "latent_shape": [8, 4, 4, 4],
             },
         }
     )
@@ -140,9 +144,9 @@ class MiniPriorConfig:
                 "resolution": 16,
                 "in_channels": 8,
                 "out_channels": 8,
-                "model_channels": 128,
+                "model_channels": 96,
                 "cond_channels": 64,
-                "num_blocks": 4,
+                "num_blocks": 3,
                 "num_heads": 4,
                 "num_kv_heads": 2,
                 "compression_block_size": 4,
@@ -162,16 +166,16 @@ class MiniPriorConfig:
     # official classifier-free-guidance "uncond" input), so guidance alone supplies the image
     null_cond_tokens: int = 1
     train_dense_vae: StageTraining = field(
-        default_factory=lambda: StageTraining(steps=1500, batch_size=16, lr=1e-3, kl_weight=1e-4)
+        default_factory=lambda: StageTraining(steps=1000, batch_size=16, lr=1e-3, kl_weight=1e-4)
     )
     train_dense_dit: StageTraining = field(
-        default_factory=lambda: StageTraining(steps=4000, batch_size=32, lr=3e-4, shift=1.0)
+        default_factory=lambda: StageTraining(steps=3000, batch_size=32, lr=3e-4, shift=1.0)
     )
     train_sparse_vae: StageTraining = field(
-        default_factory=lambda: StageTraining(steps=1200, batch_size=2, lr=5e-4, kl_weight=1e-6, max_decoded_cells=256)
+        default_factory=lambda: StageTraining(steps=900, batch_size=2, lr=5e-4, kl_weight=1e-6, max_decoded_cells=128)
     )
     train_sparse_dit: StageTraining = field(
-        default_factory=lambda: StageTraining(steps=3000, batch_size=8, lr=3e-4, shift=1.0)
+        default_factory=lambda: StageTraining(steps=1200, batch_size=4, lr=3e-4, shift=1.0)
     )
     # inference schedule shifts (diffusers FlowMatchEulerDiscreteScheduler) and step counts for the mini prior
     dense_sampler: dict[str, Any] = field(default_factory=lambda: {"shift": 3.0, "steps": 25})

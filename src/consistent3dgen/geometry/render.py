@@ -77,7 +77,8 @@ def pixel_rays(K: np.ndarray, width: int, height: int) -> np.ndarray:  # noqa: N
     width, height = _check_size(width, height)
     u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
     pix = np.stack([u, v, np.ones_like(u)], axis=-1)
-    rays = pix @ np.linalg.inv(k).T
+    # einsum, not @: BLAS on (N, 3) x (3, 3) only spawns threads that fight over a busy CPU.
+    rays = np.einsum("hwj,ij->hwi", pix, np.linalg.inv(k))
     return rays / rays[..., 2:3]
 
 
@@ -112,7 +113,7 @@ def raycast(
     points[hit] = flat_dirs[hit] * dist[hit, None]
     normals = np.full((h * w, 3), np.nan, np.float64)
     if hit.any():
-        n = _face_normals(verts_cam, tris)[face[hit]]
+        n = _face_normals(verts_cam, tris[face[hit]])
         # Face the camera: the normal must point against the viewing ray.
         flip = np.einsum("ij,ij->i", n, flat_dirs[hit]) > 0
         n[flip] *= -1.0
@@ -187,7 +188,7 @@ def _to_camera(vertices: np.ndarray, cam_from_world: np.ndarray | None) -> np.nd
     m = np.asarray(cam_from_world, np.float64)
     if m.shape != (4, 4) or not np.isfinite(m).all():
         raise InputError(f"cam_from_world must be a finite 4x4 matrix, got shape {m.shape}")
-    return v @ m[:3, :3].T + m[:3, 3]
+    return np.einsum("nj,ij->ni", v, m[:3, :3]) + m[:3, 3]
 
 
 def _check_faces(faces: np.ndarray, n_vertices: int) -> np.ndarray:

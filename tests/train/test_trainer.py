@@ -200,3 +200,46 @@ def test_default_config_fits_the_weight_budget_and_round_trips():
     )
     with pytest.raises(InputError):
         MiniPriorConfig.from_dict({"bogus": 1})
+
+
+def test_train_chain_end_to_end_resumes_and_exports(tmp_path):
+    from consistent3dgen.train.config import MiniPriorConfig
+    from consistent3dgen.train.main import load_mini_models, train_mini_prior
+
+    cfg = MiniPriorConfig(
+        data=DataConfig(sparse_resolution=64, latent_factor=8, num_procedural=3, meshes=[]),
+        dense_vae=copy.deepcopy(TINY_DENSE_VAE),
+        dense_dit=copy.deepcopy(TINY_DENSE_DIT),
+        sparse_vae=copy.deepcopy(TINY_SPARSE_VAE),
+        sparse_dit=copy.deepcopy(TINY_SPARSE_DIT),
+    )
+    cfg.dense_vae["params"]["model_channels_encoder"] = [8, 8, 16]  # 8³ cells → 2³ latent (factor 4)
+    cfg.dense_vae["params"]["model_channels_decoder"] = [16, 8, 8]
+    cfg.dense_dit["params"].update(resolution=2, latent_shape=[4, 2, 2, 2])
+    for stage in ("dense_vae", "sparse_vae", "dense_dit", "sparse_dit"):
+        cfg.training(stage).__dict__.update(steps=2, batch_size=2, warmup_steps=1, checkpoint_every=1, log_every=1)
+    stages = ["dense_vae", "sparse_vae", "dense_dit"]  # the sparse DiT's backward is covered above
+    logs = []
+    report = train_mini_prior(cfg, tmp_path / "run", tmp_path / "data", stages, None, tmp_path / "mini", logs.append)
+    assert report["steps"]["dense_vae"] == 2 and report["steps"]["sparse_vae"] == 2
+    for stage in stages:
+        assert (tmp_path / "run" / stage / "loss.csv").is_file()
+    assert set(report["metrics"]) >= {"dense_vae_iou", "sparse_vae_l1", "sparse_vae_band_sign_accuracy"}
+    # a second run resumes every stage at its end and trains nothing more
+    logs.clear()
+    train_mini_prior(cfg, tmp_path / "run", tmp_path / "data", stages, None, None, logs.append)
+    assert any("dense_vae: resumed at step 2" in line for line in logs)
+    assert not any(" step 3/" in line for line in logs)
+    loaded_cfg, models = load_mini_models(tmp_path / "mini")
+    assert loaded_cfg.dense_vae["params"]["latents_scale"] > 0
+    assert set(models) == {"dense_vae", "dense_dit", "sparse_vae", "sparse_dit"}
+    card = (tmp_path / "mini" / "MODEL_CARD.md").read_text()
+    assert "stanford-bunny" in card and "| dense_vae | 2 |" in card
+
+
+def test_load_mini_models_names_the_missing_folder(tmp_path):
+    from consistent3dgen.errors import WeightsNotFoundError
+    from consistent3dgen.train.main import load_mini_models
+
+    with pytest.raises(WeightsNotFoundError, match=str(tmp_path)):
+        load_mini_models(tmp_path)

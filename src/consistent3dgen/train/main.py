@@ -183,6 +183,31 @@ def export_mini_prior(cfg: MiniPriorConfig, trainers: dict[str, StageTrainer], o
     atomic_write_text(out / "MODEL_CARD.md", model_card(cfg, trainers, report, total))
 
 
+def load_mini_models(folder: str | Path) -> tuple[MiniPriorConfig, dict[str, torch.nn.Module]]:
+    """Read an exported mini prior: its config and the four models (eval mode, strict load).
+
+    Raises :class:`WeightsNotFoundError` naming the folder when the files are missing.
+    """
+    from safetensors.torch import load_file
+
+    from ..errors import WeightsNotFoundError
+    from .trainer import build_model
+
+    folder = Path(folder)
+    weights, config = folder / "weights.safetensors", folder / "config.json"
+    if not weights.is_file() or not config.is_file():
+        raise WeightsNotFoundError(f"mini prior not found: need {weights} and {config}")
+    cfg = MiniPriorConfig.load(config)
+    tensors = load_file(weights)
+    models = {}
+    for part in STAGES:
+        model = build_model(getattr(cfg, part))
+        prefix = f"{part}."
+        model.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+        models[part] = model.eval()
+    return cfg, models
+
+
 def model_card(cfg: MiniPriorConfig, trainers: dict[str, StageTrainer], report: dict, total_bytes: int) -> str:
     d = cfg.data
     lines = [

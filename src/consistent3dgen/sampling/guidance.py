@@ -34,22 +34,34 @@ from dataclasses import dataclass
 import torch
 
 
-@dataclass
 class GuidanceStep:
-    """What a variant sees at one step, restricted to the guided entries."""
+    """What a variant sees at one step, restricted to the guided entries (gathered lazily: each variant pays
+    only for the tensors it reads, which keeps guidance cheap at 100 k tokens)."""
 
-    x: torch.Tensor  # latent before the step
-    velocity: torch.Tensor  # model velocity (after CFG)
-    x_next: torch.Tensor  # plain Euler result
-    target: torch.Tensor  # x_fg
-    weight: torch.Tensor | None  # mask values; None = all ones
-    noise: torch.Tensor | None  # epsilon for noised targets
-    sigma: float
-    sigma_next: float
-    strength: float
+    def __init__(self, selection, x, velocity, x_next, target, noise, sigma, sigma_next, strength) -> None:
+        self._sel, self._x, self._v, self._x_next = selection, x, velocity, x_next
+        self.target: torch.Tensor = target  # x_fg
+        self.noise: torch.Tensor | None = noise  # epsilon for noised targets
+        self.sigma, self.sigma_next, self.strength = sigma, sigma_next, strength
+
+    @property
+    def x(self) -> torch.Tensor:
+        """Latent before the step."""
+        return self._sel.gather(self._x)
+
+    @property
+    def velocity(self) -> torch.Tensor:
+        """Model velocity (after CFG)."""
+        return self._sel.gather(self._v)
+
+    @property
+    def x_next(self) -> torch.Tensor:
+        """Plain Euler result."""
+        return self._sel.gather(self._x_next)
 
 
-GuidanceFn = Callable[[GuidanceStep], torch.Tensor]
+# A variant returns (delta, scale): the guided entries of x_next get ``+ scale · M · delta``.
+GuidanceFn = Callable[[GuidanceStep], tuple[torch.Tensor, float]]
 GUIDANCE_VARIANTS: dict[str, GuidanceFn] = {}
 # variants whose λ is a fraction (values above 1 overshoot the target)
 FRACTION_VARIANTS = {"x0", "replace"}
@@ -57,7 +69,7 @@ NOISE_VARIANTS = {"noised", "replace"}
 
 
 def register_guidance(name: str) -> Callable[[GuidanceFn], GuidanceFn]:
-    """Register a variant ``fn(step) -> x_next of the guided entries`` under ``name``."""
+    """Register a variant ``fn(step) -> (delta, scale)`` under ``name`` (x_next += scale · M · delta)."""
 
     def wrap(fn: GuidanceFn) -> GuidanceFn:
         GUIDANCE_VARIANTS[name] = fn
@@ -66,34 +78,29 @@ def register_guidance(name: str) -> Callable[[GuidanceFn], GuidanceFn]:
     return wrap
 
 
-def _weighted(delta: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    return delta if weight is None else delta * weight
-
-
 @register_guidance("paper")
-def paper_guidance(s: GuidanceStep) -> torch.Tensor:
-    dt = s.sigma_next - s.sigma
-    return s.x_next + (dt * s.strength) * _weighted(s.x - s.target, s.weight)
+def paper_guidance(s: GuidanceStep) -> tuple[torch.Tensor, float]:
+    # x + dt·(v + λΔ) = x_next + dt·λ·Δ
+    return s.x - s.target, (s.sigma_next - s.sigma) * s.strength
 
 
 @register_guidance("noised")
-def noised_guidance(s: GuidanceStep) -> torch.Tensor:
-    dt = s.sigma_next - s.sigma
+def noised_guidance(s: GuidanceStep) -> tuple[torch.Tensor, float]:
     noised_target = (1.0 - s.sigma) * s.target + s.sigma * s.noise
-    return s.x_next + (dt * s.strength) * _weighted(s.x - noised_target, s.weight)
+    return s.x - noised_target, (s.sigma_next - s.sigma) * s.strength
 
 
 @register_guidance("x0")
-def x0_guidance(s: GuidanceStep) -> torch.Tensor:
-    dt = s.sigma_next - s.sigma
+def x0_guidance(s: GuidanceStep) -> tuple[torch.Tensor, float]:
+    # v' = v + λM(x̂₀ − x_fg)/σ, so x_next' = x_next + dt·λ/σ·M(x̂₀ − x_fg)
     x0_pred = s.x - s.sigma * s.velocity
-    return s.x_next + (dt * s.strength / s.sigma) * _weighted(x0_pred - s.target, s.weight)
+    return x0_pred - s.target, (s.sigma_next - s.sigma) * s.strength / s.sigma
 
 
 @register_guidance("replace")
-def replace_guidance(s: GuidanceStep) -> torch.Tensor:
+def replace_guidance(s: GuidanceStep) -> tuple[torch.Tensor, float]:
     noised_target = (1.0 - s.sigma_next) * s.target + s.sigma_next * s.noise
-    return s.x_next + s.strength * _weighted(noised_target - s.x_next, s.weight)
+    return noised_target - s.x_next, s.strength
 
 
 class _RowSelection:
@@ -105,8 +112,8 @@ class _RowSelection:
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         return t.index_select(0, self.index)
 
-    def scatter_(self, dst: torch.Tensor, values: torch.Tensor) -> None:
-        dst.index_copy_(0, self.index, values.to(dst.dtype))
+    def add_(self, dst: torch.Tensor, values: torch.Tensor, alpha: float) -> None:
+        dst.index_add_(0, self.index, values.to(dst.dtype), alpha=alpha)
 
 
 class _FullSelection:
@@ -115,8 +122,8 @@ class _FullSelection:
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         return t
 
-    def scatter_(self, dst: torch.Tensor, values: torch.Tensor) -> None:
-        dst.copy_(values)
+    def add_(self, dst: torch.Tensor, values: torch.Tensor, alpha: float) -> None:
+        dst.add_(values.to(dst.dtype), alpha=alpha)
 
 
 @dataclass
@@ -152,8 +159,9 @@ class FrontGuidance:
         x_shape = noise.shape
         if tuple(self.target.shape) != tuple(x_shape):
             raise ValueError(f"guidance target shape {tuple(self.target.shape)} != latent shape {tuple(x_shape)}")
-        mask = self.mask.to(device=noise.device, dtype=torch.float32)
-        target = self.target.to(device=noise.device, dtype=torch.float32)
+        math_dtype = torch.promote_types(noise.dtype, torch.float32)  # fp16 latents: guide in float32
+        mask = self.mask.to(device=noise.device, dtype=math_dtype)
+        target = self.target.to(device=noise.device, dtype=math_dtype)
         is_row_mask = len(x_shape) == 2 and (mask.ndim == 1 or (mask.ndim == 2 and mask.shape[1] == 1))
         if is_row_mask:
             rows = mask.reshape(-1)
@@ -172,7 +180,7 @@ class FrontGuidance:
             weight = mask
         fixed_noise = None
         if self.variant in NOISE_VARIANTS and self.noise == "initial":
-            fixed_noise = selection.gather(noise).to(torch.float32)
+            fixed_noise = selection.gather(noise).to(math_dtype)
         return PreparedGuidance(self, selection, selection.gather(target), weight, fixed_noise)
 
 
@@ -201,16 +209,12 @@ class PreparedGuidance:
         sel = self.selection
         noise = self.fixed_noise
         if noise is None and self.settings.variant in NOISE_VARIANTS:
-            noise = torch.randn(self.target.shape, generator=generator, device=self.target.device)
-        step = GuidanceStep(
-            x=sel.gather(x).float(),
-            velocity=sel.gather(velocity).float(),
-            x_next=sel.gather(x_next).float(),
-            target=self.target,
-            weight=self.weight,
-            noise=noise,
-            sigma=sigma,
-            sigma_next=sigma_next,
-            strength=float(self.settings.strength),
-        )
-        sel.scatter_(x_next, GUIDANCE_VARIANTS[self.settings.variant](step))
+            noise = torch.randn(
+                self.target.shape, generator=generator, device=self.target.device, dtype=self.target.dtype
+            )
+        strength = float(self.settings.strength)
+        step = GuidanceStep(sel, x, velocity, x_next, self.target, noise, sigma, sigma_next, strength)
+        delta, scale = GUIDANCE_VARIANTS[self.settings.variant](step)
+        if self.weight is not None:
+            delta = delta * self.weight
+        sel.add_(x_next, delta, scale)

@@ -1,0 +1,63 @@
+"""Free space seen by the input view: where the object is certainly *not*.
+
+A point is free when it projects inside the image but outside the (dilated) object mask, or when it lies
+between the camera and the seen surface by more than ``margin``. Points behind the seen surface, or projecting
+outside the image, are unknown (not free). All conversions go through :mod:`.frames`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import binary_dilation
+
+from ..errors import InputError
+from ..pointmap import PointMap
+from .frames import CanonicalFrame, canonical_to_camera
+
+
+def _project(points_canonical: np.ndarray, pointmap: PointMap, frame: CanonicalFrame):  # noqa: ANN202
+    if pointmap.intrinsics is None:
+        raise InputError("free space needs the camera intrinsics of the point map")
+    p = canonical_to_camera(np.asarray(points_canonical, np.float64).reshape(-1, 3), frame)
+    h, w = pointmap.shape
+    z = p[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uvw = p @ pointmap.intrinsics.T
+        u, v = uvw[:, 0] / uvw[:, 2], uvw[:, 1] / uvw[:, 2]
+    in_image = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    col = np.clip(np.nan_to_num(u, nan=0.0), 0, w - 1).astype(np.int64)
+    row = np.clip(np.nan_to_num(v, nan=0.0), 0, h - 1).astype(np.int64)
+    return in_image, row, col, z
+
+
+def view_depth_gap(
+    points_canonical: np.ndarray, pointmap: PointMap, frame: CanonicalFrame
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Project canonical points into the view.
+
+    Returns ``in_image`` (N,) bool, ``in_mask`` (N,) bool (pixel inside the object mask) and ``gap`` (N,)
+    float: seen depth minus the point's depth, in canonical units (> 0: the point is in front of the seen
+    surface; NaN where the pixel has no seen point).
+    """
+    in_image, row, col, z = _project(points_canonical, pointmap, frame)
+    in_mask = in_image & pointmap.mask[row, col]
+    seen_z = np.where(in_mask, pointmap.points[row, col, 2], np.nan)
+    return in_image, in_mask, (seen_z - z) * frame.scale
+
+
+def free_space_mask(
+    points_canonical: np.ndarray,
+    pointmap: PointMap,
+    frame: CanonicalFrame,
+    margin: float,
+    mask_dilation_px: int = 2,
+) -> np.ndarray:
+    """(N,) bool: points the view shows to be empty (see module docstring); ``margin`` in canonical units."""
+    in_image, in_mask, gap = view_depth_gap(points_canonical, pointmap, frame)
+    silhouette = pointmap.mask
+    if mask_dilation_px > 0:  # a few pixels of slack for mask and projection error
+        silhouette = binary_dilation(silhouette, iterations=int(mask_dilation_px))
+    _, row, col, _ = _project(points_canonical, pointmap, frame)
+    outside_silhouette = in_image & ~silhouette[row, col]
+    in_front = np.nan_to_num(gap, nan=-np.inf) > margin
+    return outside_silhouette | in_front

@@ -131,18 +131,20 @@ class ShapeSample:
     def load(cls, path: str | Path) -> ShapeSample:
         try:
             with np.load(path, allow_pickle=False) as z:
-                if int(z["format_version"]) != FORMAT_VERSION:
-                    raise InputError(f"{path}: sample format {int(z['format_version'])}, expected {FORMAT_VERSION}")
-                return cls(
-                    z["cells"].astype(np.int32),
-                    z["values"],
-                    int(z["resolution"]),
-                    int(z["factor"]),
-                    str(z["source"]),
-                    str(z["convention"]),
-                )
+                version = int(z["format_version"])
+                fields = {k: z[k] for k in z.files}
         except (OSError, KeyError, ValueError) as e:
             raise InputError(f"cannot read training sample {path}: {e}") from e
+        if version != FORMAT_VERSION:
+            raise InputError(f"{path}: sample format {version}, expected {FORMAT_VERSION}; rebuild the cache")
+        return cls(
+            fields["cells"].astype(np.int32),
+            fields["values"],
+            int(fields["resolution"]),
+            int(fields["factor"]),
+            str(fields["source"]),
+            str(fields["convention"]),
+        )
 
 
 def build_sample(shape: Shape | object, config: DataConfig, source: str = "") -> ShapeSample:

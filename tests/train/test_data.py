@@ -116,6 +116,11 @@ def test_build_dataset_caches_and_reuses(small_config, tmp_path):
     ds = SampleSet.from_paths(paths)
     occ = ds.occupancy_batch([0, 1])
     assert occ.shape == (2, 1, 8, 8, 8) and occ.sum() > 0
+    # two worker processes build the same bytes
+    par = build_dataset(tmp_path / "par", small_config, sources, log=None, workers=2)
+    for a, b in zip(paths, par, strict=True):
+        sa, sb = ShapeSample.load(a), ShapeSample.load(b)
+        assert np.array_equal(sa.values, sb.values) and np.array_equal(sa.cells, sb.cells)
     # a different convention goes to a different folder
     other = DataConfig(**{**small_config.__dict__, "convention": "signed"})
     assert cache_key(other) != cache_key(small_config)

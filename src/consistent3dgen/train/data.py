@@ -215,26 +215,43 @@ def sample_path(cache_dir: str | Path, config: DataConfig, source: str) -> Path:
     return Path(cache_dir) / cache_key(config) / f"{safe}.npz"
 
 
+def _build_one(args: tuple[str, str, DataConfig, str | None]) -> str:
+    path, src, config, meshes_dir = args
+    build_sample(parse_source(src, meshes_dir), config, src).save(path)
+    return path
+
+
 def build_dataset(
     cache_dir: str | Path,
     config: DataConfig,
     sources: list[str] | None = None,
     meshes_dir: str | Path | None = None,
     log=print,
+    workers: int = 1,
 ) -> list[Path]:
-    """Build (or reuse) every sample of ``sources`` under ``cache_dir``; resumable: finished files are kept."""
+    """Build (or reuse) every sample of ``sources`` under ``cache_dir``; resumable: finished files are kept.
+
+    ``workers`` > 1 builds in that many processes (each sample is seeded by its source, so the result is the
+    same whatever the order).
+    """
     sources = default_sources(config) if sources is None else sources
-    paths = []
+    paths = [sample_path(cache_dir, config, src) for src in sources]
+    mdir = None if meshes_dir is None else str(meshes_dir)
+    todo = [(str(p), src, config, mdir) for p, src in zip(paths, sources, strict=True) if not p.is_file()]
     t0 = time.time()
-    built = 0
-    for i, src in enumerate(sources):
-        path = sample_path(cache_dir, config, src)
-        if not path.is_file():
-            build_sample(parse_source(src, meshes_dir), config, src).save(path)
-            built += 1
-            if log and (built % 20 == 0 or i == len(sources) - 1):
-                log(f"data: {i + 1}/{len(sources)} samples ({time.time() - t0:.0f} s)")
-        paths.append(path)
+    if todo:
+        if workers > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(workers) as pool:
+                for done, _ in enumerate(pool.map(_build_one, todo, chunksize=1), 1):
+                    if log and (done % 20 == 0 or done == len(todo)):
+                        log(f"data: built {done}/{len(todo)} samples ({time.time() - t0:.0f} s)")
+        else:
+            for done, job in enumerate(todo, 1):
+                _build_one(job)
+                if log and (done % 20 == 0 or done == len(todo)):
+                    log(f"data: built {done}/{len(todo)} samples ({time.time() - t0:.0f} s)")
     manifest = {"config": asdict(config), "key": cache_key(config), "sources": sources}
     atomic_write_text(Path(cache_dir) / cache_key(config) / "manifest.json", json.dumps(manifest, indent=1))
     return paths

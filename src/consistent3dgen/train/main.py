@@ -48,6 +48,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--meshes-dir", default=None, help="folder with cow/fandisk/beetle .obj (default ../shared)")
     p.add_argument("--export", default=None, help="write the mini prior here (default: OUT/mini)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--data-workers", type=int, default=1, help="processes building the training samples")
 
 
 def train_main(args: argparse.Namespace) -> int:
@@ -62,7 +63,7 @@ def train_main(args: argparse.Namespace) -> int:
     run_dir = Path(args.out)
     cache = Path(args.data_cache) if args.data_cache else run_dir / "data"
     export = Path(args.export) if args.export else run_dir / "mini"
-    train_mini_prior(cfg, run_dir, cache, stages, args.meshes_dir, export)
+    train_mini_prior(cfg, run_dir, cache, stages, args.meshes_dir, export, data_workers=args.data_workers)
     return 0
 
 
@@ -81,11 +82,12 @@ def train_mini_prior(
     meshes_dir: str | None = None,
     export_dir: Path | None = None,
     log=print,
+    data_workers: int = 1,
 ) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", cfg.to_json())
     t0 = time.time()
-    paths = build_dataset(cache_dir, cfg.data, default_sources(cfg.data), meshes_dir, log=log)
+    paths = build_dataset(cache_dir, cfg.data, default_sources(cfg.data), meshes_dir, log=log, workers=data_workers)
     data_seconds = time.time() - t0
     everything = SampleSet.from_paths(paths)
     train_idx, held_idx = split_indices(len(everything), seed=cfg.seed)

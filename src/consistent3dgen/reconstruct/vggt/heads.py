@@ -368,5 +368,5 @@ class TrackHeadLayout(nn.Module):
                                          intermediate_layer_idx=intermediate_layer_idx)
         self.tracker = _TrackerLayout(latent_dim=features, hidden=hidden)
 
-    def forward(self, *args, **kwargs):  # noqa: ANN002, ANN003
+    def forward(self, *args: object, **kwargs: object) -> None:
         raise NotImplementedError("VGGT point tracking is not implemented in consistent3dgen (weights load only)")

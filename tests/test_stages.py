@@ -1,0 +1,211 @@
+"""Stage runner with small fake stages: token union, ordering, target alignment, re-normalisation, dense SDEdit
+start, guided sparse stages, fusion, free space."""
+
+import numpy as np
+import pytest
+import torch
+
+from consistent3dgen.generators.base import SparseLatent
+from consistent3dgen.geometry.frames import CanonicalFrame
+from consistent3dgen.geometry.freespace import free_space_mask
+from consistent3dgen.geometry.voxels import SparseVoxels
+from consistent3dgen.pointmap import PointMap
+from consistent3dgen.sampling import FlowMatchSchedule
+from consistent3dgen.stages import (
+    Similarity,
+    SparseStageConfig,
+    StageCallbacks,
+    align_target,
+    clamp_free_space,
+    fuse_sdf,
+    mesh_to_cells,
+    normalize_to_cube,
+    occupancy_to_cells,
+    order_tokens,
+    pool_occupancy,
+    run_dense_stage,
+    run_sparse_stages,
+    transform_voxels,
+)
+
+
+def block_order(coords: torch.Tensor, bs: int = 4) -> torch.Tensor:
+    c = coords.long()
+    keys = [c[:, 2] % bs, c[:, 1] % bs, c[:, 0] % bs, c[:, 2] // bs, c[:, 1] // bs, c[:, 0] // bs]
+    return torch.from_numpy(np.lexsort([k.numpy() for k in keys]))
+
+
+class FakeSparse:
+    """Velocity of data at 0, ``v = x/σ`` (Euler lands every token on 0 exactly);
+    decode = one SDF voxel per token with value = mean feature."""
+
+    latent_factor, latent_channels = 2, 3
+
+    def __init__(self, resolution: int) -> None:
+        self.resolution = resolution
+        self.seen_coords: list[np.ndarray] = []
+
+    def token_order(self, coords):
+        return block_order(coords)
+
+    def velocity(self, x, coords, t, cond):
+        self.seen_coords.append(coords.numpy().copy())
+        return x / (t.float() / 1000)
+
+    def encode_sdf(self, sdf):
+        return SparseLatent.from_voxels(sdf.downsample(2))
+
+    def decode_sdf(self, latent):
+        v = latent.to_voxels()
+        return SparseVoxels(v.coords * 2, self.resolution, v.feats.mean(1, keepdims=True))
+
+
+class FakeDense:
+    occupancy_resolution, latent_shape = 8, (2, 4, 4, 4)
+
+    def encode_occupancy(self, occ):
+        pooled = torch.nn.functional.max_pool3d(occ, 2)
+        return torch.cat([pooled * 2 - 1, pooled], 1)
+
+    def decode_occupancy(self, latent):
+        return torch.nn.functional.interpolate(latent[:, :1] * 10, scale_factor=2)
+
+    def velocity(self, x, t, cond):
+        return torch.zeros_like(x)
+
+
+def test_occupancy_union_threshold_and_free_cells():
+    prob = np.zeros((8, 8, 8), np.float32)
+    prob[1, 1, 1], prob[2, 2, 2], prob[5, 5, 5] = 0.5, 0.05, 0.9
+    fg = SparseVoxels([[3, 3, 3], [5, 5, 5]], 8)
+    free = SparseVoxels([[1, 1, 1], [3, 3, 3]], 8)
+    cells = occupancy_to_cells(prob, 0.1, 8, foreground_cells=fg, free_cells=free)
+    # (1,1,1) freed, (2,2,2) below threshold, (3,3,3) free but foreground → kept, (5,5,5) in both once
+    assert cells.coords.tolist() == [[3, 3, 3], [5, 5, 5]]
+    coarse = occupancy_to_cells(prob, 0.1, 4)
+    assert coarse.coords.tolist() == [[0, 0, 0], [2, 2, 2]]
+    assert pool_occupancy(np.ones((2, 2, 2), bool), 4).sum() == 64
+
+
+def test_order_tokens_and_alignment():
+    rng = np.random.default_rng(0)
+    coords = np.unique(rng.integers(0, 8, (60, 3)), axis=0)
+    cells = order_tokens(FakeSparse(16), SparseVoxels(rng.permutation(coords), 8))
+    c = cells.coords
+    block = [tuple(r) for r in np.concatenate([c // 4, c % 4], 1)]
+    assert block == sorted(block) and len(c) == len(coords)
+    # target covering half of the tokens, in another order, with one coordinate that is not a token
+    tgt_coords = np.concatenate([c[::2][::-1], [[7, 7, 7]] if not (c == 7).all(1).any() else c[:0]])
+    tgt = SparseLatent(torch.as_tensor(tgt_coords, dtype=torch.int32),
+                       torch.as_tensor(tgt_coords.sum(1, keepdims=True).repeat(3, 1), dtype=torch.float32), 8)
+    feats, mask = align_target(c, tgt)
+    assert mask.tolist() == [1.0 if i % 2 == 0 else 0.0 for i in range(len(c))]
+    assert torch.equal(feats[::2, 0], torch.as_tensor(c[::2].sum(1), dtype=torch.float32))
+    assert torch.all(feats[1::2] == 0)
+
+
+def test_similarity_and_renormalisation():
+    a, b = Similarity(2.0, (0.1, 0.0, -0.2)), normalize_to_cube(np.array([[0, 0, 0], [0.5, 0.2, 0.1]]))
+    p = np.random.default_rng(1).normal(size=(5, 3))
+    assert np.allclose(a.then(b).apply(p), b.apply(a.apply(p)), atol=1e-5)
+    assert np.allclose(a.inverse().apply(a.apply(p)), p, atol=1e-5)
+    q = b.apply(np.array([[0, 0, 0], [0.5, 0.2, 0.1]]))
+    assert np.allclose(q[:, 0], [-0.95, 0.95], atol=1e-6) and np.allclose(q.mean(0), 0, atol=1e-6)
+    # a target voxel set follows the same similarity as the mesh
+    vox = SparseVoxels([[4, 4, 4], [5, 4, 4]], 16, np.array([[1.0], [2.0]], np.float32))
+    moved = transform_voxels(vox, Similarity(1.0, (0.25, 0.0, 0.0)))  # +0.25 = +2 voxels at 16³
+    assert moved.coords.tolist() == [[6, 4, 4], [7, 4, 4]] and moved.feats[:, 0].tolist() == [1.0, 2.0]
+
+
+def test_mesh_to_cells_within_distance():
+    # a square at z = 0.01 spanning [-0.5, 0.5]² at 32³ (voxel 1/16), latent factor 4
+    v = np.array([[-0.5, -0.5, 0.01], [0.5, -0.5, 0.01], [0.5, 0.5, 0.01], [-0.5, 0.5, 0.01]], np.float32)
+    f = np.array([[0, 1, 2], [0, 2, 3]])
+    cells = mesh_to_cells(v, f, 32, 4, distance=2.0)
+    assert cells.resolution == 8
+    assert set(cells.coords[:, 2].tolist()) == {3, 4}  # z = 0.01 lies near the boundary of cells 3 and 4
+    assert cells.coords[:, :2].min() == 1 and cells.coords[:, :2].max() == 6
+
+
+def test_dense_sdedit_start_and_free_space():
+    stage = FakeDense()
+    fg = np.zeros((8, 8, 8), bool)
+    fg[2:4, 2:4, 2:4] = True
+    free = np.zeros((8, 8, 8), bool)
+    free[:, :, 3] = True  # overlaps the foreground, which must survive
+    sched = FlowMatchSchedule.shifted(10, 6.0)
+    # zero velocity + tiny SDEdit strength: the result stays close to the encoded foreground
+    res = run_dense_stage(stage, None, sched, foreground=fg, sdedit_strength=0.02, free_space=free,
+                          generator=torch.Generator().manual_seed(0), progress=False)
+    target = stage.encode_occupancy(torch.as_tensor(fg, dtype=torch.float32)[None, None])
+    assert (res.latent - target).abs().max() < 0.1
+    occupied = res.probability.numpy() > 0.5
+    assert np.array_equal(occupied, fg)
+    free2 = free.copy()
+    free2[2, 2, 2] = False
+    res2 = run_dense_stage(stage, None, sched, foreground=None, free_space=free2, progress=False,
+                           generator=torch.Generator().manual_seed(0))
+    assert float(res2.probability[free2].max()) == 0.0
+
+
+def test_sparse_stages_guided_and_renormalised():
+    s1, s2 = FakeSparse(16), FakeSparse(16)
+    fg_cells = SparseVoxels([[2, 2, 2], [3, 2, 2]], 8, np.full((2, 3), 0.5, np.float32))
+    frames = []
+
+    def foreground(stage, frame):
+        frames.append(frame)
+        v = transform_voxels(fg_cells, frame)
+        return SparseLatent.from_voxels(v)
+
+    def extract(sdf):  # a small square around the decoded voxels
+        c = sdf.centers().mean(0)
+        v = (c + np.array([[-0.3, -0.3, 0], [0.3, -0.3, 0], [0.3, 0.3, 0], [-0.3, 0.3, 0]])).astype(np.float32)
+        return v, np.array([[0, 1, 2], [0, 2, 3]])
+
+    first = fg_cells.union(SparseVoxels([[5, 5, 5]], 8))
+    cfg = SparseStageConfig(FlowMatchSchedule.shifted(8, 6.0), guidance_strength=1.0, guidance_variant="replace",
+                            cell_distance=2.0)
+    out = run_sparse_stages([s1, s2], [cfg, cfg], first, None, StageCallbacks(foreground, extract), cfg_scale=1.0,
+                            generator=torch.Generator().manual_seed(0), progress=False)
+    lat1, lat2 = out.latents
+    # stage 1: guided tokens land on the target; the unguided token goes to the model's data, 0
+    feats, mask = align_target(lat1.coords.numpy(), SparseLatent.from_voxels(fg_cells))
+    assert torch.allclose(lat1.feats[mask > 0], feats[mask > 0], atol=1e-5)
+    assert lat1.feats[mask == 0].abs().max() < 1e-6
+    # tokens went to the model in block order
+    c = s1.seen_coords[0]
+    block = [tuple(r) for r in np.concatenate([c // 4, c % 4], 1)]
+    assert block == sorted(block)
+    # stage 2 in a re-normalised frame: its targets are the foreground moved by that frame, and they are tokens
+    assert out.frame == frames[-1] and out.frame != Similarity()
+    moved = transform_voxels(fg_cells, out.frame)
+    rows = SparseVoxels(lat2.coords.numpy(), 8).lookup(moved.coords)
+    assert (rows >= 0).all() and torch.allclose(lat2.feats[torch.as_tensor(rows)], torch.tensor(0.5), atol=1e-5)
+    with pytest.raises(ValueError):
+        run_sparse_stages([s1], [], first, None, StageCallbacks(foreground, extract))
+
+
+def test_fusion_and_free_space_clamp():
+    dec = SparseVoxels([[0, 0, 0], [1, 0, 0], [2, 0, 0]], 4, np.array([[0.5], [-0.2], [0.1]], np.float32))
+    seen = SparseVoxels([[1, 0, 0]], 4, np.array([[0.3]], np.float32))
+    assert fuse_sdf(dec, seen, 1.0).feats[:, 0].tolist() == pytest.approx([0.5, 0.3, 0.1])
+    assert fuse_sdf(dec, seen, 0.5).feats[1, 0] == pytest.approx(0.05)
+    assert clamp_free_space(dec, np.array([False, True, False])).feats[:, 0].tolist() == pytest.approx([0.5, 1, 0.1])
+
+
+def test_free_space_mask_geometry():
+    h = w = 20
+    k = np.array([[20.0, 0, 10], [0, 20.0, 10], [0, 0, 1]])
+    ys, xs = np.mgrid[0:h, 0:w]
+    depth = np.full((h, w), 2.0, np.float32)
+    pts = np.stack([(xs + 0.5 - 10) / 20 * depth, (ys + 0.5 - 10) / 20 * depth, depth], -1).astype(np.float32)
+    mask = np.zeros((h, w), bool)
+    mask[5:15, 5:15] = True
+    pm = PointMap(pts, mask=mask, intrinsics=k)
+    frame = CanonicalFrame(center=(0.0, 0.0, 2.2), scale=2.0)
+    # camera-frame probes → canonical: in front of the surface, behind it, outside the silhouette, outside image
+    cam = np.array([[0.0, 0.0, 1.5], [0.0, 0.0, 2.4], [0.8, 0.0, 2.4], [5.0, 0.0, 2.0]])
+    canon = frame.scale * (cam - np.array(frame.center)) @ frame.R.T
+    free = free_space_mask(canon, pm, frame, margin=0.1, mask_dilation_px=1)
+    assert free.tolist() == [True, False, True, False]

@@ -243,3 +243,18 @@ def test_load_mini_models_names_the_missing_folder(tmp_path):
 
     with pytest.raises(WeightsNotFoundError, match=str(tmp_path)):
         load_mini_models(tmp_path)
+
+
+def test_ema_warm_up_then_decay():
+    from consistent3dgen.train.trainer import EMA
+
+    m = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(m.weight)
+    ema = EMA(m, decay=0.999)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    ema.update(m, 0)  # decay min(0.999, 1/10): the average moves 90 % of the way at the first step
+    assert torch.allclose(ema.model.weight, torch.tensor([[0.9]]))
+    for step in range(1, 2000):
+        ema.update(m, step)
+    assert float(ema.model.weight) > 0.999

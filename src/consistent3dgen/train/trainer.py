@@ -267,6 +267,9 @@ def sparse_dit_loss(dit: nn.Module, tokens: list[tuple[np.ndarray, np.ndarray]],
 
 
 class EMA:
+    """Exponential moving average of the weights, with the usual warm-up ``min(decay, (1 + n) / (10 + n))`` so a
+    short run's average is not dominated by the initial weights."""
+
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.model = copy.deepcopy(model).eval()
@@ -274,9 +277,10 @@ class EMA:
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1.0 + step) / (10.0 + step))
         for e, p in zip(self.model.parameters(), model.parameters(), strict=True):
-            e.lerp_(p.detach(), 1.0 - self.decay)
+            e.lerp_(p.detach(), 1.0 - decay)
 
 
 def _lr_at(step: int, tc: StageTraining) -> float:
@@ -370,7 +374,7 @@ class StageTrainer:
             out["loss"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
             self.opt.step()
-            self.ema.update(self.model)
+            self.ema.update(self.model, self.step)
             self.step += 1
             row = {"step": self.step, "lr": self.opt.param_groups[0]["lr"], "grad_norm": float(grad_norm)}
             row.update({k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.items()})

@@ -267,3 +267,17 @@ def test_bad_inputs(args, kw, msg):
     with pytest.raises(InputError, match=msg) as e:
         shell.thin_shell_sdf(*args, **kw)
     assert "\n" not in str(e.value)
+
+
+def test_latent_cells_match_downsample(sphere):
+    r = shell.thin_shell(sphere.vertices, sphere.faces, 128)
+    cells = shell.latent_cells(r.sdf, 8)
+    ref = SparseVoxels(r.sdf.coords, 128).downsample(8)
+    assert cells.resolution == 16 and cells.feats is None
+    np.testing.assert_array_equal(cells.coords, ref.coords)
+    # front half: bitmap path equals the sort-based join
+    keep = shell.front_half_mask(cells, r.sdf, r.front_side)
+    front_cells = SparseVoxels(r.sdf.coords[r.front_side] // 8, 16)
+    np.testing.assert_array_equal(keep, front_cells.lookup(cells.coords) >= 0)
+    with pytest.raises(InputError, match="divisible"):
+        shell.latent_cells(r.sdf, 7)

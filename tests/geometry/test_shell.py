@@ -169,7 +169,7 @@ def test_backends_and_threads_agree(sphere):
     np.testing.assert_array_equal(a.sdf.coords, b.sdf.coords)
     np.testing.assert_allclose(a.udf, b.udf, atol=1e-4)
     assert (a.front_side == b.front_side).mean() > 0.999  # ties between equidistant triangles may round apart
-    assert a.n_evaluations == b.n_evaluations
+    assert b.n_evaluations == c.n_evaluations <= a.n_evaluations  # Warp skips voxels already closer
     # the thread split must not change a single bit
     for name in ("udf", "front_side"):
         np.testing.assert_array_equal(getattr(b, name), getattr(c, name))

@@ -9,7 +9,10 @@ from .errors import InputError, WeightsNotFoundError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="consistent3dgen", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="consistent3dgen",
+        description="One image / RGB-D / point map of an object → a 3D mesh whose seen side matches the input.",
+    )
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command")
     for register in _SUBCOMMANDS:

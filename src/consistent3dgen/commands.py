@@ -39,7 +39,7 @@ def read_pointmap(args: argparse.Namespace) -> PointMap:
 
 @subcommand
 def _foreground(sub) -> None:  # noqa: ANN001
-    p = sub.add_parser("foreground", help="point map → seen mesh → thin-shell SDF; writes them and checks the shell")
+    p = sub.add_parser("foreground", help="point map → seen mesh → thin-shell SDF; writes them, checks the shell")
     add_input_arguments(p)
     p.add_argument("--resolution", type=int, choices=[128, 256, 512, 1024], default=512)
     p.add_argument("--band", type=float, default=2.0, help="narrow band half-width in voxels")
@@ -65,3 +65,109 @@ def run_foreground(args: argparse.Namespace) -> int:
     for name, path in paths.items():
         print(f"wrote {name}: {path}")
     return 0
+
+
+def add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--generator", default="mini",
+                   help="mini (bundled), a mini-prior folder, direct3d-s2[-v1.0], a hub id or a local folder")
+    p.add_argument("--guidance", type=float, default=None, help="front-partial guidance strength λ (0 = baseline)")
+    p.add_argument("--variant", choices=["paper", "noised", "x0", "replace"], default=None, help="guidance variant")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fusion", action=argparse.BooleanOptionalAction, default=None,
+                   help="pin the decoded SDF to the seen shell")
+    p.add_argument("--free-space", action=argparse.BooleanOptionalAction, default=None,
+                   help="clear what the view shows to be empty")
+    p.add_argument("--max-faces", type=int, default=None, help="simplify to about this many faces")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def generation_overrides(args: argparse.Namespace) -> dict:
+    over = {"seed": args.seed, "progress": not args.quiet}
+    for name, key in (("guidance", "guidance"), ("variant", "guidance_variant"), ("fusion", "fusion"),
+                      ("free_space", "free_space"), ("max_faces", "max_faces")):
+        value = getattr(args, name)
+        if value is not None:
+            over[key] = value
+    return over
+
+
+@subcommand
+def _generate(sub) -> None:  # noqa: ANN001
+    p = sub.add_parser("generate", help="input (image, RGB-D, point map) → mesh whose seen side matches it")
+    add_input_arguments(p)
+    add_generation_arguments(p)
+    p.add_argument("--out", required=True, help="mesh file; the format follows the extension (.glb .obj .ply .stl)")
+    p.add_argument("--frame", choices=["camera", "canonical"], default="camera",
+                   help="camera: the input camera's frame and scale (overlays the image); "
+                        "canonical: the generator's cube")
+    p.add_argument("--report", help="write parameters, timings and metrics to this JSON file")
+    p.add_argument("--preview", help="write a preview PNG (input | output from the input view | two other views)")
+    p.set_defaults(func=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .geometry.extract import EXPORT_FORMATS
+    from .pipeline import ConsistentPipeline
+
+    if Path(args.out).suffix.lower() not in EXPORT_FORMATS:
+        from .errors import InputError
+
+        raise InputError(f"unknown mesh format for {args.out}; use one of {', '.join(EXPORT_FORMATS)}")
+    pm = read_pointmap(args)
+    pipe = ConsistentPipeline.from_pretrained(args.generator)
+    res = pipe(pm, conf_threshold=args.conf_threshold, drop_percent=args.drop_percent, **generation_overrides(args))
+    path = res.export(args.out, frame=args.frame)
+    metrics = res.metrics() if pm.intrinsics is not None else {}
+    print(f"wrote {path} ({len(res.faces)} faces, {args.frame} frame) in {res.timings['total']:.1f} s")
+    if metrics:
+        print(f"input view: depth error mean {metrics['depth_error_mean']:.4f} p90 {metrics['depth_error_p90']:.4f} "
+              f"(x object size), normal error {metrics['normal_error_deg_mean']:.1f} deg, "
+              f"silhouette IoU {metrics['silhouette_iou']:.3f}")
+    if args.preview:
+        from .preview import preview_panel, save_png
+
+        v, f = res.mesh("camera")
+        save_png(preview_panel(v, f, pm), args.preview)
+    if args.report:
+        from .io.atomic import atomic_write_text
+
+        rep = {"input": args.input, "generator": pipe.generator.name, "metrics": metrics, **res.report()}
+        atomic_write_text(args.report, json.dumps(rep, indent=2, default=float))
+    return 0
+
+
+@subcommand
+def _demo(sub) -> None:  # noqa: ANN001
+    p = sub.add_parser("demo", help="the whole pipeline on the bundled examples with the bundled mini prior")
+    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p.add_argument("--generator", default="mini")
+    p.add_argument("--examples", nargs="*", help="which bundled examples (default all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compare", action="store_true", help="also run unguided (the baseline) for comparison")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_demo_command)
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, args.generator, args.examples, seed=args.seed, compare=args.compare, progress=not args.quiet)
+    return 0
+
+
+@subcommand
+def _train(sub) -> None:  # noqa: ANN001
+    from .train.main import add_train_arguments
+
+    p = sub.add_parser("train", help="train the mini prior from procedural shapes (+ cow, fandisk, beetle)")
+    add_train_arguments(p)
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .train.main import train_main
+
+    return train_main(args)

@@ -1,0 +1,64 @@
+"""Preview images: the input beside the generated mesh rendered from the input camera, plus two other views."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .geometry.render import look_at, raycast
+from .pointmap import PointMap
+
+
+def shade(vertices: np.ndarray, faces: np.ndarray, k: np.ndarray, width: int, height: int,
+          cam_from_world: np.ndarray | None = None, color=(0.62, 0.68, 0.78)) -> np.ndarray:
+    """(H, W, 3) uint8 Lambert-shaded render on white (a light near the camera)."""
+    hit = raycast(vertices, faces, k, width, height, cam_from_world=cam_from_world)
+    light = np.array([-0.3, -0.5, -1.0])
+    light /= np.linalg.norm(light)
+    lam = np.clip(np.nan_to_num(hit.normals) @ light, 0.0, 1.0)
+    img = (0.3 + 0.7 * lam)[..., None] * np.asarray(color)[None, None] * 255.0
+    return np.where(hit.mask[..., None], img, 255.0).astype(np.uint8)
+
+
+def orbit_views(vertices_cam: np.ndarray, angles_deg: tuple[float, ...] = (90.0, 180.0)) -> list[np.ndarray]:
+    """cam_from_world poses looking at the mesh centre from the input camera rotated about the image's up axis."""
+    center = (vertices_cam.min(0) + vertices_cam.max(0)) / 2
+    dist = max(np.linalg.norm(center), 1e-6)
+    poses = []
+    for a in angles_deg:
+        t = np.radians(a)
+        # rotate the camera position (origin) about the vertical axis (camera -y) through the centre
+        rel = -center
+        rot = np.array([[np.cos(t), 0, np.sin(t)], [0, 1, 0], [-np.sin(t), 0, np.cos(t)]])
+        eye = center + rot @ rel * (dist / max(np.linalg.norm(rel), 1e-9))
+        poses.append(look_at(eye, center, up=(0.0, -1.0, 0.0)))
+    return poses
+
+
+def preview_panel(vertices_cam: np.ndarray, faces: np.ndarray, pointmap: PointMap) -> np.ndarray:
+    """[input | output from the input view | two other views] as one uint8 image."""
+    h, w = pointmap.shape
+    k = pointmap.intrinsics
+    if pointmap.image is not None:
+        inp = np.where(pointmap.mask[..., None], pointmap.image, 255).astype(np.uint8)
+    else:
+        z = np.where(pointmap.mask, pointmap.points[..., 2], np.nan)
+        zn = (z - np.nanmin(z)) / max(np.nanmax(z) - np.nanmin(z), 1e-9)
+        inp = np.where(pointmap.mask[..., None], (255 * (1 - 0.8 * zn))[..., None], 255).astype(np.uint8)
+        inp = np.repeat(inp, 3, axis=2) if inp.shape[2] == 1 else inp
+    tiles = [inp, shade(vertices_cam, faces, k, w, h)]
+    for pose in orbit_views(vertices_cam):
+        tiles.append(shade(vertices_cam, faces, k, w, h, cam_from_world=pose))
+    return np.concatenate(tiles, axis=1)
+
+
+def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
+    from PIL import Image
+
+    from .io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+    return Path(path)

@@ -261,6 +261,8 @@ def test_shared_mesh_shell(meshes_dir):
         ((np.zeros((3, 3)), np.array([[0, 1, 2]]), 64), dict(band=1.0, shell=1.0), "shell < band"),
         ((np.zeros((3, 3)), np.array([[0, 1, 2]]), 4), {}, "resolution"),
         ((np.full((3, 3), np.nan), np.array([[0, 1, 2]]), 64), {}, "NaN"),
+        ((np.zeros((3, 3)), np.array([[0, 1, 2]]), 64), dict(threads=0), "threads"),
+        ((np.zeros((3, 3)), np.array([[0, 1, 2]]), 64), dict(backend="cuda"), "backend"),
     ],
 )
 def test_bad_inputs(args, kw, msg):

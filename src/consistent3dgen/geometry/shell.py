@@ -25,8 +25,9 @@ z range where a voxel can be within ``band``: within ``sqrt(band² - d_xy²)`` o
 of it within ``band`` in xy (its plane's slope bounds that), and within ``band`` of its plane. Those ranges are
 supersets (proved in the comments of ``_column_z_range``), so the per-voxel minimum is the exact distance.
 What makes this fast is what is special here: the seen surface is a single layer of small, pixel-aligned
-triangles facing +z, so each triangle reaches only a few columns × a few voxels (~200 evaluations per triangle
-at 1024³, ~6 per band voxel), and no search structure is needed. Voxel slots live in per-column z ranges
+triangles facing +z, so each triangle reaches only a few columns × a few voxels (spot, 518² point map, 1024³:
+~120 distance evaluations per triangle, ~6 per band voxel; a voxel whose plane distance to the triangle is
+already beaten is skipped), and no search structure is needed. Voxel slots live in per-column z ranges
 (first pass: union of the triangles' ranges per column; prefix sum → offsets), the second pass keeps the
 minimum (distance, then lowest triangle index, so results are deterministic) per slot, and a last pass compacts
 the slots within the band into row-major (x, y, z) order. With ``warp`` importable the passes are compiled

@@ -68,6 +68,8 @@ class StageTraining:
     # sparse VAE: decode a random crop of at most this many latent cells per sample (the official
     # ``chunk_size`` training decodes one random sub-volume); 0 = all cells
     max_decoded_cells: int = 0
+    # sparse VAE: L1 weight of narrow-band voxels relative to the far (+1) voxels of the decoded cells
+    band_weight: float = 1.0
 
 
 @dataclass
@@ -172,7 +174,9 @@ class MiniPriorConfig:
         default_factory=lambda: StageTraining(steps=3000, batch_size=32, lr=3e-4, shift=1.0)
     )
     train_sparse_vae: StageTraining = field(
-        default_factory=lambda: StageTraining(steps=900, batch_size=2, lr=5e-4, kl_weight=1e-6, max_decoded_cells=128)
+        default_factory=lambda: StageTraining(
+            steps=900, batch_size=2, lr=2e-3, kl_weight=1e-6, max_decoded_cells=128, band_weight=4.0
+        )
     )
     train_sparse_dit: StageTraining = field(
         default_factory=lambda: StageTraining(steps=1200, batch_size=4, lr=3e-4, shift=1.0)

@@ -167,15 +167,23 @@ def _crop_cells(coords: torch.Tensor, max_cells: int, rng: np.random.Generator, 
 
 
 def sparse_vae_loss(
-    vae: nn.Module, samples: list[ShapeSample], kl_weight: float, max_cells: int, gen: torch.Generator, rng
+    vae: nn.Module,
+    samples: list[ShapeSample],
+    kl_weight: float,
+    max_cells: int,
+    gen: torch.Generator,
+    rng,
+    band_weight: float = 1.0,
 ) -> dict:
+    """Weighted L1 over every decoded voxel (weight ``band_weight`` in the narrow band, 1 beyond it, where the
+    target is the constant +1) + ``kl_weight`` · KL; also reports the band's inside/outside accuracy."""
     x = batch_band_tensor(samples)
     h = vae.encoder(x)
     mean, logvar = torch.chunk(h.feats, 2, dim=1)
     logvar = logvar.clamp(-30.0, 20.0)
     z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
     t = vae.decoder.transformer(h.replace(z))
-    losses, n_vox, sign_ok, band_n = [], 0, 0.0, 0
+    losses, weight_sum, sign_ok, band_n = [], 0.0, 0.0, 0
     for b, s in enumerate(samples):
         rows = torch.nonzero(t.coords[:, 0] == b)[:, 0]
         core, padded = _crop_cells(t.coords[rows], max_cells, rng)
@@ -186,13 +194,14 @@ def sparse_vae_loss(
         keep = _rows_in(parent, core_cells, s.cell_resolution)
         pred = sdf.feats[keep, 0]
         target = torch.from_numpy(s.lookup(sdf.coords[keep, 1:].numpy()))
-        losses.append(torch.abs(pred - target).sum())
-        n_vox += int(keep.sum())
+        band = torch.from_numpy(band_mask(target.numpy(), s.convention))
+        weight = torch.where(band, band_weight, 1.0)
+        losses.append((weight * torch.abs(pred - target)).sum())
+        weight_sum += float(weight.sum())
         with torch.no_grad():
-            band = torch.from_numpy(band_mask(target.numpy(), s.convention))
             sign_ok += float(((pred[band] > 0) == (target[band] > 0)).float().sum())
             band_n += int(band.sum())
-    recon = torch.stack(losses).sum() / max(n_vox, 1)
+    recon = torch.stack(losses).sum() / max(weight_sum, 1.0)
     kl = gaussian_kl(mean, logvar)
     return {
         "loss": recon + kl_weight * kl,
@@ -459,7 +468,8 @@ def dense_vae_objective(data: SampleSet, tc: StageTraining) -> Callable:
 def sparse_vae_objective(data: SampleSet, tc: StageTraining) -> Callable:
     def loss_fn(model, step, gen, rng):
         idx = rng.integers(0, len(data), tc.batch_size)
-        return sparse_vae_loss(model, [data[int(i)] for i in idx], tc.kl_weight, tc.max_decoded_cells, gen, rng)
+        batch = [data[int(i)] for i in idx]
+        return sparse_vae_loss(model, batch, tc.kl_weight, tc.max_decoded_cells, gen, rng, tc.band_weight)
 
     return loss_fn
 

@@ -1,18 +1,28 @@
-"""Sparse SDF → triangle mesh (marching cubes by bricks), simplification to a face budget, and export.
+"""Sparse SDF → triangle mesh (sparse marching cubes), simplification to a face budget, and export.
 
 The SDF lives on voxel centres of a :class:`~consistent3dgen.geometry.voxels.SparseVoxels` grid (negative
-inside, positive outside; voxels that are absent are outside, value ``fill``). Marching cubes runs brick by
-brick on small dense blocks, never on the full 512³/1024³ grid: the cubes (cells between 8 voxel centres) are
-partitioned among bricks of ``brick`` cubes per axis, each brick's block carries one extra layer of samples so
-the cubes on its upper faces are complete, and the vertices on brick faces are then welded by the grid edge
-they lie on. skimage's Lewiner marching cubes decides ambiguous faces from the four face values only, so
-neighbouring bricks agree on every shared face and the welded mesh is watertight wherever the SDF is closed.
-The grid is padded by one outside sample on every side, so a surface touching the grid border is closed too.
+inside, positive outside; voxels that are absent are outside, value ``fill``); the grid is padded by one outside
+sample on every side, so a surface touching the grid border is closed too. Marching cubes never allocates the
+full 512³/1024³ grid: samples go into small dense bricks (plus one apron layer from the upper neighbours) of
+the occupied region only. Three interchangeable implementations:
+
+- ``numpy``: every active cube at once, vectorised; each crossing grid edge is numbered by the cube at its lower
+  end, so vertices are shared by construction (no welding, no sort).
+- ``warp``: the same algorithm as compiled NVIDIA Warp CPU kernels, one thread per brick (fast path; ``auto``
+  picks it when Warp imports and compiles, else ``numpy``).
+- ``skimage``: the reference — skimage's Lewiner marching cubes on each dense brick, vertices on brick faces
+  welded by the grid edge they lie on.
+
+All three decide ambiguous faces from the face's four values only (asymptotic decider), so the two cubes sharing
+a face agree and the mesh is watertight wherever the SDF is closed. The ``numpy``/``warp`` triangle table is built
+here (see :func:`marching_cubes_tables`); it differs from skimage's only inside cubes whose interior is
+ambiguous, so both give the same vertices.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +38,7 @@ EXPORT_FORMATS = (".glb", ".obj", ".ply", ".stl")
 _LEVEL_NUDGE = 1e-4
 
 
-MC_METHODS = ("numpy", "skimage")
+MC_METHODS = ("auto", "warp", "numpy", "skimage")
 
 
 def sparse_marching_cubes(
@@ -36,7 +46,7 @@ def sparse_marching_cubes(
     level: float = 0.0,
     fill: float = 1.0,
     brick: int | None = None,
-    method: str = "numpy",
+    method: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Iso-surface of a sparse SDF as ``(vertices (V, 3) float32 canonical, faces (F, 3) int64)``.
 
@@ -45,20 +55,20 @@ def sparse_marching_cubes(
     values (outwards for an SDF negative inside). The mesh is closed wherever the SDF is: absent voxels and a
     one-sample padding around the grid count as ``fill`` (outside).
 
-    method: ``"numpy"`` (default) — vectorised marching cubes over all active cubes at once, bricks of ``brick``
-    (default 8) cubes per axis only as a sparse storage layout; ``"skimage"`` — the reference path, skimage's
-    Lewiner marching cubes per dense ``brick``³ block (default 32) and welding by grid edge. Both resolve
-    ambiguous faces with the asymptotic decider on the face's four values, so neighbouring cubes agree and
-    the result is watertight; they differ only inside cubes with an ambiguous interior. The result does not
-    depend on ``brick`` (up to vertex/face order). Memory stays proportional to the number of voxels.
-    Raises InputError on a bad SDF or when nothing crosses ``level``.
+    method: ``"auto"`` (Warp kernels if Warp works here, else NumPy), ``"warp"``, ``"numpy"`` — vectorised marching
+    cubes with bricks of ``brick`` (default 8) cubes per axis as the sparse storage layout — or ``"skimage"``, the
+    reference: Lewiner marching cubes per dense block of ``brick`` (default 32) cubes per axis, welded by grid
+    edge. ``warp`` and ``numpy`` give identical meshes up to vertex/face order; ``skimage`` the same vertices
+    and differently triangulated cubes where the interior is ambiguous. The result does not depend on
+    ``brick`` (up to order). Memory stays proportional to the number of occupied bricks. Raises InputError on
+    a bad SDF or when nothing crosses ``level``.
     """
     if method not in MC_METHODS:
         raise InputError(f"unknown marching-cubes method {method!r}; use one of {', '.join(MC_METHODS)}")
     if sdf.feats is None or sdf.feats.ndim != 2 or sdf.feats.shape[1] != 1:
         raise InputError("sparse marching cubes needs one SDF value per voxel (feats of shape (N, 1))")
     if brick is None:
-        brick = 8 if method == "numpy" else 32
+        brick = 32 if method == "skimage" else 8
     if brick < 2:
         raise InputError(f"brick size must be at least 2, got {brick}")
     values = np.asarray(sdf.feats[:, 0], np.float32)
@@ -72,7 +82,20 @@ def sparse_marching_cubes(
     span = max(float(np.max(np.abs(values - level))), abs(fill - level))
     nudge = np.float32(_LEVEL_NUDGE * span)
     values = np.where(np.abs(values - level) < nudge, np.float32(level) + nudge, values).astype(np.float32)
-    if method == "skimage":
+    verts = faces = None
+    if method in ("auto", "warp") and (method == "warp" or warp_available()):
+        try:
+            verts, faces = _marching_cubes_warp(sdf.coords, values, sdf.resolution, level, fill, brick)
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a Warp compile/launch failure or 32-bit limit: NumPy instead
+            if method == "warp":
+                raise InputError(f"the Warp marching-cubes path failed: {e}") from e
+            if not isinstance(e, _TooLargeForWarp):
+                _WARP["error"] = e
+    if faces is not None:
+        pass
+    elif method == "skimage":
         verts, faces = _marching_cubes_skimage(sdf.coords, values, sdf.resolution, level, fill, brick)
     else:
         verts, faces = _marching_cubes_numpy(sdf.coords, values, sdf.resolution, np.float32(level), fill, brick)
@@ -344,6 +367,352 @@ def _marching_cubes_numpy(
     if len(faces) == 0:
         raise InputError(f"the SDF does not cross the level {level}: nothing to extract")
     return verts, faces
+
+
+# --------------------------------------------------------------------------- compiled fast path (NVIDIA Warp, CPU)
+
+_WARP_LOCK = threading.Lock()
+_WARP: dict = {}
+
+
+class _TooLargeForWarp(RuntimeError):
+    """The Warp kernels index with 32-bit ints; bigger inputs take the NumPy path."""
+
+
+def warp_available() -> bool:
+    """Whether the Warp marching-cubes kernels import and compile here (the failure is remembered)."""
+    if "error" in _WARP:
+        return False
+    try:
+        _warp_kernels()
+        return True
+    except Exception as e:  # noqa: BLE001 - any import/compile failure means: use the NumPy path
+        _WARP["error"] = e
+        return False
+
+
+def _warp_kernels() -> dict:
+    """Compile (once per process; Warp caches the code on disk) the kernels of the Warp path. Same layout and
+    rules as :func:`_marching_cubes_numpy`, one thread per brick, so that each brick writes its vertices and
+    faces in a fixed order at offsets from prefix sums: the output is deterministic."""
+    with _WARP_LOCK:
+        if "emit" in _WARP:
+            return _WARP
+        import warp as wp
+
+        if hasattr(wp.config, "log_level"):
+            wp.config.log_level = 40
+        else:
+            wp.config.quiet = True
+        wp.init()
+
+        @wp.kernel
+        def mark_bricks(coords: wp.array(dtype=wp.int32), b: int, n_axis: int, occupied: wp.array(dtype=wp.uint8)):
+            i = wp.tid()
+            bx = (coords[3 * i] + 1) // b
+            by = (coords[3 * i + 1] + 1) // b
+            bz = (coords[3 * i + 2] + 1) // b
+            occupied[(bx * n_axis + by) * n_axis + bz] = wp.uint8(1)
+
+        @wp.kernel
+        def scatter(
+            coords: wp.array(dtype=wp.int32),
+            values: wp.array(dtype=wp.float32),
+            b: int,
+            side: int,
+            n_axis: int,
+            slot_of: wp.array(dtype=wp.int32),
+            level: float,
+            grid: wp.array(dtype=wp.float32),
+            n_inside: wp.array(dtype=wp.int32),
+        ):
+            # A sample is written into its brick and, where it lies on the brick's lower faces, into the apron
+            # (local index b) of the lower neighbours; those always exist (they are "needed" bricks).
+            i = wp.tid()
+            sx = coords[3 * i] + 1
+            sy = coords[3 * i + 1] + 1
+            sz = coords[3 * i + 2] + 1
+            bx = sx // b
+            by = sy // b
+            bz = sz // b
+            lx = sx - bx * b
+            ly = sy - by * b
+            lz = sz - bz * b
+            v = values[i]
+            for d in range(8):
+                dx = d & 1
+                dy = (d >> 1) & 1
+                dz = (d >> 2) & 1
+                if (dx == 0 or lx == 0) and (dy == 0 or ly == 0) and (dz == 0 or lz == 0):
+                    slot = slot_of[((bx - dx) * n_axis + (by - dy)) * n_axis + (bz - dz)]
+                    grid[slot * side * side * side + ((lx + dx * b) * side + ly + dy * b) * side + lz + dz * b] = v
+                    if v < level:
+                        wp.atomic_add(n_inside, slot, 1)
+
+        @wp.func
+        def popcount3(m: int) -> int:
+            return (m & 1) + ((m >> 1) & 1) + ((m >> 2) & 1)
+
+        @wp.kernel
+        def classify(
+            grid: wp.array(dtype=wp.float32),
+            level: float,
+            b: int,
+            side: int,
+            corner_offset: wp.array(dtype=wp.int32),
+            face_corner_offset: wp.array(dtype=wp.int32),
+            ambiguous: wp.array(dtype=wp.int32),
+            tri_counts: wp.array(dtype=wp.int32),
+            n_inside: wp.array(dtype=wp.int32),
+            cell: wp.array(dtype=wp.int32),
+            brick_verts: wp.array(dtype=wp.int32),
+            brick_tris: wp.array(dtype=wp.int32),
+        ):
+            # cell word: vertex prefix within the brick << 17 | table row << 3 | owned-edge bits.
+            slot = wp.tid()
+            n_verts = int(0)  # noqa: UP018 - Warp: a literal would be an immutable constant
+            n_tris = int(0)  # noqa: UP018 - Warp: a literal would be an immutable constant
+            if n_inside[slot] == 0:  # no surface here, and no cube of another brick needs this brick's cells
+                brick_verts[slot] = 0
+                brick_tris[slot] = 0
+                return
+            for x in range(b):
+                for y in range(b):
+                    # Slide along z: the cube's upper four corners are the next cube's lower four.
+                    q = slot * side * side * side + (x * side + y) * side
+                    upper = int(0)  # noqa: UP018 - Warp: a literal would be an immutable constant
+                    for c in range(4):
+                        upper = upper | (wp.where(grid[q + corner_offset[c]] < level, 1, 0) << c)
+                    for z in range(b):
+                        p = q + z
+                        lower = upper
+                        upper = int(0)  # noqa: UP018 - Warp: a literal would be an immutable constant
+                        for c in range(4):  # branch-free: the signs are unpredictable
+                            upper = upper | (wp.where(grid[p + 1 + corner_offset[c]] < level, 1, 0) << c)
+                        case = lower | (upper << 4)
+                        word = n_verts << 17
+                        if case != 0 and case != 255:
+                            amb = ambiguous[case]
+                            connected = int(0)  # noqa: UP018 - Warp: a literal would be an immutable constant
+                            for f in range(6):
+                                if (amb >> f) & 1:
+                                    v00 = grid[p + face_corner_offset[4 * f]] - level
+                                    v10 = grid[p + face_corner_offset[4 * f + 1]] - level
+                                    v11 = grid[p + face_corner_offset[4 * f + 2]] - level
+                                    v01 = grid[p + face_corner_offset[4 * f + 3]] - level
+                                    diag = v00 * v11
+                                    anti = v10 * v01
+                                    joined = anti > diag
+                                    if v00 < 0.0:
+                                        joined = diag > anti
+                                    if joined:
+                                        connected = connected | (1 << f)
+                            row = case * 64 + connected
+                            bit0 = case & 1
+                            owned = (bit0 ^ ((case >> 1) & 1)) | ((bit0 ^ ((case >> 2) & 1)) << 1)
+                            owned = owned | ((bit0 ^ ((case >> 4) & 1)) << 2)
+                            word = word | (row << 3) | owned
+                            n_verts += popcount3(owned)
+                            n_tris += tri_counts[row]
+                        cell[(slot * b + x) * b * b + y * b + z] = word
+            brick_verts[slot] = n_verts
+            brick_tris[slot] = n_tris
+
+        @wp.kernel
+        def emit(
+            grid: wp.array(dtype=wp.float32),
+            level: float,
+            b: int,
+            side: int,
+            cell: wp.array(dtype=wp.int32),
+            vert_start: wp.array(dtype=wp.int32),
+            tri_start: wp.array(dtype=wp.int32),
+            brick_origin: wp.array(dtype=wp.int32),
+            neighbour: wp.array(dtype=wp.int32),
+            tri_table: wp.array(dtype=wp.int32),
+            tri_counts: wp.array(dtype=wp.int32),
+            max_tris: int,
+            edge_corner: wp.array(dtype=wp.int32),
+            n_inside: wp.array(dtype=wp.int32),
+            verts: wp.array(dtype=wp.float32),
+            faces: wp.array(dtype=wp.int32),
+        ):
+            slot = wp.tid()
+            if n_inside[slot] == 0:
+                return
+            block = side * side * side
+            vbase = vert_start[slot]
+            t = tri_start[slot]
+            for x in range(b):
+                for y in range(b):
+                    for z in range(b):
+                        word = cell[(slot * b + x) * b * b + y * b + z]
+                        owned = word & 7
+                        row = (word >> 3) & 16383
+                        if owned != 0:
+                            p = slot * block + (x * side + y) * side + z
+                            v0 = grid[p]
+                            k = vbase + (word >> 17)
+                            for a in range(3):
+                                if (owned >> a) & 1:
+                                    stride = 1
+                                    if a == 0:
+                                        stride = side * side
+                                    if a == 1:
+                                        stride = side
+                                    frac = (level - v0) / (grid[p + stride] - v0)
+                                    px = float(brick_origin[3 * slot] + x)
+                                    py = float(brick_origin[3 * slot + 1] + y)
+                                    pz = float(brick_origin[3 * slot + 2] + z)
+                                    if a == 0:
+                                        px = px + frac
+                                    if a == 1:
+                                        py = py + frac
+                                    if a == 2:
+                                        pz = pz + frac
+                                    verts[3 * k] = px
+                                    verts[3 * k + 1] = py
+                                    verts[3 * k + 2] = pz
+                                    k += 1
+                        n = tri_counts[row]
+                        for i in range(3 * n):
+                            e = tri_table[row * 3 * max_tris + i]
+                            corner = edge_corner[e]
+                            ox = x + (corner & 1)
+                            oy = y + ((corner >> 1) & 1)
+                            oz = z + ((corner >> 2) & 1)
+                            direction = int(0)  # noqa: UP018 - Warp: a literal would be an immutable constant
+                            if ox == b:
+                                ox = 0
+                                direction = direction | 1
+                            if oy == b:
+                                oy = 0
+                                direction = direction | 2
+                            if oz == b:
+                                oz = 0
+                                direction = direction | 4
+                            owner = slot
+                            if direction != 0:
+                                owner = neighbour[8 * slot + direction]
+                            other = cell[(owner * b + ox) * b * b + oy * b + oz]
+                            axis = e // 4
+                            rank = int(0)  # noqa: UP018 - Warp: a literal would be an immutable constant
+                            if axis > 0:
+                                rank = other & 1
+                            if axis > 1:
+                                rank = rank + ((other >> 1) & 1)
+                            faces[3 * t + i] = vert_start[owner] + (other >> 17) + rank
+                        t += n
+
+        _WARP.update(wp=wp, mark=mark_bricks, scatter=scatter, classify=classify, emit=emit)
+        return _WARP
+
+
+def _marching_cubes_warp(
+    coords: np.ndarray, values: np.ndarray, resolution: int, level: float, fill: float, brick: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The NumPy path's algorithm as four Warp CPU kernels (mark bricks, scatter with aprons, classify cubes,
+    emit vertices and faces). Returns vertices in padded sample coordinates."""
+    k = _warp_kernels()
+    wp = k["wp"]
+    ambiguous, tri_table, tri_counts = marching_cubes_tables()
+    b, side = brick, brick + 1
+    block = side**3
+    n_axis = -(-(resolution + 2) // b)
+    if n_axis**3 >= 2**31:
+        raise _TooLargeForWarp(f"resolution {resolution} needs 64-bit brick keys")
+    device = "cpu"
+    flat_coords = wp.array(np.ascontiguousarray(coords, np.int32).reshape(-1), dtype=wp.int32, device=device)
+    occupied = wp.zeros(n_axis**3, dtype=wp.uint8, device=device)
+    wp.launch(k["mark"], dim=len(values), inputs=[flat_coords, b, n_axis, occupied], device=device)
+    needed = occupied.numpy().astype(bool).reshape((n_axis,) * 3)
+    for axis in range(3):  # lower neighbours of occupied bricks: their apron holds samples
+        lower = [slice(None)] * 3
+        upper = [slice(None)] * 3
+        lower[axis], upper[axis] = slice(0, -1), slice(1, None)
+        needed[tuple(lower)] |= needed[tuple(upper)]
+    brick_keys = np.flatnonzero(needed.reshape(-1))
+    del needed
+    n_bricks = len(brick_keys)
+    if n_bricks * block >= 2**31:
+        raise _TooLargeForWarp(f"{n_bricks} bricks need 64-bit sample indices")
+    slot_of = np.full(n_axis**3, -1, np.int32)
+    slot_of[brick_keys] = np.arange(n_bricks, dtype=np.int32)
+    brick_coords = np.stack(np.unravel_index(brick_keys, (n_axis,) * 3), axis=1).astype(np.int32)
+    neighbour = np.full((n_bricks, 8), -1, np.int32)
+    for d in range(1, 8):
+        nb = brick_coords + np.array([d & 1, (d >> 1) & 1, (d >> 2) & 1], np.int32)
+        ok = np.all(nb < n_axis, axis=1)
+        neighbour[ok, d] = slot_of[(nb[ok, 0].astype(np.int64) * n_axis + nb[ok, 1]) * n_axis + nb[ok, 2]]
+    del brick_keys
+
+    grid_np = np.full(n_bricks * block, fill, np.float32)
+    grid = wp.array(grid_np, dtype=wp.float32, device=device, copy=False)
+    values_wp = wp.array(np.ascontiguousarray(values, np.float32), dtype=wp.float32, device=device)
+    slot_wp = wp.array(slot_of, dtype=wp.int32, device=device)
+    n_inside = wp.zeros(n_bricks, dtype=wp.int32, device=device)
+    wp.launch(
+        k["scatter"],
+        dim=len(values),
+        inputs=[flat_coords, values_wp, b, side, n_axis, slot_wp, float(level)],
+        outputs=[grid, n_inside],
+        device=device,
+    )
+    del flat_coords, values_wp, slot_wp, slot_of
+
+    def ints(a: np.ndarray):  # noqa: ANN202
+        return wp.array(np.ascontiguousarray(a, np.int32).reshape(-1), dtype=wp.int32, device=device)
+
+    strides = np.array([side * side, side, 1], np.int64)
+    corner_offset = ints([int(_corner_offset(c) @ strides) for c in range(8)])
+    face_corner_offset = ints([int(_corner_offset(c) @ strides) for f in range(6) for c in _face_cycle(f)])
+    counts_wp = ints(tri_counts)
+    cell = wp.empty(n_bricks * b**3, dtype=wp.int32, device=device)
+    brick_verts = wp.empty(n_bricks, dtype=wp.int32, device=device)
+    brick_tris = wp.empty(n_bricks, dtype=wp.int32, device=device)
+    wp.launch(
+        k["classify"],
+        dim=n_bricks,
+        inputs=[grid, float(level), b, side, corner_offset, face_corner_offset, ints(ambiguous), counts_wp, n_inside],
+        outputs=[cell, brick_verts, brick_tris],
+        device=device,
+    )
+    n_verts_per_brick = brick_verts.numpy().astype(np.int64)
+    n_tris_per_brick = brick_tris.numpy().astype(np.int64)
+    n_verts, n_tris = int(n_verts_per_brick.sum()), int(n_tris_per_brick.sum())
+    if n_tris == 0:
+        raise InputError(f"the SDF does not cross the level {level}: nothing to extract")
+    if 3 * max(n_verts, n_tris) >= 2**31:
+        raise _TooLargeForWarp(f"{n_verts} vertices / {n_tris} faces need 64-bit indices")
+    verts = np.empty(3 * n_verts, np.float32)
+    faces = np.empty(3 * n_tris, np.int32)
+    wp.launch(
+        k["emit"],
+        dim=n_bricks,
+        inputs=[
+            grid,
+            float(level),
+            b,
+            side,
+            cell,
+            ints(np.cumsum(n_verts_per_brick) - n_verts_per_brick),
+            ints(np.cumsum(n_tris_per_brick) - n_tris_per_brick),
+            ints(brick_coords * b),
+            ints(neighbour),
+            ints(tri_table),
+            counts_wp,
+            int(tri_table.shape[1]),
+            ints([_edge_corners(e)[0] for e in range(12)]),
+            n_inside,
+        ],
+        outputs=[
+            wp.array(verts, dtype=wp.float32, device=device, copy=False),
+            wp.array(faces, dtype=wp.int32, device=device, copy=False),
+        ],
+        device=device,
+    )
+    wp.synchronize_device(device)
+    return verts.reshape(-1, 3), faces.reshape(-1, 3)
 
 
 # --------------------------------------------------------------------------- reference: skimage per brick

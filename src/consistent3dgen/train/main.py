@@ -240,7 +240,7 @@ def model_card(cfg: MiniPriorConfig, trainers: dict[str, StageTrainer], report: 
         )
     lines += [
         "",
-        f"Weights: {total_bytes / 2**20:.2f} MB (float32 EMA weights).",
+        f"Weights: {total_bytes / 2**20:.2f} MiB (float32 EMA weights).",
         "",
         "## Metrics (held-out procedural/mesh samples)",
         "```json",

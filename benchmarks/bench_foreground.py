@@ -187,15 +187,18 @@ def main() -> None:  # noqa: C901 - a flat script
         )
     if not args.no_mc and last is not None:
         res = args.res[-1]
-        sparse_marching_cubes(last.sdf)  # warm-up
-        t_mc, l_mc = timed(lambda: sparse_marching_cubes(last.sdf), args.runs)
-        m_mc = peak_mib("mc", pm_path, res, args.band, threads)
-        v, f = sparse_marching_cubes(last.sdf)
+        try:  # another module's code: report its failure instead of losing the figures above
+            v, f = sparse_marching_cubes(last.sdf)  # warm-up
+            t_mc, l_mc = timed(lambda: sparse_marching_cubes(last.sdf), args.runs)
+            m_mc = peak_mib("mc", pm_path, res, args.band, threads)
+        except Exception as e:  # noqa: BLE001
+            detail = e.stderr.strip().splitlines()[-1] if getattr(e, "stderr", None) else repr(e)
+            print(f"\nsparse marching cubes of the {res}^3 band failed: {detail}")
+            return
         print(
             f"\nsparse marching cubes of the {res}^3 band ({len(last.sdf)} voxels → {len(v)} vertices, "
             f"{len(f)} faces): median {t_mc:.2f} s (load {l_mc:.1f}), peak {m_mc:.0f} MiB"
         )
-
 
 if __name__ == "__main__":
     main()

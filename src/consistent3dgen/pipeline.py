@@ -31,7 +31,8 @@ from .generators.base import Generator, SparseLatent
 from .geometry.frames import CanonicalFrame, canonical_to_camera
 from .geometry.voxels import SparseVoxels
 from .pointmap import PointMap
-from .sampling import FlowMatchSchedule, FrontGuidance, initial_noise, sample
+from .sampling import FlowMatchSchedule
+from .stages import Similarity
 
 
 @dataclass
@@ -40,7 +41,6 @@ class GenerationOptions:
 
     guidance: float = 8.0  # λ; 0 = the unguided prior (the baseline)
     guidance_variant: str = "paper"  # paper | noised | x0 | replace (sampling.guidance)
-    guidance_sigma_range: tuple[float, float] = (0.0, 1.0)
     front_cut: bool = True  # keep only the camera-side half of the shell's latent cells as target
     dense_start: str = "sdedit"  # sdedit: start from the encoded foreground occupancy; noise: plain sampling
     dense_start_sigma: float = 0.8  # SDEdit strength (sigma the foreground latent is noised to)
@@ -76,6 +76,8 @@ class PipelineResult:
     timings: dict[str, float] = field(default_factory=dict)
     stages: list[dict] = field(default_factory=list)
     foreground: Foreground | None = None
+    latents: list[SparseLatent] = field(default_factory=list)  # final tokens of each sparse stage
+    targets: list[SparseLatent] = field(default_factory=list)  # the guidance target x_fg of each sparse stage
 
     def mesh(self, frame: str = "camera") -> tuple[np.ndarray, np.ndarray]:
         """``(vertices, faces)`` in ``camera`` (input camera, its units) or ``canonical`` (generator cube) frame."""
@@ -158,64 +160,6 @@ class ConsistentPipeline:
         idx = torch.as_tensor(np.flatnonzero(keep))
         return SparseLatent(latent.coords[idx], latent.feats[idx], latent.resolution)
 
-    def run_dense(self, fg: Foreground, cond: Any, uncond: Any, opts: GenerationOptions,
-                  generator: torch.Generator) -> tuple[np.ndarray, dict]:
-        """Dense stage → occupied cells (K, 3) at the dense occupancy resolution."""
-        dense = self.generator.dense
-        r = dense.occupancy_resolution
-        schedule = self._schedule("dense", 0, opts.dense_steps)
-        occ = torch.from_numpy(fg.occupancy(r, front_only=opts.front_cut).astype(np.float32))[None, None]
-        x_fg = dense.encode_occupancy(occ)
-        noise = initial_noise((1, *dense.latent_shape), generator=generator)
-        start, x_start = 0, None
-        if opts.dense_start == "sdedit":
-            start, x_start = schedule.start_index(opts.dense_start_sigma), x_fg
-        elif opts.dense_start != "noise":
-            raise InputError(f"dense_start must be sdedit or noise, got {opts.dense_start!r}")
-        guidance = None
-        if opts.dense_guidance > 0:
-            # latent voxels covering seen cells; the latent grid is coarser than the occupancy grid
-            f = r // dense.latent_shape[1]
-            m = torch.nn.functional.max_pool3d(occ, f) > 0
-            guidance = FrontGuidance(x_fg, m.expand_as(x_fg).float(), opts.dense_guidance, opts.guidance_variant)
-        out = sample(dense.velocity, noise, schedule, cond, uncond=uncond, cfg_scale=opts.cfg_scale,
-                     guidance=guidance, x_start=x_start, start_index=start, generator=generator,
-                     progress=opts.progress, desc="dense")
-        logits = dense.decode_occupancy(out.x)[0, 0]
-        cells = (logits.sigmoid() >= opts.occupancy_threshold).nonzero().numpy().astype(np.int32)
-        return cells, {"stage": "dense", "steps": len(schedule) - start, "cells": len(cells)}
-
-    def run_sparse(self, index: int, tokens: np.ndarray, target: SparseLatent, cond: Any, uncond: Any,
-                   opts: GenerationOptions, generator: torch.Generator) -> tuple[SparseVoxels, dict]:
-        """Guided sampling of one sparse stage on ``tokens`` (latent cells) → decoded SDF voxels."""
-        stage = self.generator.sparse[index]
-        coords = torch.as_tensor(np.unique(tokens, axis=0), dtype=torch.int32)
-        coords = coords[stage.token_order(coords)]
-        # x_fg aligned to the token list by coordinate join; tokens without a target get M = 0
-        t_vox = SparseVoxels(target.coords.numpy(), target.resolution)
-        row = torch.as_tensor(t_vox.lookup(coords.numpy()))
-        mask = (row >= 0).float()
-        x_fg = torch.zeros(len(coords), stage.latent_channels)
-        x_fg[row >= 0] = target.feats[row[row >= 0]].float()
-        schedule = self._schedule("sparse", index, opts.sparse_steps)
-        noise = initial_noise((len(coords), stage.latent_channels), generator=generator)
-        guidance = None
-        if opts.guidance > 0 and mask.any():
-            guidance = FrontGuidance(x_fg, mask, opts.guidance, opts.guidance_variant, opts.guidance_sigma_range)
-
-        def velocity(x: torch.Tensor, t: torch.Tensor, c: Any) -> torch.Tensor:
-            return stage.velocity(x, coords, t, c)
-
-        out = sample(velocity, noise, schedule, cond, uncond=uncond, cfg_scale=opts.cfg_scale, guidance=guidance,
-                     generator=generator, progress=opts.progress, desc=f"sparse {stage.resolution}")
-        sdf = stage.decode_sdf(SparseLatent(coords, out.x.float(), target.resolution))
-        info = {"stage": f"sparse{stage.resolution}", "steps": len(schedule), "tokens": len(coords),
-                "guided_tokens": int(mask.sum()), "decoded_voxels": len(sdf)}
-        if mask.any():
-            err = (out.x.float()[mask > 0] - x_fg[mask > 0]).norm(dim=1) / x_fg[mask > 0].norm(dim=1).clamp_min(1e-6)
-            info["target_rel_error"] = float(err.mean())
-        return sdf, info
-
     # ------------------------------------------------------------------------------------------- call
 
     @torch.no_grad()
@@ -223,63 +167,101 @@ class ConsistentPipeline:
                  ) -> PipelineResult:
         """Generate a mesh for ``inputs`` (a PointMap, or anything a reconstructor reads)."""
         from .geometry.extract import simplify_mesh, sparse_marching_cubes
+        from .geometry.freespace import free_space_mask
+        from .geometry.voxels import voxel_centers
+        from .stages import SparseStageConfig, StageCallbacks, occupancy_to_cells, run_dense_stage, run_sparse_stages
 
         opts = options or GenerationOptions()
         for k, v in overrides.items():
             if not hasattr(opts, k):
                 raise InputError(f"unknown generation option {k!r}")
             setattr(opts, k, v)
+        if opts.dense_start not in ("sdedit", "noise"):
+            raise InputError(f"dense_start must be sdedit or noise, got {opts.dense_start!r}")
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         pm = inputs if isinstance(inputs, PointMap) else self._reconstruct(inputs)
         timings["reconstruct"] = time.perf_counter() - t0
-
         gen = torch.Generator().manual_seed(int(opts.seed))
-        first = self.generator.sparse[0]
+        dense, sparse = self.generator.dense, self.generator.sparse
+        fg_kw = dict(band=opts.band, shell=opts.shell, conf_threshold=opts.conf_threshold,
+                     drop_percent=opts.drop_percent)
+
         t = time.perf_counter()
-        fg = build_foreground(pm, first.resolution, band=opts.band, shell=opts.shell, factor=first.latent_factor,
-                              conf_threshold=opts.conf_threshold, drop_percent=opts.drop_percent)
-        target = self.foreground_target(fg, 0, opts.front_cut)
-        timings["foreground"] = time.perf_counter() - t
+        fg0 = build_foreground(pm, sparse[0].resolution, factor=sparse[0].latent_factor, **fg_kw)
+        foregrounds: dict[int, Foreground] = {0: fg0}
+        frames: dict[int, CanonicalFrame] = {0: fg0.frame}
+
+        def stage_foreground(stage: Any, sim: Similarity) -> Foreground:
+            i = sparse.index(stage)
+            if i not in foregrounds:
+                frames[i] = compose_frame(fg0.frame, sim)
+                foregrounds[i] = build_foreground(pm, stage.resolution, factor=stage.latent_factor,
+                                                  frame=frames[i], **fg_kw)
+            return foregrounds[i]
+
+        def free(points: np.ndarray, frame: CanonicalFrame, margin: float) -> np.ndarray:
+            if not opts.free_space or pm.intrinsics is None:
+                return np.zeros(len(points), bool)
+            return free_space_mask(points, pm, frame, margin)
+
         cond, uncond = self.condition(pm)
-        stages: list[dict] = []
+        cfg = opts.cfg_scale if uncond is not None else 1.0
+        timings["foreground"] = time.perf_counter() - t
 
+        # dense stage, started from the foreground occupancy; its cells ∪ the foreground cells → tokens
         t = time.perf_counter()
-        cells, info = self.run_dense(fg, cond, uncond, opts, gen)
-        stages.append(info)
-        timings["dense"] = time.perf_counter() - t
-        tokens = _rescale_cells(cells, self.generator.dense.occupancy_resolution, target.resolution)
-        seen_cells = fg.cells.coords[fg.front] if opts.front_cut else fg.cells.coords
-        tokens = np.concatenate([tokens, seen_cells]) if len(tokens) else seen_cells
+        r = dense.occupancy_resolution
+        occ_fg = fg0.occupancy(r, front_only=opts.front_cut)
+        occ_free = free(voxel_centers(np.argwhere(np.ones((r,) * 3, bool)), r), fg0.frame, 2.0 / r).reshape((r,) * 3)
+        dense_out = run_dense_stage(
+            dense, cond, self._schedule("dense", 0, opts.dense_steps), foreground=occ_fg,
+            sdedit_strength=opts.dense_start_sigma if opts.dense_start == "sdedit" else 1.0,
+            guidance_strength=opts.dense_guidance, guidance_variant=opts.guidance_variant,
+            free_space=occ_free if opts.free_space else None, cfg_scale=cfg, generator=gen, progress=opts.progress)
+        cell_res = sparse[0].resolution // sparse[0].latent_factor
+        seen_cells = SparseVoxels(fg0.cells.coords[fg0.front] if opts.front_cut else fg0.cells.coords, cell_res)
+        free_cells = None
         if opts.free_space:
-            tokens = tokens[~_in_free_space(tokens, target.resolution, fg)]
-
-        sdf = None
-        for i, stage in enumerate(self.generator.sparse):
-            t = time.perf_counter()
-            if i > 0:
-                # next stage's tokens: cells within a voxel of the previous stage's surface, same canonical frame
-                fg = build_foreground(pm, stage.resolution, band=opts.band, shell=opts.shell,
-                                      factor=stage.latent_factor, conf_threshold=opts.conf_threshold,
-                                      drop_percent=opts.drop_percent, frame=fg.frame)
-                target = self.foreground_target(fg, i, opts.front_cut)
-                tokens = _cells_near_surface(sdf, stage.resolution // stage.latent_factor)
-                tokens = np.concatenate([tokens, fg.cells.coords[fg.front]])
-            sdf, info = self.run_sparse(i, tokens, target, cond, uncond, opts, gen)
-            if opts.fusion:
-                sdf = fuse_seen_shell(sdf, fg)
-            if opts.free_space:
-                sdf = _clear_free_space(sdf, fg)
-            stages.append(info)
-            timings[f"sparse{stage.resolution}"] = time.perf_counter() - t
+            all_cells = np.argwhere(np.ones((cell_res,) * 3, bool))
+            is_free = free(voxel_centers(all_cells, cell_res), fg0.frame, 2.0 * np.sqrt(3) / cell_res)
+            free_cells = SparseVoxels(all_cells[is_free], cell_res)
+        cells = occupancy_to_cells(dense_out.probability, opts.occupancy_threshold, cell_res, seen_cells, free_cells)
+        stages: list[dict] = [{"stage": "dense", "occupied": int((dense_out.probability >= opts.occupancy_threshold)
+                                                                 .sum()), "tokens": len(cells)}]
+        timings["dense"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        verts, faces = sparse_marching_cubes(sdf, level=opts.mc_level)
+        targets: list[SparseLatent] = []
+
+        def target_of(stage: Any, sim: Similarity) -> SparseLatent:
+            targets.append(self.foreground_target(stage_foreground(stage, sim), sparse.index(stage), opts.front_cut))
+            return targets[-1]
+
+        callbacks = StageCallbacks(
+            foreground=target_of,
+            extract=lambda sdf: sparse_marching_cubes(sdf, level=opts.mc_level),
+            seen_sdf=lambda stage, sim: _camera_side_shell(stage_foreground(stage, sim)),
+            free_voxels=(lambda points, sim: free(points, compose_frame(fg0.frame, sim),
+                                                  2.0 * opts.band / sparse[0].resolution)) if opts.free_space else None,
+        )
+        configs = [SparseStageConfig(self._schedule("sparse", i, opts.sparse_steps), opts.guidance,
+                                     opts.guidance_variant, fuse_weight=1.0 if opts.fusion else 0.0)
+                   for i in range(len(sparse))]
+        out = run_sparse_stages(sparse, configs, cells, cond, callbacks, cfg_scale=cfg, generator=gen,
+                                progress=opts.progress)
+        for i, latent in enumerate(out.latents):
+            stages.append({"stage": f"sparse{sparse[i].resolution}", "tokens": len(latent)})
+        timings["sparse"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        verts, faces = sparse_marching_cubes(out.sdf, level=opts.mc_level)
         if opts.max_faces and len(faces) > opts.max_faces:
             verts, faces = simplify_mesh(verts, faces, opts.max_faces)
         timings["extract"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
-        return PipelineResult(verts, faces, fg.frame, pm, opts, timings, stages, fg)
+        frame = compose_frame(fg0.frame, out.frame)
+        return PipelineResult(verts, faces, frame, pm, opts, timings, stages, fg0, out.latents, targets)
 
     def _reconstruct(self, inputs: Any) -> PointMap:
         from .reconstruct.base import get_reconstructor
@@ -290,75 +272,13 @@ class ConsistentPipeline:
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def _rescale_cells(cells: np.ndarray, src: int, dst: int) -> np.ndarray:
-    """Cells at grid ``src`` → cells at grid ``dst`` covering the same space."""
-    if src == dst or len(cells) == 0:
-        return cells.astype(np.int32)
-    if src > dst:
-        return np.unique(cells // (src // dst), axis=0).astype(np.int32)
-    return SparseVoxels(cells, src).upsample_cells(dst // src).coords
+def compose_frame(frame: CanonicalFrame, sim: Similarity) -> CanonicalFrame:
+    """The camera → canonical frame followed by a between-stage similarity ``p' = s·p + o``."""
+    scale = frame.scale * sim.scale
+    center = np.asarray(frame.center) - frame.R.T @ np.asarray(sim.offset) / scale
+    return CanonicalFrame(center=tuple(float(c) for c in center), scale=float(scale), rotation=frame.rotation)
 
 
-def _cells_near_surface(sdf: SparseVoxels, cell_resolution: int) -> np.ndarray:
-    """Latent cells at ``cell_resolution`` holding the previous stage's surface (voxels with |sdf| < 1)."""
-    near = sdf.coords[np.abs(sdf.feats[:, 0]) < 1.0]
-    scale = cell_resolution / sdf.resolution
-    cells = np.floor((near + 0.5) * scale).astype(np.int64)
-    # dilate by one cell so the finer stage can move the surface
-    off = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    cells = (cells[:, None] + off[None]).reshape(-1, 3)
-    cells = cells[((cells >= 0) & (cells < cell_resolution)).all(1)]
-    return np.unique(cells, axis=0).astype(np.int32)
-
-
-def fuse_seen_shell(sdf: SparseVoxels, fg: Foreground) -> SparseVoxels:
-    """Spatial fusion: where the seen shell has a camera-side voxel, its value replaces the decoded one.
-
-    The latents of a partial and a full shape can differ where they overlap, so guidance alone may leave the
-    decoded surface off the seen one; this pins it. Voxels of the shell missing from the decoded set are added.
-    """
-    shell = fg.sdf.select(np.flatnonzero(fg.shell.front_side))
-    if sdf.resolution != shell.resolution:
-        raise InputError(f"fusion needs the shell at the decoded resolution {sdf.resolution}")
-    merged = shell.union(sdf)  # shell values win where both exist
-    return merged
-
-
-def _in_free_space(cells: np.ndarray, resolution: int, fg: Foreground) -> np.ndarray:
-    """(N,) bool: cells whose centre projects outside the object mask or lies in front of the seen surface."""
-    from .geometry.voxels import voxel_centers
-
-    return _free_space_points(voxel_centers(cells, resolution), fg, margin=2.0 / resolution)
-
-
-def _clear_free_space(sdf: SparseVoxels, fg: Foreground) -> SparseVoxels:
-    """Decoded voxels in free space become empty (+1)."""
-    free = _free_space_points(sdf.centers(), fg, margin=2.0 * fg.band * 2.0 / sdf.resolution)
-    feats = sdf.feats.copy()
-    feats[free] = 1.0
-    return SparseVoxels(sdf.coords, sdf.resolution, feats)
-
-
-def _free_space_points(points_canonical: np.ndarray, fg: Foreground, margin: float) -> np.ndarray:
-    """Points seen to be empty: projecting outside the object mask, or nearer to the camera than the seen
-    surface by more than ``margin`` (canonical units)."""
-    pm = fg.pointmap
-    if pm.intrinsics is None:
-        return np.zeros(len(points_canonical), bool)
-    cam = canonical_to_camera(points_canonical.astype(np.float64), fg.frame)
-    z = cam[:, 2]
-    k = pm.intrinsics
-    h, w = pm.shape
-    with np.errstate(divide="ignore", invalid="ignore"):
-        u = np.rint(k[0, 0] * cam[:, 0] / z + k[0, 2]).astype(np.int64)
-        v = np.rint(k[1, 1] * cam[:, 1] / z + k[1, 2]).astype(np.int64)
-    inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-    free = np.zeros(len(cam), bool)
-    ui, vi = u[inside], v[inside]
-    seen = pm.mask[vi, ui]
-    depth = np.where(seen, pm.points[vi, ui, 2], np.inf)
-    margin_cam = margin / fg.frame.scale
-    free_inside = ~seen | (z[inside] < depth - margin_cam)
-    # pixels next to the silhouette are uncertain: keep them (dilate the mask by one pixel)
-    free[np.flatnonzero(inside)] = free_inside
-    return free
+def _camera_side_shell(fg: Foreground) -> SparseVoxels:
+    """The thin-shell voxels on the camera side of the seen surface: trustworthy values for fusion."""
+    return fg.sdf.select(np.flatnonzero(fg.shell.front_side))

@@ -7,14 +7,13 @@ holding its ``config.yaml`` and ``.ckpt`` files.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import InputError, WeightsNotFoundError
+from ..errors import WeightsNotFoundError
 from .base import Generator
 
 MINI_DIR = Path(__file__).resolve().parent / "mini"
@@ -42,33 +41,15 @@ def load_generator(name: str | os.PathLike = "mini", device: str | torch.device 
 
 def load_mini_prior(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Generator:
     """A mini prior written by ``consistent3dgen train``: same classes as Direct3D-S2 at a tiny config."""
-    from safetensors.torch import load_file
-
-    from ..train.config import MiniPriorConfig
-    from ..train.trainer import build_model
+    from ..train.main import load_mini_models
     from .direct3d_s2.stages import Direct3DS2DenseStage, Direct3DS2SparseStage
 
     folder = Path(folder)
-    cfg_path, w_path = folder / "config.json", folder / "weights.safetensors"
-    if not w_path.is_file() or not cfg_path.is_file():
-        hint = " (run `consistent3dgen train --out DIR` to make one)" if folder == MINI_DIR else ""
-        raise WeightsNotFoundError(f"mini prior weights not found: {w_path}{hint}")
-    cfg = MiniPriorConfig.from_dict(json.loads(cfg_path.read_text()))
-    try:
-        tensors = load_file(str(w_path), device="cpu")
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise InputError(f"cannot read mini prior weights {w_path}: {' '.join(str(e).split())}") from None
-    models = {}
-    for part in ("dense_vae", "dense_dit", "sparse_vae", "sparse_dit"):
-        model = build_model(getattr(cfg, part))
-        prefix = part + "."
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise InputError(f"mini prior weights {w_path} do not fit its config ({part}): "
-                             f"{' '.join(str(e).split())[:300]}") from None
-        models[part] = model.to(device).eval()
+    if not (folder / "weights.safetensors").is_file() and folder == MINI_DIR:
+        raise WeightsNotFoundError(f"bundled mini prior weights not found: {folder / 'weights.safetensors'} "
+                                   "(run `consistent3dgen train --out DIR --export DIR` to make them)")
+    cfg, models = load_mini_models(folder)
+    models = {k: m.to(device) for k, m in models.items()}
     dense = Direct3DS2DenseStage(models["dense_vae"], models["dense_dit"])
     sparse = Direct3DS2SparseStage(models["sparse_vae"], models["sparse_dit"])
     cond_channels = int(cfg.dense_dit["params"]["cond_channels"])

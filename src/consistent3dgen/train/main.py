@@ -188,7 +188,8 @@ def export_mini_prior(cfg: MiniPriorConfig, trainers: dict[str, StageTrainer], o
 def load_mini_models(folder: str | Path) -> tuple[MiniPriorConfig, dict[str, torch.nn.Module]]:
     """Read an exported mini prior: its config and the four models (eval mode, strict load).
 
-    Raises :class:`WeightsNotFoundError` naming the folder when the files are missing.
+    Raises :class:`WeightsNotFoundError` naming the files when they are missing, ``InputError`` when they are
+    unreadable or do not fit the config.
     """
     from safetensors.torch import load_file
 
@@ -200,12 +201,20 @@ def load_mini_models(folder: str | Path) -> tuple[MiniPriorConfig, dict[str, tor
     if not weights.is_file() or not config.is_file():
         raise WeightsNotFoundError(f"mini prior not found: need {weights} and {config}")
     cfg = MiniPriorConfig.load(config)
-    tensors = load_file(weights)
+    try:
+        tensors = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise InputError(f"cannot read mini prior weights {weights}: {' '.join(str(e).split())}") from None
     models = {}
     for part in STAGES:
         model = build_model(getattr(cfg, part))
         prefix = f"{part}."
-        model.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+        try:
+            model.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
+                                  strict=True)
+        except RuntimeError as e:
+            raise InputError(f"mini prior weights {weights} do not fit its config ({part}): "
+                             f"{' '.join(str(e).split())[:300]}") from None
         models[part] = model.eval()
     return cfg, models
 

@@ -171,3 +171,39 @@ def run_train(args: argparse.Namespace) -> int:
     from .train.main import train_main
 
     return train_main(args)
+
+
+@subcommand
+def _eval(sub) -> None:  # noqa: ANN001
+    p = sub.add_parser("eval", help="guided vs unguided over seeds on meshes unseen in training, plus ablations")
+    p.add_argument("meshes", nargs="*", help="mesh files (default: spot, stanford-bunny, teapot, suzanne from "
+                                             "../shared/data/meshes)")
+    p.add_argument("--meshes-dir", default=None, help="folder of the default evaluation meshes")
+    p.add_argument("--out", default="out/eval", help="output folder (report.json, report.md, PNG plots)")
+    p.add_argument("--generator", default="mini")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--no-ablations", action="store_true")
+    p.add_argument("--ablation-seeds", type=int, default=1)
+    p.add_argument("--size", type=int, default=160, help="input view size in pixels")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .errors import InputError
+    from .evaluate import EVAL_MESHES, evaluate
+
+    paths = [Path(m) for m in args.meshes]
+    if not paths:
+        folder = Path(args.meshes_dir) if args.meshes_dir else Path.cwd().parent / "shared" / "data" / "meshes"
+        paths = [folder / f"{m}.obj" for m in EVAL_MESHES]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise InputError(f"mesh files not found: {', '.join(missing)} (give paths or --meshes-dir)")
+    report = evaluate(paths, args.out, args.generator, seeds=args.seeds, ablations=not args.no_ablations,
+                      ablation_seeds=args.ablation_seeds, size=args.size)
+    for k, ok in report["summary"]["targets"].items():
+        print(f"{'met' if ok else 'NOT met'}: {k}")
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0

@@ -13,7 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from .geometry.frames import CanonicalFrame, canonical_to_camera
-from .geometry.shell import ShellResult, exact_distance, foreground_occupancy, front_half_mask, thin_shell
+from .geometry.shell import (
+    ShellResult,
+    exact_distance,
+    foreground_occupancy,
+    front_half_mask,
+    latent_cells,
+    thin_shell,
+)
 from .geometry.surface import SeenMesh, pointmap_to_mesh, to_canonical
 from .geometry.voxels import SparseVoxels
 from .pointmap import PointMap
@@ -72,7 +79,7 @@ def build_foreground(
                                 max_stretch=max_stretch)
     seen, frame = to_canonical(mesh_cam, margin=margin, depth_ratio=depth_ratio, frame=frame)
     result = thin_shell(seen.vertices, seen.faces, resolution, band=band, shell=shell)
-    cells = SparseVoxels(result.sdf.coords, resolution).downsample(factor)
+    cells = latent_cells(result.sdf, factor)
     front = front_half_mask(cells, result.sdf, result.front_side, factor=factor)
     return Foreground(pointmap, frame, seen, result, cells, front, resolution, factor, band, shell)
 

@@ -117,6 +117,7 @@ def sparse_marching_cubes(
 # same segments there: the mesh is watertight by construction.
 
 _OTHER_AXES = ((1, 2), (0, 2), (0, 1))
+CENTRE = 12  # pseudo edge id in the table: a vertex inside the cube, the mean of its loop's edge vertices
 
 
 def _corner_offset(c: int) -> np.ndarray:
@@ -182,16 +183,69 @@ def _cube_triangles(case: int, connected: int) -> list[tuple[int, int, int]]:
         while following[loop[-1]] != loop[0]:
             loop.append(following[loop[-1]])
         todo -= set(loop)
-        triangles += [(loop[0], loop[i], loop[i + 1]) for i in range(1, len(loop) - 1)]
+        triangles += _triangulate_loop(loop)
     return triangles
+
+
+def _edge_faces(e: int) -> set[int]:
+    a, j = divmod(e, 4)
+    u, v = _OTHER_AXES[a]
+    return {2 * u + (j & 1), 2 * v + (j >> 1)}
+
+
+def _triangulate_loop(loop: list[int]) -> list[tuple[int, int, int]]:
+    """Triangulate a loop (order kept, so the winding is kept). A diagonal between two vertices on a common cube
+    face could also be drawn by the cube across that face, and the edge would then carry four triangles; so such
+    diagonals are never drawn on a cube's lower faces (only the cube below, for which the face is upper, may),
+    and avoided where possible on upper faces. Dynamic programme over the loop's triangulations."""
+    n = len(loop)
+    forbidden, avoided = 1000, 1
+
+    def diagonal_cost(i: int, j: int) -> int:
+        if abs(i - j) in (1, n - 1):
+            return 0  # a loop segment, not a diagonal
+        shared = _edge_faces(loop[i]) & _edge_faces(loop[j])
+        if not shared:
+            return 0
+        return avoided if next(iter(shared)) % 2 else forbidden
+
+    best: dict[tuple[int, int], tuple[int, int]] = {}  # (i, j) -> (cost of sub-polygon i..j, apex k)
+    for span in range(2, n):
+        for i in range(n - span):
+            j = i + span
+            best[(i, j)] = min(
+                (
+                    best.get((i, k), (0, 0))[0]
+                    + best.get((k, j), (0, 0))[0]
+                    + diagonal_cost(i, k)
+                    + diagonal_cost(k, j),
+                    k,
+                )
+                for k in range(i + 1, j)
+            )
+    if n < 3:
+        return []
+    if best[(0, n - 1)][0] >= forbidden:
+        # No such triangulation (a few 9-vertex loops): fan around a vertex of the cube's own, CENTRE.
+        return [(loop[i], loop[(i + 1) % n], CENTRE) for i in range(n)]
+    out = []
+    stack = [(0, n - 1)]
+    while stack:
+        i, j = stack.pop()
+        k = best[(i, j)][1]
+        out.append((loop[i], loop[k], loop[j]))
+        stack += [(a, b) for a, b in ((i, k), (k, j)) if b - a >= 2]
+    return sorted(out)
 
 
 _TABLES: dict[str, np.ndarray] = {}
 
 
-def marching_cubes_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(ambiguous (256,) uint8 face mask, triangles (256 * 64, T, 3) uint8 edge ids, counts (256 * 64,))``;
-    row ``case * 64 + connected`` (``connected`` ⊆ ambiguous faces). Built once per process."""
+def marching_cubes_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(ambiguous (256,) uint8 face mask, triangles (256 * 64, T, 3) uint8 edge ids, counts (256 * 64,),
+    centre_edges (256 * 64,) int32)``; row ``case * 64 + connected`` (``connected`` ⊆ ambiguous faces). Edge id
+    ``CENTRE`` is the cube's own centre vertex, placed at the mean of the edge vertices in the bit mask
+    ``centre_edges`` (0: the row has none). Built once per process."""
     if not _TABLES:
         ambiguous = np.zeros(256, np.uint8)
         for case in range(256):
@@ -210,15 +264,46 @@ def marching_cubes_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 sub = (sub - 1) & amb
         triangles = np.zeros((256 * 64, max(len(t) for t in rows.values()), 3), np.uint8)
         counts = np.zeros(256 * 64, np.uint8)
+        centre_edges = np.zeros(256 * 64, np.int32)
         for row, tris in rows.items():
             counts[row] = len(tris)
             if tris:
                 triangles[row, : len(tris)] = tris
-        _TABLES.update(ambiguous=ambiguous, triangles=triangles, counts=counts)
-    return _TABLES["ambiguous"], _TABLES["triangles"], _TABLES["counts"]
+            for tri in tris:
+                if CENTRE in tri:
+                    centre_edges[row] |= sum(1 << e for e in tri if e != CENTRE)
+        _TABLES.update(ambiguous=ambiguous, triangles=triangles, counts=counts, centre_edges=centre_edges)
+    return _TABLES["ambiguous"], _TABLES["triangles"], _TABLES["counts"], _TABLES["centre_edges"]
 
 
 # --------------------------------------------------------------------------- vectorised marching cubes
+
+
+def _edge_points(
+    values_flat: np.ndarray,
+    origin: np.ndarray,
+    local_xyz: np.ndarray,
+    at: np.ndarray,
+    lo: int,
+    a: int,
+    level: np.float32,
+) -> np.ndarray:
+    """Crossing points (padded sample coordinates) on the edge from corner ``lo`` along axis ``a`` of the cubes at
+    flat block positions ``at`` (``local_xyz``: block position → local coordinates, one row per position)."""
+    side = int(local_xyz[-1, 0]) + 1
+    block = len(local_xyz)
+    strides = np.array([side * side, side, 1], np.int64)
+    start = at + int(_corner_offset(lo) @ strides)
+    v0 = values_flat[start]
+    t = (level - v0) / (values_flat[start + strides[a]] - v0)
+    slot = at // block
+    point = (origin[slot] + local_xyz[at - slot * block] + _corner_offset(lo).astype(np.int32)).astype(np.float32)
+    point[:, a] += t
+    return point
+
+
+def _popcount(mask: np.ndarray) -> np.ndarray:
+    return np.unpackbits(np.ascontiguousarray(mask, "<u4").view(np.uint8).reshape(-1, 4), axis=1).sum(1)
 
 
 def _marching_cubes_numpy(
@@ -228,7 +313,7 @@ def _marching_cubes_numpy(
     upper neighbours, so every cube of a brick and every grid edge of it is a fixed flat offset away; each
     crossing edge is owned by the cube at its lower end, which numbers it, so vertices are shared by
     construction (no welding, no sort)."""
-    ambiguous, tri_table, tri_counts = marching_cubes_tables()
+    ambiguous, tri_table, tri_counts, centre_edges = marching_cubes_tables()
     b, side = brick, brick + 1
     block = side**3
     strides = np.array([side * side, side, 1], np.int64)  # flat offsets of +x, +y, +z inside a block
@@ -314,42 +399,49 @@ def _marching_cubes_numpy(
     rows = cases.astype(np.int32) * 64 + connected
     del connected
 
-    # Vertices: cube i owns the crossing edges at its min corner (corner 0 to corners 1, 2, 4).
+    # Vertices: cube i owns the crossing edges at its min corner (corner 0 to corners 1, 2, 4), then its centre
+    # vertex if its row has one; ``own_vertex[i, a]`` (a = 3: the centre) is valid where owned.
     bit0 = cases & np.uint8(1)
     owned = np.zeros(n_active, np.uint8)
     for a in range(3):
         owned |= (bit0 ^ ((cases >> np.uint8(1 << a)) & np.uint8(1))) << np.uint8(a)
     del bit0, cases
-    rank = np.array([[bin(m & ((1 << a) - 1)).count("1") for a in range(3)] for m in range(8)], np.int32)
-    n_owned = rank[owned, 2] + ((owned >> 2) & 1)
+    has_centre = centre_edges[rows] != 0
+    owned |= has_centre.astype(np.uint8) << np.uint8(3)
+    rank = np.array([[bin(m & ((1 << a) - 1)).count("1") for a in range(4)] for m in range(16)], np.int32)
+    n_owned = rank[owned, 3] + ((owned >> 3) & 1)
     first_vertex = np.cumsum(n_owned, dtype=np.int64) - n_owned
     n_verts = int(first_vertex[-1] + n_owned[-1]) if n_active else 0
     del n_owned
-    own_vertex = first_vertex.astype(np.int32)[:, None] + rank[owned]  # (M, 3); valid where owned
+    own_vertex = first_vertex.astype(np.int32)[:, None] + rank[owned]  # (M, 4)
     verts = np.empty((n_verts, 3), np.float32)
     origin = brick_coords * np.int32(b)
     local_xyz = np.stack(np.unravel_index(np.arange(block), (side,) * 3), axis=1).astype(np.int32)
+    geometry = (values_flat, origin, local_xyz)
+
     for a in range(3):
         sel = np.flatnonzero(owned & np.uint8(1 << a))
-        at = active[sel]
-        v0 = values_flat[at]
-        t = (level - v0) / (values_flat[at + strides[a]] - v0)
-        slot = at // block
-        point = (origin[slot] + local_xyz[at - slot * block]).astype(np.float32)
-        point[:, a] += t
-        verts[own_vertex[sel, a]] = point
-    del owned, grid, values_flat, brick_coords, origin
+        verts[own_vertex[sel, a]] = _edge_points(*geometry, active[sel], 0, a, level)
+    sel = np.flatnonzero(has_centre)
+    if len(sel):
+        mask = centre_edges[rows[sel]]
+        total = np.zeros((len(sel), 3), np.float32)
+        for e in range(12):  # in edge order, as the Warp kernel sums
+            on = np.flatnonzero((mask >> e) & 1)
+            total[on] += _edge_points(*geometry, active[sel[on]], _edge_corners(e)[0], e // 4, level)
+        verts[own_vertex[sel, 3]] = total / _popcount(mask).astype(np.float32)[:, None]
+    del owned, has_centre, grid, values_flat, brick_coords, origin, geometry
 
     # Faces: edge e of a cube is owned by the cube at the edge's lower corner, a fixed flat offset away in the
-    # block layout (apron included); the dense map ``owner_of`` gives 3 × that cube's index, + the edge axis
-    # indexes ``own_vertex``.
+    # block layout (apron included); the dense map ``owner_of`` gives 4 × that cube's index, + the edge axis
+    # (3 for the centre, whose owner is the cube itself) indexes ``own_vertex``.
     owner_of = np.full(n_bricks * block, -1, np.int32)
-    owner_of[active] = np.arange(0, 3 * n_active, 3, dtype=np.int32)
+    owner_of[active] = np.arange(0, 4 * n_active, 4, dtype=np.int32)
     owner4 = owner_of.reshape(n_bricks, side, side, side)
     for dst, src, dst_index, src_index in aprons:
         owner4[(dst, *dst_index)] = owner4[(src, *src_index)]
     del aprons, owner4
-    edge_owner_offset = np.array([_corner_offset(_edge_corners(e)[0]) @ strides for e in range(12)], np.int64)
+    edge_owner_offset = np.array([_corner_offset(_edge_corners(e)[0]) @ strides for e in range(12)] + [0], np.int64)
     flat_table = tri_table.reshape(len(tri_table), -1)
     row_offset = edge_owner_offset[flat_table]
     row_axis = (flat_table // 4).astype(np.int64)
@@ -463,6 +555,7 @@ def _warp_kernels() -> dict:
             face_corner_offset: wp.array(dtype=wp.int32),
             ambiguous: wp.array(dtype=wp.int32),
             tri_counts: wp.array(dtype=wp.int32),
+            centre_edges: wp.array(dtype=wp.int32),
             n_inside: wp.array(dtype=wp.int32),
             cell: wp.array(dtype=wp.int32),
             brick_verts: wp.array(dtype=wp.int32),
@@ -512,7 +605,7 @@ def _warp_kernels() -> dict:
                             owned = (bit0 ^ ((case >> 1) & 1)) | ((bit0 ^ ((case >> 2) & 1)) << 1)
                             owned = owned | ((bit0 ^ ((case >> 4) & 1)) << 2)
                             word = word | (row << 3) | owned
-                            n_verts += popcount3(owned)
+                            n_verts += popcount3(owned) + wp.where(centre_edges[row] != 0, 1, 0)
                             n_tris += tri_counts[row]
                         cell[(slot * b + x) * b * b + y * b + z] = word
             brick_verts[slot] = n_verts
@@ -533,6 +626,8 @@ def _warp_kernels() -> dict:
             tri_counts: wp.array(dtype=wp.int32),
             max_tris: int,
             edge_corner: wp.array(dtype=wp.int32),
+            corner_offset: wp.array(dtype=wp.int32),
+            centre_edges: wp.array(dtype=wp.int32),
             n_inside: wp.array(dtype=wp.int32),
             verts: wp.array(dtype=wp.float32),
             faces: wp.array(dtype=wp.int32),
@@ -549,31 +644,54 @@ def _warp_kernels() -> dict:
                         word = cell[(slot * b + x) * b * b + y * b + z]
                         owned = word & 7
                         row = (word >> 3) & 16383
-                        if owned != 0:
+                        centre = centre_edges[row]
+                        if owned != 0 or centre != 0:
                             p = slot * block + (x * side + y) * side + z
-                            v0 = grid[p]
                             k = vbase + (word >> 17)
-                            for a in range(3):
-                                if (owned >> a) & 1:
-                                    stride = 1
-                                    if a == 0:
-                                        stride = side * side
-                                    if a == 1:
-                                        stride = side
-                                    frac = (level - v0) / (grid[p + stride] - v0)
-                                    px = float(brick_origin[3 * slot] + x)
-                                    py = float(brick_origin[3 * slot + 1] + y)
-                                    pz = float(brick_origin[3 * slot + 2] + z)
+                            ox = brick_origin[3 * slot] + x
+                            oy = brick_origin[3 * slot + 1] + y
+                            oz = brick_origin[3 * slot + 2] + z
+                            sx = float(0.0)  # noqa: UP018 - Warp: mutable in the loop
+                            sy = float(0.0)  # noqa: UP018 - Warp: mutable in the loop
+                            sz = float(0.0)  # noqa: UP018 - Warp: mutable in the loop
+                            n_centre = int(0)  # noqa: UP018 - Warp: a literal would be an immutable constant
+                            # Owned edges (from corner 0), then the centre: the mean of its loop's edge points,
+                            # summed in edge order like the NumPy path.
+                            for e in range(15):
+                                lo = int(0)  # noqa: UP018 - Warp: a literal would be an immutable constant
+                                a = e
+                                use = (owned >> e) & 1
+                                if e >= 3:
+                                    lo = edge_corner[e - 3]
+                                    a = (e - 3) // 4
+                                    use = (centre >> (e - 3)) & 1
+                                if use != 0:
+                                    q = p + corner_offset[lo]
+                                    v0 = grid[q]
+                                    frac = (level - v0) / (grid[p + corner_offset[lo | (1 << a)]] - v0)
+                                    px = float(ox + (lo & 1))
+                                    py = float(oy + ((lo >> 1) & 1))
+                                    pz = float(oz + ((lo >> 2) & 1))
                                     if a == 0:
                                         px = px + frac
                                     if a == 1:
                                         py = py + frac
                                     if a == 2:
                                         pz = pz + frac
-                                    verts[3 * k] = px
-                                    verts[3 * k + 1] = py
-                                    verts[3 * k + 2] = pz
-                                    k += 1
+                                    if e < 3:
+                                        verts[3 * k] = px
+                                        verts[3 * k + 1] = py
+                                        verts[3 * k + 2] = pz
+                                        k += 1
+                                    else:
+                                        sx = sx + px
+                                        sy = sy + py
+                                        sz = sz + pz
+                                        n_centre += 1
+                            if n_centre > 0:
+                                verts[3 * k] = sx / float(n_centre)
+                                verts[3 * k + 1] = sy / float(n_centre)
+                                verts[3 * k + 2] = sz / float(n_centre)
                         n = tri_counts[row]
                         for i in range(3 * n):
                             e = tri_table[row * 3 * max_tris + i]
@@ -601,6 +719,8 @@ def _warp_kernels() -> dict:
                                 rank = other & 1
                             if axis > 1:
                                 rank = rank + ((other >> 1) & 1)
+                            if axis > 2:  # the centre vertex follows the owned edges'
+                                rank = rank + ((other >> 2) & 1)
                             faces[3 * t + i] = vert_start[owner] + (other >> 17) + rank
                         t += n
 
@@ -615,7 +735,7 @@ def _marching_cubes_warp(
     emit vertices and faces). Returns vertices in padded sample coordinates."""
     k = _warp_kernels()
     wp = k["wp"]
-    ambiguous, tri_table, tri_counts = marching_cubes_tables()
+    ambiguous, tri_table, tri_counts, centre_edges = marching_cubes_tables()
     b, side = brick, brick + 1
     block = side**3
     n_axis = -(-(resolution + 2) // b)
@@ -667,13 +787,25 @@ def _marching_cubes_warp(
     corner_offset = ints([int(_corner_offset(c) @ strides) for c in range(8)])
     face_corner_offset = ints([int(_corner_offset(c) @ strides) for f in range(6) for c in _face_cycle(f)])
     counts_wp = ints(tri_counts)
+    centre_wp = ints(centre_edges)
     cell = wp.empty(n_bricks * b**3, dtype=wp.int32, device=device)
     brick_verts = wp.empty(n_bricks, dtype=wp.int32, device=device)
     brick_tris = wp.empty(n_bricks, dtype=wp.int32, device=device)
     wp.launch(
         k["classify"],
         dim=n_bricks,
-        inputs=[grid, float(level), b, side, corner_offset, face_corner_offset, ints(ambiguous), counts_wp, n_inside],
+        inputs=[
+            grid,
+            float(level),
+            b,
+            side,
+            corner_offset,
+            face_corner_offset,
+            ints(ambiguous),
+            counts_wp,
+            centre_wp,
+            n_inside,
+        ],
         outputs=[cell, brick_verts, brick_tris],
         device=device,
     )
@@ -702,7 +834,9 @@ def _marching_cubes_warp(
             ints(tri_table),
             counts_wp,
             int(tri_table.shape[1]),
-            ints([_edge_corners(e)[0] for e in range(12)]),
+            ints([_edge_corners(e)[0] for e in range(12)] + [0]),
+            corner_offset,
+            centre_wp,
             n_inside,
         ],
         outputs=[

@@ -651,47 +651,32 @@ def _warp_kernels() -> dict:
                             ox = brick_origin[3 * slot] + x
                             oy = brick_origin[3 * slot + 1] + y
                             oz = brick_origin[3 * slot + 2] + z
-                            sx = float(0.0)  # noqa: UP018 - Warp: mutable in the loop
-                            sy = float(0.0)  # noqa: UP018 - Warp: mutable in the loop
-                            sz = float(0.0)  # noqa: UP018 - Warp: mutable in the loop
-                            n_centre = int(0)  # noqa: UP018 - Warp: a literal would be an immutable constant
-                            # Owned edges (from corner 0), then the centre: the mean of its loop's edge points,
-                            # summed in edge order like the NumPy path.
-                            for e in range(15):
-                                lo = int(0)  # noqa: UP018 - Warp: a literal would be an immutable constant
-                                a = e
-                                use = (owned >> e) & 1
-                                if e >= 3:
-                                    lo = edge_corner[e - 3]
-                                    a = (e - 3) // 4
-                                    use = (centre >> (e - 3)) & 1
-                                if use != 0:
-                                    q = p + corner_offset[lo]
-                                    v0 = grid[q]
-                                    frac = (level - v0) / (grid[p + corner_offset[lo | (1 << a)]] - v0)
-                                    px = float(ox + (lo & 1))
-                                    py = float(oy + ((lo >> 1) & 1))
-                                    pz = float(oz + ((lo >> 2) & 1))
-                                    if a == 0:
-                                        px = px + frac
-                                    if a == 1:
-                                        py = py + frac
-                                    if a == 2:
-                                        pz = pz + frac
-                                    if e < 3:
-                                        verts[3 * k] = px
-                                        verts[3 * k + 1] = py
-                                        verts[3 * k + 2] = pz
-                                        k += 1
-                                    else:
-                                        sx = sx + px
-                                        sy = sy + py
-                                        sz = sz + pz
-                                        n_centre += 1
-                            if n_centre > 0:
-                                verts[3 * k] = sx / float(n_centre)
-                                verts[3 * k + 1] = sy / float(n_centre)
-                                verts[3 * k + 2] = sz / float(n_centre)
+                            v0 = grid[p]
+                            for a in range(3):  # owned edges, from corner 0
+                                if (owned >> a) & 1:
+                                    frac = (level - v0) / (grid[p + corner_offset[1 << a]] - v0)
+                                    verts[3 * k] = float(ox) + wp.where(a == 0, frac, 0.0)
+                                    verts[3 * k + 1] = float(oy) + wp.where(a == 1, frac, 0.0)
+                                    verts[3 * k + 2] = float(oz) + wp.where(a == 2, frac, 0.0)
+                                    k += 1
+                            if centre != 0:  # the mean of its loop's edge points, summed in edge order (as NumPy)
+                                sx = float(0.0)  # noqa: UP018 - Warp: mutable in the loop
+                                sy = float(0.0)  # noqa: UP018 - Warp: mutable in the loop
+                                sz = float(0.0)  # noqa: UP018 - Warp: mutable in the loop
+                                for e in range(12):
+                                    if (centre >> e) & 1:
+                                        lo = edge_corner[e]
+                                        a = e // 4
+                                        u0 = grid[p + corner_offset[lo]]
+                                        frac = (level - u0) / (grid[p + corner_offset[lo | (1 << a)]] - u0)
+                                        sx = sx + (float(ox + (lo & 1)) + wp.where(a == 0, frac, 0.0))
+                                        sy = sy + (float(oy + ((lo >> 1) & 1)) + wp.where(a == 1, frac, 0.0))
+                                        sz = sz + (float(oz + ((lo >> 2) & 1)) + wp.where(a == 2, frac, 0.0))
+                                n_centre = float(popcount3(centre) + popcount3(centre >> 3) + popcount3(centre >> 6))
+                                n_centre = n_centre + float(popcount3(centre >> 9))
+                                verts[3 * k] = sx / n_centre
+                                verts[3 * k + 1] = sy / n_centre
+                                verts[3 * k + 2] = sz / n_centre
                         n = tri_counts[row]
                         for i in range(3 * n):
                             e = tri_table[row * 3 * max_tris + i]

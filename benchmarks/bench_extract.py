@@ -1,164 +1,147 @@
-"""Sparse marching cubes on a thin-shell narrow band vs dense skimage marching cubes.
+"""Sparse marching cubes of thin-shell narrow bands: the fast paths vs the skimage-per-brick reference.
 
-The input is the thin shell of a real mesh from ../shared/data/meshes (unsigned distance from Warp's
-``mesh_query_point_no_sign``): voxels within ``2`` voxels of the surface, value ``(d - 0.75 h) / 1.25 h``,
-which is what the project's shell SDF looks like. For each resolution the script times
-:func:`consistent3dgen.geometry.extract.sparse_marching_cubes` and, where a dense grid is affordable,
-skimage's marching cubes on the same SDF filled into a dense array (absent voxels = +1). Reports medians over
-``--repeats`` runs, the dense/sparse time ratio, and the peak Python-tracked memory (tracemalloc, which sees
-NumPy buffers) of one run of each.
+Inputs, each at every resolution asked for:
 
-    python benchmarks/bench_extract.py --mesh stanford-bunny --resolutions 256 512 1024 --dense-max 512
+- ``torus``: the thin shell of an analytic torus, built directly on the band voxels in NumPy (coarse blocks
+  first, then only the voxels of blocks near the surface), value ``(|d| - 1 h) / (1 h)`` on voxels with
+  ``|d| < 2 h`` — the convention of :func:`consistent3dgen.geometry.shell.thin_shell_sdf`; seconds even at 1024³.
+- ``--mesh NAME``: the thin shell of a real mesh from ../shared/data/meshes via ``thin_shell_sdf``
+  (``--mesh-resolutions``, default 512 1024).
+
+For each input the script times :func:`consistent3dgen.geometry.extract.sparse_marching_cubes` with each of
+``--methods`` in the same run (default: auto = Warp kernels if importable, numpy, skimage), reports medians
+over ``--repeats`` runs of wall and CPU time, the speed-up over ``skimage``, the peak memory of one run
+(tracemalloc: every buffer of every path is a NumPy allocation), the 1-minute load average beside each figure
+(the machine is shared), and whether the mesh is watertight (``--check``; slow at 1024³).
+
+    python benchmarks/bench_extract.py --resolutions 256 512 1024 --mesh stanford-bunny --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
-import trimesh
 
-from consistent3dgen.geometry.extract import sparse_marching_cubes
-from consistent3dgen.geometry.voxels import SparseVoxels, linear_index, points_to_voxels, voxel_centers
-from consistent3dgen.metrics import sample_surface
+from consistent3dgen.geometry.extract import sparse_marching_cubes, warp_available
+from consistent3dgen.geometry.voxels import SparseVoxels, voxel_centers
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 
 
-def load_normalised(name: str) -> trimesh.Trimesh:
+def torus_shell(resolution: int, major: float = 0.55, minor: float = 0.25, band: float = 2.0) -> SparseVoxels:
+    """Thin-shell SDF band of a torus surface, evaluated only near the surface (blocks of 8³ voxels first)."""
+    h = 2.0 / resolution
+
+    def dist(p: np.ndarray) -> np.ndarray:
+        return np.abs(np.hypot(np.hypot(p[:, 0], p[:, 2]) - major, p[:, 1]) - minor)
+
+    block = 8
+    n = resolution // block
+    blocks = np.stack(np.meshgrid(*[np.arange(n)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    centres = -1.0 + (blocks + 0.5) * block * h
+    near = dist(centres) < band * h + np.sqrt(3) * block * h / 2  # the block's ball reaches the band
+    offsets = np.stack(np.meshgrid(*[np.arange(block)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    coords = (blocks[near][:, None, :] * block + offsets[None]).reshape(-1, 3).astype(np.int32)
+    d = dist(voxel_centers(coords, resolution).astype(np.float64)) / h
+    keep = d < band
+    values = np.clip(d[keep] - 1.0, -1.0, 1.0).astype(np.float32)
+    return SparseVoxels(coords[keep], resolution, values[:, None])
+
+
+def mesh_shell(name: str, resolution: int) -> SparseVoxels:
+    import trimesh
+
+    from consistent3dgen.geometry.shell import thin_shell_sdf
+
     path = SHARED / "data" / "meshes" / f"{name}.obj"
     if not path.is_file():
-        raise SystemExit(f"mesh not found: {path} (the benchmark needs ../shared/data/meshes)")
+        raise SystemExit(f"mesh not found: {path} (--mesh needs ../shared/data/meshes)")
     mesh = trimesh.load(path, force="mesh", process=False)
     lo, hi = mesh.bounds
     mesh.apply_translation(-(lo + hi) / 2)
     mesh.apply_scale(1.9 / float(np.max(hi - lo)))  # largest extent fills [-0.95, 0.95]
-    return mesh
+    return thin_shell_sdf(mesh.vertices, mesh.faces, resolution)
 
 
-def unsigned_distance(mesh: trimesh.Trimesh, points: np.ndarray, max_dist: float) -> np.ndarray:
-    """Distance from each point to the mesh (Warp BVH query); ``max_dist`` where nothing is closer."""
-    import warp as wp
-
-    wp.config.log_level = 40
-
-    @wp.kernel
-    def closest(mesh_id: wp.uint64, pts: wp.array(dtype=wp.vec3), max_d: float, out: wp.array(dtype=float)):
-        i = wp.tid()
-        q = wp.mesh_query_point_no_sign(mesh_id, pts[i], max_d)
-        if q.result:
-            out[i] = wp.length(pts[i] - wp.mesh_eval_position(mesh_id, q.face, q.u, q.v))
-        else:
-            out[i] = max_d
-
-    wmesh = wp.Mesh(
-        points=wp.array(mesh.vertices.astype(np.float32), dtype=wp.vec3),
-        indices=wp.array(mesh.faces.astype(np.int32).reshape(-1), dtype=wp.int32),
-    )
-    pts = wp.array(points.astype(np.float32), dtype=wp.vec3)
-    out = wp.empty(len(points), dtype=float)
-    wp.launch(closest, dim=len(points), inputs=[wmesh.id, pts, float(max_dist)], outputs=[out])
-    return out.numpy()
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
 
 
-def shell_sdf(mesh: trimesh.Trimesh, resolution: int, seed: int = 0) -> SparseVoxels:
-    """Thin-shell SDF on the narrow band, built sparsely: voxelise dense surface samples, dilate by 2 voxels
-    (separably, on voxel keys), then keep centres within 2 voxels of the surface."""
-    h = 2.0 / resolution
-    n_samples = int(4.0 * mesh.area / h**2) + 1000  # about two samples per voxel face: no gaps
-    pts = sample_surface(mesh.vertices, mesh.faces, n_samples, seed=seed)
-    keys = np.unique(linear_index(points_to_voxels(pts, resolution), resolution))
-    del pts
-    for axis in range(3):
-        c = np.stack(np.unravel_index(keys, (resolution,) * 3), axis=1)
-        grown = []
-        for off in (-2, -1, 0, 1, 2):
-            cc = c.copy()
-            cc[:, axis] += off
-            ok = (cc[:, axis] >= 0) & (cc[:, axis] < resolution)
-            grown.append(linear_index(cc[ok], resolution))
-        keys = np.unique(np.concatenate(grown))
-    coords = np.stack(np.unravel_index(keys, (resolution,) * 3), axis=1).astype(np.int32)
-    d = unsigned_distance(mesh, voxel_centers(coords, resolution), max_dist=3 * h)
-    keep = d < 2 * h
-    values = np.clip((d[keep] - 0.75 * h) / (1.25 * h), -1.0, 1.0).astype(np.float32)
-    return SparseVoxels(coords[keep], resolution, values[:, None])
-
-
-def dense_marching_cubes(sdf: SparseVoxels) -> tuple[np.ndarray, np.ndarray]:
-    from skimage.measure import marching_cubes
-
-    r = sdf.resolution
-    grid = np.ones((r + 2,) * 3, np.float32)  # padded by one outside layer, as the sparse path does
-    i, j, k = (sdf.coords.astype(np.intp) + 1).T
-    grid[i, j, k] = sdf.feats[:, 0]
-    verts, faces, _, _ = marching_cubes(grid, level=0.0)
-    return verts, faces
-
-
-def timed(fn, repeats: int) -> tuple[float, list[float], object]:  # noqa: ANN001
-    times, out = [], None
+def timed(fn, repeats: int) -> dict:  # noqa: ANN001
+    wall, cpu, loads, out = [], [], [], None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        loads.append(load())
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times, out
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {
+        "median_s": round(statistics.median(wall), 3),
+        "runs_s": [round(t, 3) for t in wall],
+        "cpu_median_s": round(statistics.median(cpu), 3),
+        "load_1min": loads,
+        "out": out,
+    }
 
 
 def peak_mb(fn) -> float:  # noqa: ANN001
     tracemalloc.start()
     try:
         fn()
-        return tracemalloc.get_traced_memory()[1] / 2**20
+        return round(tracemalloc.get_traced_memory()[1] / 2**20, 1)
     finally:
         tracemalloc.stop()
 
 
+def bench_input(label: str, sdf: SparseVoxels, build_s: float, args: argparse.Namespace) -> dict:
+    row: dict = {"input": label, "resolution": sdf.resolution, "voxels": len(sdf), "band_build_s": round(build_s, 2)}
+    for method in args.methods:
+        run = timed(lambda m=method: sparse_marching_cubes(sdf, method=m), args.repeats)
+        v, f = run.pop("out")
+        run["peak_mb"] = peak_mb(lambda m=method: sparse_marching_cubes(sdf, method=m))
+        run["vertices"], run["faces"] = len(v), len(f)
+        if args.check:
+            import trimesh
+
+            mesh = trimesh.Trimesh(v, f, process=False)
+            run["watertight"] = bool(mesh.is_watertight)
+        del v, f
+        row[method] = run
+    if "skimage" in args.methods:
+        for method in args.methods:
+            if method != "skimage":
+                row[f"skimage_over_{method}"] = round(row["skimage"]["median_s"] / row[method]["median_s"], 2)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mesh", default="stanford-bunny")
-    ap.add_argument("--resolutions", type=int, nargs="+", default=[256, 512, 1024])
-    ap.add_argument("--dense-max", type=int, default=512, help="largest resolution timed densely")
-    ap.add_argument("--brick", type=int, default=32)
+    ap.add_argument("--resolutions", type=int, nargs="+", default=[256, 512, 1024], help="torus band resolutions")
+    ap.add_argument("--mesh", default=None, help="also a real thin shell of this mesh (e.g. stanford-bunny)")
+    ap.add_argument("--mesh-resolutions", type=int, nargs="+", default=[512, 1024])
+    ap.add_argument("--methods", nargs="+", default=["auto", "numpy", "skimage"])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--check", action=argparse.BooleanOptionalAction, default=True, help="watertight check")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args()
+    print(json.dumps({"warp_available": warp_available(), "cpus": os.cpu_count(), "load_1min": load()}), flush=True)
 
-    mesh = load_normalised(args.mesh)
     rows = []
-    for r in args.resolutions:
+    inputs = [("torus", r, lambda r=r: torus_shell(r)) for r in args.resolutions]
+    if args.mesh:
+        inputs += [(args.mesh, r, lambda r=r: mesh_shell(args.mesh, r)) for r in args.mesh_resolutions]
+    for label, _, build in inputs:
         t0 = time.perf_counter()
-        sdf = shell_sdf(mesh, r)
-        band_s = time.perf_counter() - t0
-        sparse_med, sparse_all, (v, f) = timed(
-            lambda sdf=sdf: sparse_marching_cubes(sdf, brick=args.brick), args.repeats
-        )
-        watertight = trimesh.Trimesh(v, f, process=False).is_watertight
-        row = {
-            "mesh": args.mesh,
-            "resolution": r,
-            "voxels": len(sdf),
-            "band_build_s": round(band_s, 2),
-            "sparse_median_s": round(sparse_med, 3),
-            "sparse_runs_s": [round(t, 3) for t in sparse_all],
-            "sparse_peak_mb": round(peak_mb(lambda sdf=sdf: sparse_marching_cubes(sdf, brick=args.brick)), 1),
-            "faces": len(f),
-            "watertight": bool(watertight),
-        }
-        if r <= args.dense_max:
-            dense_med, dense_all, (dv, df) = timed(lambda sdf=sdf: dense_marching_cubes(sdf), args.repeats)
-            row.update(
-                dense_median_s=round(dense_med, 3),
-                dense_runs_s=[round(t, 3) for t in dense_all],
-                dense_peak_mb=round(peak_mb(lambda sdf=sdf: dense_marching_cubes(sdf)), 1),
-                dense_faces=len(df),
-                dense_over_sparse_time=round(dense_med / sparse_med, 2),
-            )
+        sdf = build()
+        row = bench_input(label, sdf, time.perf_counter() - t0, args)
+        del sdf
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:

@@ -727,10 +727,23 @@ def _marching_cubes_warp(
     if n_axis**3 >= 2**31:
         raise _TooLargeForWarp(f"resolution {resolution} needs 64-bit brick keys")
     device = "cpu"
-    flat_coords = wp.array(np.ascontiguousarray(coords, np.int32).reshape(-1), dtype=wp.int32, device=device)
-    occupied = wp.zeros(n_axis**3, dtype=wp.uint8, device=device)
-    wp.launch(k["mark"], dim=len(values), inputs=[flat_coords, b, n_axis, occupied], device=device)
-    needed = occupied.numpy().astype(bool).reshape((n_axis,) * 3)
+    # Every buffer is a NumPy array that Warp only views (copy=False): memory shows up in tracemalloc, and the
+    # results need no copy back. ``keep`` holds the arrays for as long as their views are in use.
+    keep: list[np.ndarray] = []
+
+    def view(a: np.ndarray, dtype=None):  # noqa: ANN001, ANN202
+        a = np.ascontiguousarray(a).reshape(-1)
+        keep.append(a)
+        return wp.array(a, dtype=dtype or wp.dtype_from_numpy(a.dtype), device=device, copy=False)
+
+    def ints(a) -> object:  # noqa: ANN001
+        return view(np.asarray(a, np.int32))
+
+    flat_coords = ints(coords)
+    occupied = np.zeros(n_axis**3, np.uint8)
+    wp.launch(k["mark"], dim=len(values), inputs=[flat_coords, b, n_axis, view(occupied)], device=device)
+    needed = occupied.astype(bool).reshape((n_axis,) * 3)
+    del occupied
     for axis in range(3):  # lower neighbours of occupied bricks: their apron holds samples
         lower = [slice(None)] * 3
         upper = [slice(None)] * 3
@@ -751,31 +764,25 @@ def _marching_cubes_warp(
         neighbour[ok, d] = slot_of[(nb[ok, 0].astype(np.int64) * n_axis + nb[ok, 1]) * n_axis + nb[ok, 2]]
     del brick_keys
 
-    grid_np = np.full(n_bricks * block, fill, np.float32)
-    grid = wp.array(grid_np, dtype=wp.float32, device=device, copy=False)
-    values_wp = wp.array(np.ascontiguousarray(values, np.float32), dtype=wp.float32, device=device)
-    slot_wp = wp.array(slot_of, dtype=wp.int32, device=device)
-    n_inside = wp.zeros(n_bricks, dtype=wp.int32, device=device)
+    grid = view(np.full(n_bricks * block, fill, np.float32))
+    n_inside = ints(np.zeros(n_bricks, np.int32))
     wp.launch(
         k["scatter"],
         dim=len(values),
-        inputs=[flat_coords, values_wp, b, side, n_axis, slot_wp, float(level)],
+        inputs=[flat_coords, view(np.asarray(values, np.float32)), b, side, n_axis, ints(slot_of), float(level)],
         outputs=[grid, n_inside],
         device=device,
     )
-    del flat_coords, values_wp, slot_wp, slot_of
-
-    def ints(a: np.ndarray):  # noqa: ANN202
-        return wp.array(np.ascontiguousarray(a, np.int32).reshape(-1), dtype=wp.int32, device=device)
+    del flat_coords, slot_of
 
     strides = np.array([side * side, side, 1], np.int64)
     corner_offset = ints([int(_corner_offset(c) @ strides) for c in range(8)])
     face_corner_offset = ints([int(_corner_offset(c) @ strides) for f in range(6) for c in _face_cycle(f)])
     counts_wp = ints(tri_counts)
     centre_wp = ints(centre_edges)
-    cell = wp.empty(n_bricks * b**3, dtype=wp.int32, device=device)
-    brick_verts = wp.empty(n_bricks, dtype=wp.int32, device=device)
-    brick_tris = wp.empty(n_bricks, dtype=wp.int32, device=device)
+    cell = ints(np.empty(n_bricks * b**3, np.int32))
+    n_verts_per_brick = np.empty(n_bricks, np.int32)
+    n_tris_per_brick = np.empty(n_bricks, np.int32)
     wp.launch(
         k["classify"],
         dim=n_bricks,
@@ -791,11 +798,12 @@ def _marching_cubes_warp(
             centre_wp,
             n_inside,
         ],
-        outputs=[cell, brick_verts, brick_tris],
+        outputs=[cell, view(n_verts_per_brick), view(n_tris_per_brick)],
         device=device,
     )
-    n_verts_per_brick = brick_verts.numpy().astype(np.int64)
-    n_tris_per_brick = brick_tris.numpy().astype(np.int64)
+    wp.synchronize_device(device)
+    n_verts_per_brick = n_verts_per_brick.astype(np.int64)
+    n_tris_per_brick = n_tris_per_brick.astype(np.int64)
     n_verts, n_tris = int(n_verts_per_brick.sum()), int(n_tris_per_brick.sum())
     if n_tris == 0:
         raise InputError(f"the SDF does not cross the level {level}: nothing to extract")
@@ -824,13 +832,11 @@ def _marching_cubes_warp(
             centre_wp,
             n_inside,
         ],
-        outputs=[
-            wp.array(verts, dtype=wp.float32, device=device, copy=False),
-            wp.array(faces, dtype=wp.int32, device=device, copy=False),
-        ],
+        outputs=[view(verts), view(faces)],
         device=device,
     )
     wp.synchronize_device(device)
+    keep.clear()
     return verts.reshape(-1, 3), faces.reshape(-1, 3)
 
 

@@ -34,7 +34,8 @@ from .voxels import SparseVoxels
 EXPORT_FORMATS = (".glb", ".obj", ".ply", ".stl")
 
 # |value - level| below this fraction of the value range is moved just outside the level, so that no vertex
-# lands exactly on a grid sample (it would be shared by several edges and could not be welded by edge).
+# lands exactly on a grid sample (it would coincide with the vertices of the sample's other edges: zero-area
+# faces, and the skimage path could not weld it by edge).
 _LEVEL_NUDGE = 1e-4
 
 
@@ -58,10 +59,10 @@ def sparse_marching_cubes(
     method: ``"auto"`` (Warp kernels if Warp works here, else NumPy), ``"warp"``, ``"numpy"`` — vectorised marching
     cubes with bricks of ``brick`` (default 8) cubes per axis as the sparse storage layout — or ``"skimage"``, the
     reference: Lewiner marching cubes per dense block of ``brick`` (default 32) cubes per axis, welded by grid
-    edge. ``warp`` and ``numpy`` give identical meshes up to vertex/face order; ``skimage`` the same vertices
-    and differently triangulated cubes where the interior is ambiguous. The result does not depend on
-    ``brick`` (up to order). Memory stays proportional to the number of occupied bricks. Raises InputError on
-    a bad SDF or when nothing crosses ``level``.
+    edge. ``warp`` and ``numpy`` give identical meshes up to vertex/face order; ``skimage`` the same edge
+    vertices, with different triangles (and interior vertices) only in cubes whose interior is ambiguous. The
+    result does not depend on ``brick`` (up to order). Memory stays proportional to the number of occupied
+    bricks. Raises InputError on a bad SDF or when nothing crosses ``level``.
     """
     if method not in MC_METHODS:
         raise InputError(f"unknown marching-cubes method {method!r}; use one of {', '.join(MC_METHODS)}")
@@ -82,23 +83,22 @@ def sparse_marching_cubes(
     span = max(float(np.max(np.abs(values - level))), abs(fill - level))
     nudge = np.float32(_LEVEL_NUDGE * span)
     values = np.where(np.abs(values - level) < nudge, np.float32(level) + nudge, values).astype(np.float32)
-    verts = faces = None
-    if method in ("auto", "warp") and (method == "warp" or warp_available()):
+    args = (sdf.coords, values, sdf.resolution, np.float32(level), fill, brick)
+    if method == "skimage":
+        verts, faces = _marching_cubes_skimage(*args)
+    elif method == "numpy" or (method == "auto" and not warp_available()):
+        verts, faces = _marching_cubes_numpy(*args)
+    else:
         try:
-            verts, faces = _marching_cubes_warp(sdf.coords, values, sdf.resolution, level, fill, brick)
+            verts, faces = _marching_cubes_warp(*args)
         except InputError:
             raise
         except Exception as e:  # noqa: BLE001 - a Warp compile/launch failure or 32-bit limit: NumPy instead
             if method == "warp":
                 raise InputError(f"the Warp marching-cubes path failed: {e}") from e
             if not isinstance(e, _TooLargeForWarp):
-                _WARP["error"] = e
-    if faces is not None:
-        pass
-    elif method == "skimage":
-        verts, faces = _marching_cubes_skimage(sdf.coords, values, sdf.resolution, level, fill, brick)
-    else:
-        verts, faces = _marching_cubes_numpy(sdf.coords, values, sdf.resolution, np.float32(level), fill, brick)
+                _WARP["error"] = e  # remembered: later calls go straight to NumPy
+            verts, faces = _marching_cubes_numpy(*args)
     # Sample s sits at the centre of voxel s - 1: canonical = -1 + (2 (s - 1) + 1) / R.
     verts *= np.float32(2.0 / sdf.resolution)
     verts -= np.float32(1.0 + 1.0 / sdf.resolution)
@@ -112,7 +112,7 @@ def sparse_marching_cubes(
 # bits on the two other axes (u < v) are (j & 1, j >> 1). Face f = 2 a + s is the face at offset s along a.
 # The table is built here rather than copied: for a case and a choice of how each ambiguous face is resolved,
 # the contour segments on the six faces are chained into loops, each loop oriented by the face rule below and
-# fanned into triangles. Face segments depend only on the face's own corners and resolution, and the
+# triangulated (see _triangulate_loop). Face segments depend only on the face's own corners and resolution, and the
 # resolution is decided from the face's four values alone, so the two cubes sharing a face always produce the
 # same segments there: the mesh is watertight by construction.
 

@@ -159,13 +159,15 @@ def test_window_branch_matches_masked_dense(shift):
     assert len(set(keys)) > 4  # several windows, so the mask matters
 
 
-def test_gated_sum_equals_weighted_branches():
+@pytest.mark.parametrize("dense_max_tokens", [0, ssa.DENSE_MAX_TOKENS])
+def test_gated_sum_equals_weighted_branches(dense_max_tokens):
     cbs, sbs, topk = 2, 4, 2
     coords, ccoords, q, k, v, ck, cv = _setup(5, [60, 40], 12, cbs, False)
     gate = torch.rand(coords.shape[0], 3)
     out = ssa.spatial_sparse_attention(
-        q, k, v, coords, ck, cv, ccoords, gate, cbs, sbs, topk, window_size=8, shift_window=4, chunk_bytes=4096
-    )
+        q, k, v, coords, ck, cv, ccoords, gate, cbs, sbs, topk, window_size=8, shift_window=4, chunk_bytes=4096,
+        dense_max_tokens=dense_max_tokens,
+    )  # fmt: skip
     # brute force: every branch as a dense masked attention
     n = coords.shape[0]
     same_batch = (coords[:, 0:1] == ccoords[:, 0].unsqueeze(0)).unsqueeze(0).expand(HKV, -1, -1)
@@ -188,8 +190,8 @@ def test_chunking_does_not_change_results():
     coords, ccoords, q, k, v, ck, cv = _setup(6, [90], 12, 2, False)
     gate = torch.rand(coords.shape[0], 3)
     args = (q, k, v, coords, ck, cv, ccoords, gate, 2, 4, 3, 8, 0)
-    small = ssa.spatial_sparse_attention(*args, chunk_bytes=1)  # one row / window at a time
-    big = ssa.spatial_sparse_attention(*args, chunk_bytes=2**30)
+    small = ssa.spatial_sparse_attention(*args, chunk_bytes=1, dense_max_tokens=0)  # one row / window at a time
+    big = ssa.spatial_sparse_attention(*args, chunk_bytes=2**30, dense_max_tokens=0)
     torch.testing.assert_close(small, big, atol=1e-6, rtol=1e-6)
 
 
@@ -198,3 +200,107 @@ def test_compressed_tokens_outside_blocks_rejected():
     bad = torch.tensor([[0, 3, 3, 3]], dtype=torch.int32)
     with pytest.raises(ValueError, match="compressed tokens"):
         ssa.block_layout(coords, bad, 2, 4)
+
+
+# ------------------------------------------------------------------ small-input fast path and autograd
+
+# (compression, selection) block sizes of v1.0 (4, 8) and v1.1 (8, 8), on a 24³ grid, and half-size variants
+BLOCK_SIZES = [(4, 8), (8, 8), (2, 4)]
+
+
+def _random_topk(layout: ssa.BlockLayout, coords: torch.Tensor, topk: int, gen: torch.Generator) -> torch.Tensor:
+    """Arbitrary ascending own-batch block choices per (kv head, query), with some -1 padding."""
+    n = coords.shape[0]
+    out = torch.full((HKV, n, topk), -1, dtype=torch.long)
+    for i in range(n):
+        b = int(coords[i, 0])
+        lo, hi = int(layout.block_batch_start[b]), int(layout.block_batch_start[b + 1])
+        for g in range(HKV):
+            kk = min(hi - lo, 1 + int(torch.randint(0, topk, (1,), generator=gen)))
+            out[g, i, :kk] = lo + torch.randperm(hi - lo, generator=gen)[:kk].sort().values
+    return out
+
+
+@pytest.mark.parametrize("counts", [[300], [220, 130]])
+@pytest.mark.parametrize("cbs,sbs", BLOCK_SIZES)
+def test_fast_selection_equals_chunked(counts, cbs, sbs):
+    coords, ccoords, q, k, v, _, _ = _setup(11, counts, 24, cbs, True)
+    layout = ssa.block_layout(coords, ccoords, cbs, sbs)
+    assert layout.num_blocks > 3 * len(counts)  # several blocks per element, so the mask matters
+    topk_blocks = _random_topk(layout, coords, 3, torch.Generator().manual_seed(12))
+    chunked = ssa.selection_attention(q, k, v, topk_blocks, layout, chunk_bytes=4096)
+    fast = ssa.dense_selection_attention(q, k, v, topk_blocks, layout, ssa.batch_slices(coords[:, 0]))
+    torch.testing.assert_close(fast, chunked, atol=2e-6, rtol=2e-6)
+
+
+@pytest.mark.parametrize("counts", [[300], [220, 130]])
+@pytest.mark.parametrize("window_size,shift", [(8, 0), (8, 4), (4, 2)])
+def test_fast_window_equals_chunked(counts, window_size, shift):
+    coords, _, q, k, v, _, _ = _setup(13, counts, 24, 2, True)
+    chunked = ssa.window_attention(q, k, v, coords, window_size, shift, chunk_bytes=8192)
+    fast = ssa.grouped_window_attention(q, k, v, coords, window_size, shift)
+    torch.testing.assert_close(fast, chunked, atol=2e-6, rtol=2e-6)
+
+
+def _ssa_inputs(seed, counts, cbs, requires_grad=False):
+    coords, ccoords, q, k, v, ck, cv = _setup(seed, counts, 24, cbs, False)
+    gate = torch.rand(coords.shape[0], 3, generator=torch.Generator().manual_seed(seed))
+    tensors = [t.clone().requires_grad_(requires_grad) for t in (q, k, v, ck, cv, gate)]
+    return coords, ccoords, tensors
+
+
+def _run_ssa(coords, ccoords, tensors, cbs, sbs, dense_max_tokens, chunk_bytes=ssa.DEFAULT_CHUNK_BYTES):
+    q, k, v, ck, cv, gate = tensors
+    return ssa.spatial_sparse_attention(
+        q, k, v, coords, ck, cv, ccoords, gate, cbs, sbs, 3, 8, 4, chunk_bytes=chunk_bytes,
+        dense_max_tokens=dense_max_tokens,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("counts", [[300], [220, 130]])
+@pytest.mark.parametrize("cbs,sbs", BLOCK_SIZES)
+def test_fast_path_equals_chunked_path(counts, cbs, sbs):
+    coords, ccoords, tensors = _ssa_inputs(14, counts, cbs)
+    chunked = _run_ssa(coords, ccoords, tensors, cbs, sbs, 0)
+    fast = _run_ssa(coords, ccoords, tensors, cbs, sbs, 10**6)
+    torch.testing.assert_close(fast, chunked, atol=2e-6, rtol=2e-6)
+    # the threshold is per batch element: just above the largest element → fast, just below → chunked
+    assert torch.equal(_run_ssa(coords, ccoords, tensors, cbs, sbs, max(counts)), fast)
+    assert torch.equal(_run_ssa(coords, ccoords, tensors, cbs, sbs, max(counts) - 1), chunked)
+
+
+@pytest.mark.parametrize("dense_max_tokens", [0, 10**6])
+def test_gradients_of_both_paths_match_float64_reference(dense_max_tokens):
+    """Every input (q, k, v, compressed k/v, gate) gets the gradient of the brute-force float64 attention with
+    the same block choice; the in-place no-grad code must not leak into the recorded graph."""
+    cbs, sbs = 4, 8
+    coords, ccoords, tensors = _ssa_inputs(15, [160, 90], cbs, requires_grad=True)
+    out = _run_ssa(coords, ccoords, tensors, cbs, sbs, dense_max_tokens, chunk_bytes=2**14)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(16))
+    (out * weights).sum().backward()
+    with torch.no_grad():
+        torch.testing.assert_close(_run_ssa(coords, ccoords, tensors, cbs, sbs, dense_max_tokens, 2**14), out)
+
+    q, k, v, ck, cv, gate = (t.detach().double().requires_grad_(True) for t in tensors)
+    layout = ssa.block_layout(coords, ccoords, cbs, sbs)
+    _, _, topk_blocks = ssa.compressed_attention_topk(
+        q.float(), ck.float(), cv.float(), ssa.batch_slices(coords[:, 0]), ssa.batch_slices(ccoords[:, 0]), layout, 3
+    )
+    n = coords.shape[0]
+    same_batch = (coords[:, 0:1] == ccoords[:, 0].unsqueeze(0)).unsqueeze(0).expand(HKV, -1, -1)
+    sel = torch.zeros(HKV, n, n, dtype=torch.bool)
+    for g in range(HKV):
+        for i in range(n):
+            sel[g, i] = torch.isin(layout.block_of_token, topk_blocks[g, i][topk_blocks[g, i] >= 0])
+    keys = [(int(r[0]), *((int(x) + 4) // 8 for x in r[1:])) for r in coords]
+    win = torch.tensor([[a == b for b in keys] for a in keys]).unsqueeze(0).expand(HKV, -1, -1)
+    ref = (
+        gate[:, 0:1, None] * _dense_reference(q, ck, cv, same_batch)[0]
+        + gate[:, 1:2, None] * _dense_reference(q, k, v, sel)[0]
+        + gate[:, 2:3, None] * _dense_reference(q, k, v, win)[0]
+    )
+    torch.testing.assert_close(out.double(), ref.detach(), atol=1e-5, rtol=1e-5)
+    (ref * weights.double()).sum().backward()
+    for name, got, want in zip("q k v ck cv gate".split(), tensors, (q, k, v, ck, cv, gate), strict=True):
+        assert got.grad is not None and want.grad.abs().max() > 1e-3, name
+        torch.testing.assert_close(got.grad.double(), want.grad, atol=1e-4, rtol=1e-4, msg=name)

@@ -12,7 +12,9 @@ dtypes equal the official ``SparseDiT`` state dict, so checkpoints load with ``s
 Batches: the modulation of batch element b uses ``t[b]`` and the cross-attention uses ``cond[b]``, so a
 classifier-free-guidance pair can run as one batch of two (same coords twice, cond then zeros) and equals two
 separate calls. Memory is linear in the number of tokens: attention is chunked (see ``ssa``), and the MLP and
-cross-attention run over row chunks.
+cross-attention run over row chunks. ``chunk_bytes`` and ``dense_max_tokens`` (batch elements up to this many
+tokens take SSA's exact dense fast path; 0 = always chunked) are not official parameters and add no weights.
+The forward is autograd-safe, so the same class trains (the mini prior).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .attention import FeedForwardNet, LayerNorm32, MultiHeadAttention, convert_
 from .embedders import AbsolutePositionEmbedder, TimestepEmbedder
 from .sparse_conv import TorchsparseConv3d
 from .sparse_tensor import SparseTensor
-from .ssa import DEFAULT_CHUNK_BYTES, SpatialSparseAttention, batch_slices
+from .ssa import DEFAULT_CHUNK_BYTES, DENSE_MAX_TOKENS, SpatialSparseAttention, batch_slices
 
 # rows of tokens per MLP / cross-attention chunk (the MLP hidden layer is 4x the width)
 ROW_CHUNK = 8192
@@ -70,6 +72,7 @@ class SparseCrossBlock(nn.Module):
         window_size: int = 8,
         shift_window: int = 0,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        dense_max_tokens: int = DENSE_MAX_TOKENS,
     ):
         super().__init__()
         self.share_mod = share_mod
@@ -89,6 +92,7 @@ class SparseCrossBlock(nn.Module):
             resolution=resolution,
             compression_version=compression_version,
             chunk_bytes=chunk_bytes,
+            dense_max_tokens=dense_max_tokens,
         )
         self.cross_attn = MultiHeadAttention(
             channels, num_heads, ctx_channels=ctx_channels, kind="cross", qk_rms_norm=qk_rms_norm_cross
@@ -159,6 +163,7 @@ class SparseDiT(nn.Module):
         window_size: int = 8,
         use_shift: bool = True,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        dense_max_tokens: int = DENSE_MAX_TOKENS,
     ):
         super().__init__()
         if pe_mode != "ape":
@@ -207,6 +212,7 @@ class SparseDiT(nn.Module):
                 # Swin-style: odd blocks shift the window grid by half a window (all blocks if not use_shift)
                 shift_window=window_size // 2 * (i % 2) if use_shift else window_size // 2,
                 chunk_bytes=chunk_bytes,
+                dense_max_tokens=dense_max_tokens,
             )
             for i in range(num_blocks)
         )

@@ -16,6 +16,15 @@ convention), scale ``1/sqrt(head_dim)``. The official code runs these as Triton/
 same math runs chunked so memory stays linear in the number of tokens: no tensor is ever (tokens × tokens).
 Attention math runs in float32 whatever the model dtype (fp16 matmuls are slow and inexact on CPU).
 
+Small inputs (every batch element ≤ ``dense_max_tokens`` tokens, e.g. the mini prior's ≤ 4096 tokens on a 16³
+grid) take an exact fast path instead: the selection branch is one dense ``scaled_dot_product_attention`` per
+batch element with an additive mask built from the same block membership (key in one of the query's selected
+blocks), and the window branch one unmasked attention per window. The chunked path exists for 100 k tokens;
+on a few thousand its Python-level loops and log-sum-exp merges dominate.
+
+Autograd: with grad enabled (training) every op is out of place, so all three branches are differentiable
+(top-k indices are not, as in the official code); without grad the chunked path reuses buffers in place.
+
 Block bookkeeping: selection blocks are the distinct ``(batch, x//s, y//s, z//s)`` of the tokens, indexed in
 lexicographic order (the official ``histc`` order). The official kernels additionally assume tokens are stored
 block by block (``sort_block``); here tokens are gathered by block membership, which gives the same result for
@@ -29,12 +38,21 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .sparse_conv import SparseConv3d, SparseGroupNorm32, SparseSiLU, downsample_coords
 from .sparse_tensor import SparseTensor
 
 # Upper bound for the scratch memory of one attention chunk (scores + gathered keys/values), in bytes.
 DEFAULT_CHUNK_BYTES = 256 * 2**20
+# Largest batch element (tokens) that takes the dense fast path; its additive selection mask is
+# num_kv_heads · N² floats per batch element (128 MiB at N = 4096 with 2 kv heads).
+DENSE_MAX_TOKENS = 4096
+
+
+def _grad_needed(*tensors: torch.Tensor) -> bool:
+    """True when autograd will record ops on these tensors (then no in-place reuse of saved buffers)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def batch_slices(batch_index: torch.Tensor) -> list[slice]:
@@ -82,7 +100,8 @@ def attend(
         mask = key_mask if key_mask.ndim == 3 else key_mask.unsqueeze(-1).expand(bsz, lk, hkv)
         scores.masked_fill_(~mask.permute(0, 2, 1).unsqueeze(2), float("-inf"))
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-    probs = scores.sub_(lse).exp_()
+    # logsumexp keeps ``scores`` for its backward: only overwrite it when no graph is recorded
+    probs = (scores - lse).exp() if _grad_needed(scores) else scores.sub_(lse).exp_()
     out = torch.matmul(probs, vv)  # (B, Hkv, G*Lq, D)
     out = out.reshape(bsz, hkv, group, lq, dim).permute(0, 3, 1, 2, 4).reshape(bsz, lq, hq, dim)
     lse = lse.reshape(bsz, hkv, group, lq).permute(0, 3, 1, 2).reshape(bsz, lq, hq)
@@ -186,7 +205,8 @@ def compressed_attention_topk(
             stop = min(start + rows, qs.stop)
             o, l_, probs = attend(q[start:stop].unsqueeze(0), ck, cv, return_probs=True)
             out[start:stop], lse[start:stop] = o[0], l_[0]
-            token_scores = probs[0].sum(dim=1)  # (Hkv, rows, m): summed over the heads of a kv group
+            # (Hkv, rows, m) summed over the heads of a kv group; only feeds the (non-differentiable) top-k
+            token_scores = probs[0].detach().sum(dim=1)
             block_scores = token_scores.new_zeros(hkv, stop - start, nblocks)
             block_scores.scatter_add_(2, local_block.expand_as(token_scores), token_scores)
             chosen = block_scores.topk(real_topk, dim=-1).indices.sort(dim=-1).values
@@ -243,7 +263,11 @@ def selection_attention(
             qi = queries[c : c + rows]
             scores = torch.matmul(qg[qi, g].float(), kb.T).mul_(scale)  # (rows, G, P)
             part_lse = torch.logsumexp(scores, dim=-1)
-            part = torch.matmul(scores.sub_(part_lse.unsqueeze(-1)).exp_(), vb)  # (rows, G, D), normalised
+            if _grad_needed(scores):
+                probs = (scores - part_lse.unsqueeze(-1)).exp()
+            else:
+                probs = scores.sub_(part_lse.unsqueeze(-1)).exp_()
+            part = torch.matmul(probs, vb)  # (rows, G, D), normalised
             old_lse = lse[qi, g]
             new_lse = torch.logaddexp(old_lse, part_lse)
             acc[qi, g] = acc[qi, g] * (old_lse - new_lse).exp().unsqueeze(-1) + part * (
@@ -308,6 +332,67 @@ def window_attention(
     return out
 
 
+def dense_selection_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    topk_blocks: torch.Tensor,
+    layout: BlockLayout,
+    q_slices: list[slice],
+) -> torch.Tensor:
+    """``selection_attention`` for small batch elements: one dense attention per element with an additive mask
+    (0 where the key's block is one of the query's selected blocks for that kv head, −inf elsewhere).
+
+    Same arguments and result as ``selection_attention`` plus the batch slices; memory per element is
+    Hkv·n² floats for the mask. Exact: the same keys enter one softmax, only the summation order differs.
+    """
+    n, hq, dim = q.shape
+    hkv = topk_blocks.shape[0]
+    group = hq // hkv
+    parts = []
+    for b, rows in enumerate(q_slices):
+        nb = rows.stop - rows.start
+        if nb == 0:
+            continue
+        first = int(layout.block_batch_start[b])
+        nblocks = int(layout.block_batch_start[b + 1]) - first
+        chosen = topk_blocks[:, rows] - first
+        chosen = torch.where(chosen >= 0, chosen, nblocks)  # padding → a spare column, dropped below
+        block_bias = torch.full((hkv, nb, nblocks + 1), float("-inf"), device=q.device)
+        block_bias = block_bias.scatter_(2, chosen, 0.0)[:, :, :nblocks]
+        key_block = (layout.block_of_token[rows] - first).expand(hkv, nb, nb)
+        bias = torch.gather(block_bias, 2, key_block)  # (Hkv, nb, nb): 0 = key in a selected block
+        del block_bias, key_block
+        # kv heads as the batch dim, the query heads of a group as heads: the mask broadcasts over the group
+        qb = q[rows].float().view(nb, hkv, group, dim).permute(1, 2, 0, 3)  # (Hkv, G, nb, D)
+        kb = k[rows].float().permute(1, 0, 2).unsqueeze(1)  # (Hkv, 1, nb, D)
+        vb = v[rows].float().permute(1, 0, 2).unsqueeze(1)
+        o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bias.unsqueeze(1), enable_gqa=group > 1)
+        parts.append(o.permute(2, 0, 1, 3).reshape(nb, hq, dim))
+    if not parts:
+        return q.new_zeros(n, hq, dim, dtype=torch.float32)
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def grouped_window_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, coords: torch.Tensor, window_size: int, shift: int
+) -> torch.Tensor:
+    """``window_attention`` for small inputs: one unmasked attention per window (no padding, no mask), then the
+    rows put back in token order. Python loops over windows, so only for few windows (small N)."""
+    n, hq, dim = q.shape
+    hkv = k.shape[1]
+    if n == 0:
+        return q.new_zeros(0, hq, dim, dtype=torch.float32)
+    window_of_token, sizes = window_partition(coords, window_size, shift)
+    order = torch.argsort(window_of_token, stable=True)
+    qo, ko, vo = (t[order].float().transpose(0, 1) for t in (q, k, v))  # (H, N, D), rows window by window
+    parts = []
+    for qw, kw, vw in zip(*(t.split(sizes.tolist(), dim=1) for t in (qo, ko, vo)), strict=True):
+        parts.append(F.scaled_dot_product_attention(qw, kw, vw, enable_gqa=hq != hkv))
+    by_window = torch.cat(parts, dim=1).transpose(0, 1)  # (N, Hq, D) in window order
+    return torch.empty_like(by_window).index_copy(0, order, by_window)
+
+
 def spatial_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -324,10 +409,13 @@ def spatial_sparse_attention(
     shift_window: int,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     layout_cache: dict | None = None,
+    dense_max_tokens: int = DENSE_MAX_TOKENS,
 ) -> torch.Tensor:
     """Gated sum of the three branches. q (N, Hq, D); k, v (N, Hkv, D); gate (N, 3). Returns (N, Hq, D) float32.
 
     ``layout_cache``: a dict tied to ``coords`` (e.g. ``SparseTensor.cache``) to reuse the block layout.
+    ``dense_max_tokens``: when no batch element has more tokens, the selection and window branches take the
+    dense fast path (same result); 0 forces the chunked path.
     """
     key = ("ssa_block_layout", compression_block_size, selection_block_size)
     layout = layout_cache.get(key) if layout_cache is not None else None
@@ -339,15 +427,27 @@ def spatial_sparse_attention(
     c_slices = batch_slices(compressed_coords[:, 0])
     if len(c_slices) != len(q_slices):
         raise ValueError("tokens and compressed tokens cover different batch elements")
+    dense = max((s.stop - s.start for s in q_slices), default=0) <= dense_max_tokens
     out_c, _, topk_blocks = compressed_attention_topk(
         q, compressed_k, compressed_v, q_slices, c_slices, layout, topk, chunk_bytes
     )
-    out = out_c.mul_(gate[:, 0:1, None].float())
-    out_s = selection_attention(q, k, v, topk_blocks, layout, chunk_bytes)
-    out.addcmul_(gate[:, 1:2, None].float(), out_s)
+    gate = gate.float()
+    if dense:
+        out_s = dense_selection_attention(q, k, v, topk_blocks, layout, q_slices)
+        out_w = grouped_window_attention(q, k, v, coords, window_size, shift_window)
+    else:
+        out_s = selection_attention(q, k, v, topk_blocks, layout, chunk_bytes)
+        out_w = None  # computed after out_s is folded in, so at most two (N, Hq, D) buffers live at once
+    if _grad_needed(out_c, out_s, gate, q, k, v):
+        if out_w is None:
+            out_w = window_attention(q, k, v, coords, window_size, shift_window, chunk_bytes)
+        return gate[:, 0:1, None] * out_c + gate[:, 1:2, None] * out_s + gate[:, 2:3, None] * out_w
+    out = out_c.mul_(gate[:, 0:1, None])
+    out.addcmul_(gate[:, 1:2, None], out_s)
     del out_s
-    out_w = window_attention(q, k, v, coords, window_size, shift_window, chunk_bytes)
-    out.addcmul_(gate[:, 2:3, None].float(), out_w)
+    if out_w is None:
+        out_w = window_attention(q, k, v, coords, window_size, shift_window, chunk_bytes)
+    out.addcmul_(gate[:, 2:3, None], out_w)
     return out
 
 
@@ -434,6 +534,7 @@ class SpatialSparseAttention(nn.Module):
         resolution: int = 64,
         compression_version: str = "v2",
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        dense_max_tokens: int = DENSE_MAX_TOKENS,
     ):
         super().__init__()
         if num_q_heads % num_kv_heads:
@@ -451,6 +552,7 @@ class SpatialSparseAttention(nn.Module):
         self.shift_window = shift_window
         self.resolution = resolution  # kept for parity; block ids here do not depend on it
         self.chunk_bytes = chunk_bytes
+        self.dense_max_tokens = dense_max_tokens  # not a parameter: switches to the exact small-input path
         kv_channels = num_kv_heads * head_dim
         # (intra_block_pe, registered below, still comes first in state_dict(): direct parameters precede submodules)
         self.proj_q = nn.Linear(hidden_size, num_q_heads * head_dim, bias=False)
@@ -499,12 +601,14 @@ class SpatialSparseAttention(nn.Module):
             self.shift_window,
             self.chunk_bytes,
             layout_cache=x.cache,
+            dense_max_tokens=self.dense_max_tokens,
         )
         return x.replace(self.proj_o(out.view(n, -1).to(feats.dtype)))
 
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
+    "DENSE_MAX_TOKENS",
     "SparseDownBlock3dV1",
     "SparseDownBlock3dV2",
     "SpatialSparseAttention",
@@ -514,6 +618,8 @@ __all__ = [
     "batch_slices",
     "block_layout",
     "compressed_attention_topk",
+    "dense_selection_attention",
+    "grouped_window_attention",
     "selection_attention",
     "spatial_sparse_attention",
     "window_attention",

@@ -362,9 +362,25 @@ def _marching_cubes_numpy(
         grid[(dst, *dst_index)] = grid[(src, *src_index)]
     del slot_of, nb
 
+    # Keep only bricks with an inside sample (apron included): the others have no surface, and no cube elsewhere
+    # owns an edge in them. Thin shells: about half of the bricks go.
+    inside = (grid < level).view(np.uint8)
+    kept = inside.reshape(n_bricks, block).any(axis=1)
+    if not kept.all():
+        new_slot = np.cumsum(kept, dtype=np.int64) - 1
+        grid, inside, brick_coords = grid[kept], inside[kept], brick_coords[kept]
+        aprons = [
+            (new_slot[dst[ok]], new_slot[src[ok]], dst_index, src_index)
+            for dst, src, dst_index, src_index in aprons
+            for ok in [kept[dst] & kept[src]]
+        ]
+        n_bricks = len(grid)
+        del new_slot
+    del kept
+    inside = inside.reshape(-1)
+
     # Case index of every cube, on the flat layout (corner c is a fixed offset away), then cleared where the
     # min corner is in the apron (those "cubes" would wrap into the next row or brick).
-    inside = (grid.reshape(-1) < level).view(np.uint8)
     corner_offsets = [int(_corner_offset(c) @ strides) for c in range(8)]
     n_cells = len(inside) - corner_offsets[7]
     cases = np.zeros(n_bricks * block, np.uint8)
@@ -409,12 +425,18 @@ def _marching_cubes_numpy(
     del bit0, cases
     has_centre = centre_edges[rows] != 0
     owned |= has_centre.astype(np.uint8) << np.uint8(3)
-    rank = np.array([[bin(m & ((1 << a) - 1)).count("1") for a in range(4)] for m in range(16)], np.int32)
-    n_owned = rank[owned, 3] + ((owned >> 3) & 1)
+    # own_vertex[:, a] = first vertex of the cube + number of owned vertices before slot a.
+    own_vertex = np.empty((n_active, 4), np.int32)
+    own_vertex[:, 0] = 0
+    n_owned = (owned & np.uint8(1)).astype(np.int32)
+    for a in range(1, 4):
+        own_vertex[:, a] = n_owned
+        n_owned += (owned >> np.uint8(a)) & np.uint8(1)
     first_vertex = np.cumsum(n_owned, dtype=np.int64) - n_owned
     n_verts = int(first_vertex[-1] + n_owned[-1]) if n_active else 0
     del n_owned
-    own_vertex = first_vertex.astype(np.int32)[:, None] + rank[owned]  # (M, 4)
+    own_vertex += first_vertex.astype(np.int32)[:, None]
+    del first_vertex
     verts = np.empty((n_verts, 3), np.float32)
     origin = brick_coords * np.int32(b)
     local_xyz = np.stack(np.unravel_index(np.arange(block), (side,) * 3), axis=1).astype(np.int32)

@@ -192,3 +192,42 @@ def test_codec_roundtrip_and_bad_input():
         encode_sdf(vae, SparseVoxels(xyz, 32))  # no SDF values
     with pytest.raises(InputError):
         decode_sdf(vae, SparseLatent(lat.coords, lat.feats[:, :2], 4))
+
+
+def _encoder_norm_groups(vae: SparseSDFVAE) -> list[int]:
+    return [m.num_groups for m in vae.encoder.modules() if isinstance(m, torch.nn.GroupNorm)]
+
+
+def test_encoder_norm_groups_parameter():
+    """Default = the official 32 groups; another count changes the GroupNorms only (same keys and shapes), so a
+    narrow encoder can be built; a count that does not divide the widths is a clear error."""
+    kw = dict(
+        embed_dim=4,
+        resolution=4,
+        num_blocks_encoder=1,
+        num_heads_encoder=2,
+        num_head_channels_encoder=32,
+        model_channels_decoder=64,
+        num_blocks_decoder=1,
+        num_heads_decoder=4,
+        num_head_channels_decoder=16,
+    )
+    with torch.device("meta"):
+        official = SparseSDFVAE(model_channels_encoder=512, **kw)
+        regrouped = SparseSDFVAE(model_channels_encoder=512, encoder_norm_groups=4, **kw)
+    assert _encoder_norm_groups(official) == [32] * 6
+    assert _encoder_norm_groups(regrouped) == [4] * 6
+    assert {k: v.shape for k, v in official.state_dict().items()} == {
+        k: v.shape for k, v in regrouped.state_dict().items()
+    }
+    assert SparseDownBlock3d.__init__.__defaults__[1] == 32  # no class-level default was swapped
+
+    narrow = SparseSDFVAE(model_channels_encoder=64, encoder_norm_groups=4, **kw).eval()  # widths 4, 8, 16
+    assert _encoder_norm_groups(narrow) == [4] * 6
+    xyz = torch.unique(torch.randint(0, 32, (80, 3), generator=torch.Generator().manual_seed(3)), dim=0)
+    coords = torch.cat([torch.zeros(len(xyz), 1, dtype=torch.long), xyz], 1).int()
+    with torch.no_grad():
+        z, _ = narrow.encode(SparseTensor(torch.rand(len(xyz), 1) * 2 - 1, coords))
+    assert z.feats.shape[1] == 4 and torch.isfinite(z.feats).all()
+    with pytest.raises(ValueError, match="encoder_norm_groups 3"):
+        SparseSDFVAE(model_channels_encoder=64, encoder_norm_groups=3, **kw)

@@ -185,6 +185,8 @@ def test_default_config_fits_the_weight_budget_and_round_trips():
     back = MiniPriorConfig.from_dict(json.loads(cfg.to_json()))
     assert back == cfg
     models = build_models(cfg)
+    groups = {m.num_groups for m in models["sparse_vae"].encoder.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert groups == {cfg.sparse_vae["encoder_norm_groups"]}  # passed through the VAE's constructor
     total = sum(count_bytes(m) for m in models.values())
     assert total < 20 * 2**20
     # the dense occupancy is the sparse stage's latent-cell grid
@@ -213,10 +215,10 @@ def test_train_chain_end_to_end_resumes_and_exports(tmp_path):
     cfg.dense_dit["params"].update(resolution=2, latent_shape=[4, 2, 2, 2])
     for stage in ("dense_vae", "sparse_vae", "dense_dit", "sparse_dit"):
         cfg.training(stage).__dict__.update(steps=2, batch_size=2, warmup_steps=1, checkpoint_every=1, log_every=1)
-    stages = ["dense_vae", "sparse_vae", "dense_dit"]  # the sparse DiT's backward is covered above
+    stages = ["dense_vae", "sparse_vae", "dense_dit", "sparse_dit"]
     logs = []
     report = train_mini_prior(cfg, tmp_path / "run", tmp_path / "data", stages, None, tmp_path / "mini", logs.append)
-    assert report["steps"]["dense_vae"] == 2 and report["steps"]["sparse_vae"] == 2
+    assert all(report["steps"][stage] == 2 for stage in stages)
     for stage in stages:
         assert (tmp_path / "run" / stage / "loss.csv").is_file()
     assert set(report["metrics"]) >= {"dense_vae_iou", "sparse_vae_l1", "sparse_vae_band_sign_accuracy"}

@@ -20,7 +20,6 @@ Checkpoints: ``<run>/<stage>/checkpoint.safetensors`` (model, EMA, AdamW moments
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import json
@@ -44,38 +43,19 @@ from .data import SampleSet, ShapeSample, band_mask
 # ------------------------------------------------------------------------------------------------- models
 
 
-@contextlib.contextmanager
-def _encoder_norm_groups(groups: int | None):
-    """Build a sparse VAE whose encoder GroupNorms use ``groups`` groups instead of the official 32.
-
-    The official encoder's GroupNorm(32, model_channels // 16) needs model_channels ≥ 512 (≈ 39 MB of encoder
-    weights); the mini prior uses far fewer channels. Until the VAE class takes the group count as a
-    parameter, its down block's default is swapped only while the model is constructed.
-    """
-    if groups is None:
-        yield
-        return
-    from ..generators.direct3d_s2 import sparse_vae
-
-    init = sparse_vae.SparseDownBlock3d.__init__
-    old = init.__defaults__
-    names = init.__code__.co_varnames[1 : init.__code__.co_argcount]
-    defaults_start = len(names) - len(old)
-    new = list(old)
-    new[names.index("num_groups") - defaults_start] = groups
-    init.__defaults__ = tuple(new)
-    try:
-        yield
-    finally:
-        init.__defaults__ = old
-
-
 def build_model(entry: dict[str, Any]) -> nn.Module:
-    """Build one model from a ``{"target", "params"[, "encoder_norm_groups"]}`` entry via the registry."""
+    """Build one model from a ``{"target", "params"[, "encoder_norm_groups"]}`` entry via the registry.
+
+    ``encoder_norm_groups`` (sparse VAE only, kept beside ``params`` so ``params`` stays the official set): the
+    official encoder's GroupNorm(32, model_channels // 16) needs model_channels ≥ 512 (≈ 39 MB of encoder
+    weights); the mini prior's narrow encoder uses fewer groups. Passed as the VAE's ``encoder_norm_groups``.
+    """
     from ..generators.direct3d_s2.registry import build
 
-    with _encoder_norm_groups(entry.get("encoder_norm_groups")):
+    groups = entry.get("encoder_norm_groups")
+    if groups is None:
         return build(entry)
+    return build(entry, encoder_norm_groups=int(groups))
 
 
 def build_models(cfg: MiniPriorConfig, seed: int | None = None) -> dict[str, nn.Module]:

@@ -306,6 +306,7 @@ class SparseSDFEncoder(SparseTransformerBase):
         use_fp16: bool = False,
         use_checkpoint: bool = False,
         qk_rms_norm: bool = False,
+        norm_groups: int = 32,
     ):
         super().__init__(
             in_channels, model_channels, num_blocks, num_heads, num_head_channels, mlp_ratio, attn_mode, window_size,
@@ -313,11 +314,12 @@ class SparseSDFEncoder(SparseTransformerBase):
         )  # fmt: skip
         self.resolution = resolution
         self.input_layer1 = SparseLinear(1, model_channels // 16)
+        # norm_groups: GroupNorm groups of the down blocks (official 32; needs model_channels // 16 divisible by it)
         self.downsample = nn.ModuleList(
             [
-                SparseDownBlock3d(model_channels // 16, model_channels // 8),
-                SparseDownBlock3d(model_channels // 8, model_channels // 4),
-                SparseDownBlock3d(model_channels // 4, model_channels),
+                SparseDownBlock3d(model_channels // 16, model_channels // 8, num_groups=norm_groups),
+                SparseDownBlock3d(model_channels // 8, model_channels // 4, num_groups=norm_groups),
+                SparseDownBlock3d(model_channels // 4, model_channels, num_groups=norm_groups),
             ]
         )
         self.out_layer = SparseLinear(model_channels, 2 * latent_channels)
@@ -456,7 +458,11 @@ class DiagonalGaussian:
 
 
 class SparseSDFVAE(nn.Module):
-    """The official ``SparseSDFVAE``: keys ``encoder.*`` and ``decoder.*``; ``resolution`` is the latent grid."""
+    """The official ``SparseSDFVAE``: keys ``encoder.*`` and ``decoder.*``; ``resolution`` is the latent grid.
+
+    ``encoder_norm_groups`` (not an official parameter; default the official 32) sets the GroupNorm groups of the
+    encoder's down blocks, so narrow encoders (the mini prior's) can be built; it changes no parameter shapes.
+    """
 
     def __init__(
         self,
@@ -477,8 +483,15 @@ class SparseSDFVAE(nn.Module):
         chunk_size: int = 1,
         latents_scale: float = 1.0,
         latents_shift: float = 0.0,
+        encoder_norm_groups: int = 32,
     ):
         super().__init__()
+        for channels in (model_channels_encoder // 16, model_channels_encoder // 8, model_channels_encoder // 4):
+            if encoder_norm_groups < 1 or channels % encoder_norm_groups:
+                raise ValueError(
+                    f"encoder_norm_groups {encoder_norm_groups} does not divide the encoder's down-block width "
+                    f"{channels} (model_channels_encoder {model_channels_encoder})"
+                )
         self.use_checkpoint = use_checkpoint
         self.resolution = resolution
         self.latents_scale = latents_scale
@@ -494,6 +507,7 @@ class SparseSDFVAE(nn.Module):
             num_head_channels=num_head_channels_encoder,
             use_fp16=use_fp16,
             use_checkpoint=use_checkpoint,
+            norm_groups=encoder_norm_groups,
         )
         self.decoder = SparseSDFDecoder(
             resolution=resolution,

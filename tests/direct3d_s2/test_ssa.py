@@ -269,17 +269,17 @@ def test_fast_path_equals_chunked_path(counts, cbs, sbs):
     assert torch.equal(_run_ssa(coords, ccoords, tensors, cbs, sbs, max(counts) - 1), chunked)
 
 
-@pytest.mark.parametrize("dense_max_tokens", [0, 10**6])
-def test_gradients_of_both_paths_match_float64_reference(dense_max_tokens):
+@pytest.mark.parametrize("dense_max_tokens,chunk_bytes", [(0, 2**16), (10**6, ssa.DEFAULT_CHUNK_BYTES)])
+def test_gradients_of_both_paths_match_float64_reference(dense_max_tokens, chunk_bytes):
     """Every input (q, k, v, compressed k/v, gate) gets the gradient of the brute-force float64 attention with
     the same block choice; the in-place no-grad code must not leak into the recorded graph."""
     cbs, sbs = 4, 8
     coords, ccoords, tensors = _ssa_inputs(15, [160, 90], cbs, requires_grad=True)
-    out = _run_ssa(coords, ccoords, tensors, cbs, sbs, dense_max_tokens, chunk_bytes=2**14)
+    out = _run_ssa(coords, ccoords, tensors, cbs, sbs, dense_max_tokens, chunk_bytes)
     weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(16))
     (out * weights).sum().backward()
     with torch.no_grad():
-        torch.testing.assert_close(_run_ssa(coords, ccoords, tensors, cbs, sbs, dense_max_tokens, 2**14), out)
+        torch.testing.assert_close(_run_ssa(coords, ccoords, tensors, cbs, sbs, dense_max_tokens, chunk_bytes), out)
 
     q, k, v, ck, cv, gate = (t.detach().double().requires_grad_(True) for t in tensors)
     layout = ssa.block_layout(coords, ccoords, cbs, sbs)

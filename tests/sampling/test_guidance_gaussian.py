@@ -11,15 +11,6 @@ from consistent3dgen.sampling.toy import GaussianFlow, example_gaussian
 N_SAMPLES = 4000
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny matrices: threads only add contention on a shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def run(variant, strength, steps=50, shift=6.0, noise="initial", resample=0, eta=0.0, seed=0):
     flow, mask, target = example_gaussian()
     g = torch.Generator().manual_seed(seed)

@@ -528,6 +528,8 @@ def _warp_kernels() -> dict:
         else:
             wp.config.quiet = True
         wp.init()
+        # Forward kernels only: no adjoint code to generate and compile (about halves the one-off compile).
+        wp.set_module_options({"enable_backward": False})
 
         @wp.kernel
         def mark_bricks(

@@ -131,6 +131,17 @@ def test_table_covers_every_case_and_ambiguous_faces_both_ways() -> None:
             assert (extract.CENTRE in used) == (centre_edges[row] != 0)
 
 
+@pytest.mark.parametrize("method", ["numpy", WARP])
+def test_other_level_gives_the_skimage_vertices(method: str) -> None:
+    sdf = _band_sdf(40, _torus(), np.full(3, -0.85), np.full(3, 0.85), band=3, solid=True)
+    v_ref, _ = sparse_marching_cubes(sdf, level=0.3, method="skimage")
+    v, f = sparse_marching_cubes(sdf, level=0.3, method=method)
+    assert len(v) == len(v_ref)
+    np.testing.assert_allclose(np.unique(np.round(v, 5), axis=0), np.unique(np.round(v_ref, 5), axis=0), atol=2e-5)
+    mesh = trimesh.Trimesh(v, f, process=False)
+    assert mesh.is_watertight and mesh.volume > 0
+
+
 def test_numpy_and_warp_paths_agree() -> None:
     if not extract.warp_available():
         pytest.skip("warp-lang not importable or not compiling")

@@ -503,7 +503,8 @@ class _TooLargeForWarp(RuntimeError):
 
 
 def warp_available() -> bool:
-    """Whether the Warp marching-cubes kernels import and compile here (the failure is remembered)."""
+    """Whether the Warp marching-cubes kernels import and compile here (the failure is remembered). The first
+    call on a machine compiles them (about 10 s; Warp caches the result on disk, later processes load it)."""
     if "error" in _WARP:
         return False
     try:
@@ -752,6 +753,9 @@ def _warp_kernels() -> dict:
                             faces[3 * t + i] = vert_start[owner] + (other >> 17) + rank
                         t += n
 
+        # Compile/load now, in one thread: launches later run on several threads, and a failure here makes
+        # ``warp_available`` false rather than failing mid-run.
+        wp.load_module(mark_bricks.module, device="cpu")
         _WARP.update(wp=wp, mark=mark_bricks, scatter=scatter, classify=classify, emit=emit)
         return _WARP
 

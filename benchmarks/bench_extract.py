@@ -10,9 +10,10 @@ Inputs, each at every resolution asked for:
 
 For each input the script times :func:`consistent3dgen.geometry.extract.sparse_marching_cubes` with each of
 ``--methods`` in the same run (default: auto = Warp kernels if importable, numpy, skimage), reports medians
-over ``--repeats`` runs of wall and CPU time, the speed-up over ``skimage``, the peak memory of one run
-(tracemalloc: every buffer of every path is a NumPy allocation), the 1-minute load average beside each figure
-(the machine is shared), and whether the mesh is watertight (``--check``; slow at 1024³).
+over ``--repeats`` runs of wall and CPU time (CPU time of all threads: less sensitive to a shared machine's
+load), the speed-up over ``skimage``, the peak memory of one run (tracemalloc, which sees NumPy buffers; the
+Warp path runs its kernels on NumPy-owned buffers, so it is counted too), the 1-minute load average beside each
+figure, and whether the mesh is watertight (``--check``; slow at 1024³).
 
     python benchmarks/bench_extract.py --resolutions 256 512 1024 --mesh stanford-bunny --json out.json
 """

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.atomic import atomic_path
+from ._warp import init_warp
 from .voxels import SparseVoxels
 
 EXPORT_FORMATS = (".glb", ".obj", ".ply", ".stl")
@@ -522,13 +523,7 @@ def _warp_kernels() -> dict:
     with _WARP_LOCK:
         if "emit" in _WARP:
             return _WARP
-        import warp as wp
-
-        if hasattr(wp.config, "log_level"):
-            wp.config.log_level = 40
-        else:
-            wp.config.quiet = True
-        wp.init()
+        wp = init_warp()
         # Forward kernels only: no adjoint code to generate and compile (about halves the one-off compile).
         wp.set_module_options({"enable_backward": False})
 

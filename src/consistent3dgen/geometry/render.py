@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..pointmap import PointMap
+from ._warp import init_warp
 
 _WARP_LOCK = threading.Lock()
 _WARP_STATE: dict = {}
@@ -225,14 +226,7 @@ def _warp_kernel():  # noqa: ANN202
     with _WARP_LOCK:
         if "kernel" in _WARP_STATE:
             return _WARP_STATE["wp"], _WARP_STATE["kernel"]
-        import warp as wp
-
-        # Silence the start-up banner and the "no CUDA driver" notice (newer Warp: log_level; older: quiet).
-        if hasattr(wp.config, "log_level"):
-            wp.config.log_level = 40
-        else:
-            wp.config.quiet = True
-        wp.init()
+        wp = init_warp()
 
         @wp.kernel
         def first_hit(

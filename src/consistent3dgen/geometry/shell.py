@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from ._warp import init_warp
 from .voxels import SparseVoxels
 
 _WARP_LOCK = threading.Lock()
@@ -205,10 +206,7 @@ def _warp_kernels():  # noqa: ANN202
     with _WARP_LOCK:
         if "ranges" in _WARP:
             return _WARP
-        import warp as wp
-
-        wp.config.quiet = True
-        wp.init()
+        wp = init_warp()
 
         @wp.func
         def closest_d2(p: wp.vec3, a: wp.vec3, b: wp.vec3, c: wp.vec3) -> float:
@@ -657,12 +655,9 @@ def exact_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray) 
 
 
 def _exact_distance_warp(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    import warp as wp
-
+    wp = init_warp()
     with _WARP_LOCK:
         if "query" not in _WARP:
-            wp.config.quiet = True
-            wp.init()
 
             @wp.kernel
             def query(mesh: wp.uint64, pts: wp.array(dtype=wp.vec3), max_dist: float, out: wp.array(dtype=wp.float32)):

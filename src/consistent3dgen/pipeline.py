@@ -46,7 +46,7 @@ class GenerationOptions:
     dense_start_sigma: float = 0.8  # SDEdit strength (sigma the foreground latent is noised to)
     dense_guidance: float = 0.0  # optional guidance of the dense latent towards the foreground occupancy latent
     occupancy_threshold: float = 0.5  # sigmoid(logit) threshold of the dense decoder
-    fusion: bool = False  # write the seen shell's SDF into the decoded SDF where the seen surface exists
+    fusion: bool = True  # write the seen shell's SDF into the decoded SDF where the seen surface exists
     free_space: bool = False  # drop tokens / clear SDF in front of the seen surface and outside its silhouette
     cfg_scale: float = 7.0
     dense_steps: int | None = None

@@ -133,9 +133,13 @@ def summarize(meshes: dict) -> dict:
     """The issue's targets, checked on the means over meshes."""
     g = _mean_over({k: v["guided"] for k, v in meshes.items()})
     u = _mean_over({k: v["unguided"] for k, v in meshes.items()})
+    def ratio(a: float, b: float) -> float:
+        # undefined (NaN) when the baseline is ~0: then "guided is 5x better" cannot be claimed
+        return a / b if np.isfinite(a) and np.isfinite(b) and b > 1e-9 else float("nan")
+
     s = {"guided": g, "unguided": u,
-         "depth_error_ratio": g["depth_error_mean"] / max(u["depth_error_mean"], 1e-12),
-         "spread_ratio": g.get("seen_spread", np.nan) / max(u.get("seen_spread", np.nan), 1e-12)}
+         "depth_error_ratio": ratio(g["depth_error_mean"], u["depth_error_mean"]),
+         "spread_ratio": ratio(g.get("seen_spread", np.nan), u.get("seen_spread", np.nan))}
     s["targets"] = {
         "depth error guided <= 1/5 unguided": bool(s["depth_error_ratio"] <= 0.2),
         "silhouette IoU >= 0.95 (every mesh)": bool(all(v["guided"]["silhouette_iou"] >= 0.95

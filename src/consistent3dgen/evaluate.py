@@ -82,14 +82,28 @@ def score_runs(case: EvalCase, meshes: list[tuple[np.ndarray, np.ndarray]], n_po
     return out
 
 
+METRIC_KEYS = ("depth_error_mean", "depth_error_p90", "normal_error_deg_mean", "silhouette_iou", "object_size",
+               "overlap_pixels", "chamfer_l1", "fscore", "seen_spread")
+
+
 def run_setting(pipe, case: EvalCase, seeds: list[int], options: dict) -> dict:
-    meshes, seconds = [], []
+    """Score one setting over seeds; a run that yields no surface is reported (``failed``), not raised."""
+    from .errors import InputError
+
+    meshes, seconds, failed = [], [], []
     for s in seeds:
-        res = pipe(case.pointmap, seed=s, progress=False, **options)
+        try:
+            res = pipe(case.pointmap, seed=s, progress=False, **options)
+        except InputError as e:
+            failed.append(str(e))
+            continue
         meshes.append(res.mesh("camera"))
         seconds.append(res.timings["total"])
-    out = score_runs(case, meshes)
-    out["seconds"] = float(np.mean(seconds))
+    out = score_runs(case, meshes) if meshes else {k: float("nan") for k in METRIC_KEYS}
+    out["seconds"] = float(np.mean(seconds)) if seconds else float("nan")
+    out["failed_runs"] = len(failed)
+    if failed:
+        out["failure"] = failed[0]
     return out
 
 
@@ -150,11 +164,17 @@ def summarize(meshes: dict) -> dict:
 
 
 def _mean_over(per_mesh: dict) -> dict:
-    keys = next(iter(per_mesh.values())).keys()
-    return {k: float(np.nanmean([m[k] for m in per_mesh.values()])) for k in keys}
+    keys = {k for m in per_mesh.values() for k, v in m.items() if isinstance(v, (int, float))}
+    out = {}
+    for k in sorted(keys):
+        vals = np.array([m.get(k, np.nan) for m in per_mesh.values()], float)
+        out[k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+    return out
 
 
 def _fmt(m: dict) -> str:
+    if m.get("failed_runs"):
+        return f"{m['failed_runs']} run(s) without a surface ({m.get('failure', '')})"
     parts = [f"depth {m['depth_error_mean']:.4f}", f"p90 {m['depth_error_p90']:.4f}",
              f"normal {m['normal_error_deg_mean']:.1f}°", f"IoU {m['silhouette_iou']:.3f}",
              f"CD {m['chamfer_l1']:.4f}", f"F {m['fscore']:.3f}"]
@@ -163,7 +183,8 @@ def _fmt(m: dict) -> str:
     return ", ".join(parts) + f", {m.get('seconds', 0):.1f} s"
 
 
-COLUMNS = [("depth_error_mean", "depth err", "{:.4f}"), ("depth_error_p90", "p90", "{:.4f}"),
+COLUMNS = [("failed_runs", "failed", "{:.0f}"), ("depth_error_mean", "depth err", "{:.4f}"),
+           ("depth_error_p90", "p90", "{:.4f}"),
            ("normal_error_deg_mean", "normal °", "{:.1f}"), ("silhouette_iou", "IoU", "{:.3f}"),
            ("chamfer_l1", "Chamfer-L1", "{:.4f}"), ("fscore", "F@0.02", "{:.3f}"),
            ("seen_spread", "seen spread", "{:.4f}"), ("seconds", "s/run", "{:.1f}")]

@@ -42,7 +42,10 @@ def test_intrinsics_forms_agree():
     b = pio.intrinsics_matrix((50.0, 60.0, 16.0, 12.0), 32, 24)
     np.testing.assert_array_equal(a, b)
     f = pio.intrinsics_matrix(None, 32, 24, fov_deg=90.0)
-    np.testing.assert_allclose(f, [[16, 0, 16], [0, 16, 12], [0, 0, 1]])
+    np.testing.assert_allclose(f, [[16, 0, 15.5], [0, 16, 11.5], [0, 0, 1]])
+    from consistent3dgen.geometry.render import intrinsics_from_fov
+
+    np.testing.assert_array_equal(f, intrinsics_from_fov(90.0, 32, 24))
 
 
 def test_png_millimetres_and_npy_metres_match(tmp_path):

@@ -47,11 +47,10 @@ def intrinsics_matrix(
     if intrinsics is None:
         if fov_deg is None:
             raise _fail("depth maps need intrinsics (3x3 or fx fy cx cy) or a field of view in degrees")
-        fov = float(fov_deg)
-        if not np.isfinite(fov) or not 0.0 < fov < 180.0:
-            raise _fail(f"field of view must be in (0, 180) degrees, got {fov_deg}")
-        f = 0.5 * width / np.tan(np.radians(fov) / 2.0)
-        k = np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
+        from ..geometry.render import intrinsics_from_fov
+
+        # one FoV convention in the package: pixel centres on integer coordinates, axis at the image centre
+        k = intrinsics_from_fov(float(fov_deg), width, height)
     else:
         arr = np.asarray(intrinsics, np.float64)
         if arr.shape == (4,):

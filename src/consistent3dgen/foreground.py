@@ -50,11 +50,9 @@ class Foreground:
     def sdf(self) -> SparseVoxels:
         return self.shell.sdf
 
-    def front_sdf(self) -> SparseVoxels:
-        """Shell voxels inside the front (camera-side) cells: the part of the shell kept as target."""
-        keep_cells = SparseVoxels(self.cells.coords[self.front], self.cells.resolution)
-        inside = keep_cells.lookup(self.sdf.coords // self.factor) >= 0
-        return self.sdf.select(np.flatnonzero(inside))
+    def front_cells(self) -> SparseVoxels:
+        """The camera-side latent cells (the part of the shell kept as the guidance target)."""
+        return SparseVoxels(self.cells.coords[self.front], self.cells.resolution)
 
     def occupancy(self, resolution: int, front_only: bool = True) -> np.ndarray:
         """Dense (R, R, R) bool occupancy of the (front) cells at the dense stage's resolution."""

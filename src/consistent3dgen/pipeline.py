@@ -155,8 +155,7 @@ class ConsistentPipeline:
         latent = stage.encode_sdf(fg.sdf)
         if not front_cut:
             return latent
-        keep_cells = SparseVoxels(fg.cells.coords[fg.front], fg.cells.resolution)
-        keep = keep_cells.lookup(latent.coords.numpy()) >= 0
+        keep = fg.front_cells().lookup(latent.coords.numpy()) >= 0
         idx = torch.as_tensor(np.flatnonzero(keep))
         return SparseLatent(latent.coords[idx], latent.feats[idx], latent.resolution)
 
@@ -190,20 +189,16 @@ class ConsistentPipeline:
         t = time.perf_counter()
         fg0 = build_foreground(pm, sparse[0].resolution, factor=sparse[0].latent_factor, **fg_kw)
         foregrounds: dict[int, Foreground] = {0: fg0}
-        frames: dict[int, CanonicalFrame] = {0: fg0.frame}
 
         def stage_foreground(stage: Any, sim: Similarity) -> Foreground:
             i = sparse.index(stage)
             if i not in foregrounds:
-                frames[i] = compose_frame(fg0.frame, sim)
                 foregrounds[i] = build_foreground(pm, stage.resolution, factor=stage.latent_factor,
-                                                  frame=frames[i], **fg_kw)
+                                                  frame=compose_frame(fg0.frame, sim), **fg_kw)
             return foregrounds[i]
 
-        def free(points: np.ndarray, frame: CanonicalFrame, margin: float) -> np.ndarray:
-            if not opts.free_space or pm.intrinsics is None:
-                return np.zeros(len(points), bool)
-            return free_space_mask(points, pm, frame, margin)
+        # free space needs the camera to project into; without intrinsics nothing is known to be empty
+        use_free = opts.free_space and pm.intrinsics is not None
 
         cond, uncond = self.condition(pm)
         cfg = opts.cfg_scale if uncond is not None else 1.0
@@ -213,18 +208,21 @@ class ConsistentPipeline:
         t = time.perf_counter()
         r = dense.occupancy_resolution
         occ_fg = fg0.occupancy(r, front_only=opts.front_cut)
-        occ_free = free(voxel_centers(np.argwhere(np.ones((r,) * 3, bool)), r), fg0.frame, 2.0 / r).reshape((r,) * 3)
+        occ_free = None
+        if use_free:
+            centres = voxel_centers(np.argwhere(np.ones((r,) * 3, bool)), r)
+            occ_free = free_space_mask(centres, pm, fg0.frame, 2.0 / r).reshape((r,) * 3)
         dense_out = run_dense_stage(
             dense, cond, self._schedule("dense", 0, opts.dense_steps), foreground=occ_fg,
             sdedit_strength=opts.dense_start_sigma if opts.dense_start == "sdedit" else 1.0,
             guidance_strength=opts.dense_guidance, guidance_variant=opts.guidance_variant,
-            free_space=occ_free if opts.free_space else None, cfg_scale=cfg, generator=gen, progress=opts.progress)
+            free_space=occ_free, cfg_scale=cfg, generator=gen, progress=opts.progress)
         cell_res = sparse[0].resolution // sparse[0].latent_factor
-        seen_cells = SparseVoxels(fg0.cells.coords[fg0.front] if opts.front_cut else fg0.cells.coords, cell_res)
+        seen_cells = fg0.front_cells() if opts.front_cut else SparseVoxels(fg0.cells.coords, cell_res)
         free_cells = None
-        if opts.free_space:
+        if use_free:
             all_cells = np.argwhere(np.ones((cell_res,) * 3, bool))
-            is_free = free(voxel_centers(all_cells, cell_res), fg0.frame, 2.0 * np.sqrt(3) / cell_res)
+            is_free = free_space_mask(voxel_centers(all_cells, cell_res), pm, fg0.frame, 2.0 * np.sqrt(3) / cell_res)
             free_cells = SparseVoxels(all_cells[is_free], cell_res)
         cells = occupancy_to_cells(dense_out.probability, opts.occupancy_threshold, cell_res, seen_cells, free_cells)
         stages: list[dict] = [{"stage": "dense", "occupied": int((dense_out.probability >= opts.occupancy_threshold)
@@ -242,8 +240,8 @@ class ConsistentPipeline:
             foreground=target_of,
             extract=lambda sdf: sparse_marching_cubes(sdf, level=opts.mc_level),
             seen_sdf=lambda stage, sim: _camera_side_shell(stage_foreground(stage, sim)),
-            free_voxels=(lambda points, sim: free(points, compose_frame(fg0.frame, sim),
-                                                  2.0 * opts.band / sparse[0].resolution)) if opts.free_space else None,
+            free_voxels=(lambda points, sim: free_space_mask(points, pm, compose_frame(fg0.frame, sim),
+                                                  2.0 * opts.band / sparse[0].resolution)) if use_free else None,
         )
         configs = [SparseStageConfig(self._schedule("sparse", i, opts.sparse_steps), opts.guidance,
                                      opts.guidance_variant, fuse_weight=1.0 if opts.fusion else 0.0)

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .attention import MultiHeadRMSNorm
 from .embedders import AbsolutePositionEmbedder
 from .sparse_conv import (
     SparseConv3d,
@@ -112,16 +113,6 @@ def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length
     return out
 
 
-class SparseMultiHeadRMSNorm(nn.Module):
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.scale = dim**0.5
-        self.gamma = nn.Parameter(torch.ones(heads, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (F.normalize(x.float(), dim=-1) * self.gamma * self.scale).to(x.dtype)
-
-
 class SparseWindowSelfAttention(nn.Module):
     """Multi-head self-attention inside (shifted) windows; keys ``to_qkv``, ``to_out`` (+ rms norms)."""
 
@@ -136,8 +127,8 @@ class SparseWindowSelfAttention(nn.Module):
         self.qk_rms_norm = qk_rms_norm
         self.to_qkv = nn.Linear(channels, channels * 3, bias=True)
         if qk_rms_norm:
-            self.q_rms_norm = SparseMultiHeadRMSNorm(channels // num_heads, num_heads)
-            self.k_rms_norm = SparseMultiHeadRMSNorm(channels // num_heads, num_heads)
+            self.q_rms_norm = MultiHeadRMSNorm(channels // num_heads, num_heads)
+            self.k_rms_norm = MultiHeadRMSNorm(channels // num_heads, num_heads)
         self.to_out = nn.Linear(channels, channels)
 
     def forward(self, x: SparseTensor) -> SparseTensor:

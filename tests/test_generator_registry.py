@@ -53,3 +53,17 @@ def _empty(folder):
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     return folder
+
+
+def test_mini_prior_carries_the_sdf_convention_it_was_trained_on(tmp_path):
+    from consistent3dgen.train.config import MiniPriorConfig
+
+    cfg = MiniPriorConfig()
+    cfg.data.shell_voxels, cfg.data.band_voxels = 2.0, 4.0
+    # marching cubes 1 voxel from the seen surface: value (1 - shell) / (band - shell)
+    assert cfg.field_convention() == {"band": 4.0, "shell": 2.0, "mc_level": -0.5}
+    cfg.data.shell_voxels, cfg.data.band_voxels = 1.0, 2.0
+    assert cfg.field_convention()["mc_level"] == 0.0
+    _, _ = _write_mini(tmp_path / "mini")
+    gen = load_generator(tmp_path / "mini")
+    assert gen.field_setting("band") == 2.0 and gen.field_setting("mc_level") == 0.0

@@ -52,11 +52,11 @@ class GenerationOptions:
     dense_steps: int | None = None
     sparse_steps: int | None = None
     seed: int = 0
-    band: float = 2.0
-    shell: float = 1.0
+    band: float | None = None  # narrow band (voxels) of the seen shell; None = the generator's convention
+    shell: float | None = None  # half thickness (voxels) of the seen shell; None = the generator's convention
     conf_threshold: float = 0.0
     drop_percent: float = 0.0
-    mc_level: float = 0.0
+    mc_level: float | None = None  # marching-cubes level; None = the generator's convention
     max_faces: int | None = 200_000
     progress: bool = True
 
@@ -177,6 +177,9 @@ class ConsistentPipeline:
             setattr(opts, k, v)
         if opts.dense_start not in ("sdedit", "noise"):
             raise InputError(f"dense_start must be sdedit or noise, got {opts.dense_start!r}")
+        for key in ("band", "shell", "mc_level"):  # unset: the SDF convention the prior was trained on
+            if getattr(opts, key) is None:
+                setattr(opts, key, self.generator.field_setting(key))
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         pm = inputs if isinstance(inputs, PointMap) else self._reconstruct(inputs)

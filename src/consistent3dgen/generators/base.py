@@ -102,3 +102,11 @@ class Generator:
     null_condition: torch.Tensor | None = None
     # default sampler settings of this prior: {"dense": {"shift", "steps"}, "sparse": [{"shift", "steps"}, ...]}
     sampler_defaults: dict | None = None
+    # the SDF convention the sparse VAE was trained on, so the seen-side target is built alike:
+    # {"band": voxels, "shell": voxels, "mc_level": value}; None = Direct3D-S2's (band 2, shell 1, level 0)
+    field_convention: dict | None = None
+
+    def field_setting(self, key: str) -> float:
+        """``band``, ``shell`` or ``mc_level`` of this prior's SDF convention."""
+        defaults = {"band": 2.0, "shell": 1.0, "mc_level": 0.0}
+        return float((self.field_convention or {}).get(key, defaults[key]))

@@ -56,4 +56,5 @@ def load_mini_prior(folder: str | os.PathLike, device: str | torch.device = "cpu
     null = torch.zeros(1, int(cfg.null_cond_tokens), cond_channels, device=device)
     return Generator(dense=dense, sparse=[sparse], conditioner=None, name=f"mini prior ({folder.name})",
                      null_condition=null,
-                     sampler_defaults={"dense": dict(cfg.dense_sampler), "sparse": [dict(cfg.sparse_sampler)]})
+                     sampler_defaults={"dense": dict(cfg.dense_sampler), "sparse": [dict(cfg.sparse_sampler)]},
+                     field_convention=cfg.field_convention())

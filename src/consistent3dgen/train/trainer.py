@@ -74,7 +74,9 @@ def build_models(cfg: MiniPriorConfig, seed: int | None = None) -> dict[str, nn.
 
 def init_for_training(model: nn.Module, is_dit: bool) -> None:
     """The official initialisation: xavier linears, zero adaLN modulation and zero output layers (DiT: output 0;
-    sparse decoder: tanh(0) = 0; encoder: posterior N(0, 1) at start)."""
+    sparse decoder: tanh(0) = 0), except the sparse encoder's posterior: its mean half keeps the xavier weights and
+    its log-variance starts at -8, because a zero output layer samples z ~ N(0, 1) at first, pure noise that the
+    decoder learns to ignore; with KL weight 1e-6 the tiny VAE stalled at chance for hundreds of steps that way."""
     for m in model.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
@@ -86,8 +88,14 @@ def init_for_training(model: nn.Module, is_dit: bool) -> None:
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
         if last == "out_layer" and isinstance(m, nn.Linear):
-            nn.init.zeros_(m.weight)
-            nn.init.zeros_(m.bias)
+            if name == "encoder.out_layer" and not is_dit:
+                half = m.out_features // 2
+                with torch.no_grad():
+                    m.weight[half:] = 0.0
+                    m.bias[half:] = -8.0
+            else:
+                nn.init.zeros_(m.weight)
+                nn.init.zeros_(m.bias)
     if is_dit:
         for name, m in model.named_modules():
             if name.endswith("adaLN_modulation") and isinstance(m, nn.Sequential):
@@ -120,26 +128,35 @@ def dense_vae_loss(vae: nn.Module, occupancy: torch.Tensor, kl_weight: float, ge
     return {"loss": recon + kl_weight * kl, "recon": recon, "kl": kl, "iou": iou}
 
 
-def batch_band_tensor(samples: list[ShapeSample]) -> SparseTensor:
-    """Narrow-band voxels of several samples as one SparseTensor (batch column first, rows grouped)."""
+def batch_band_tensor(samples: list[ShapeSample], keep: list[np.ndarray | None] | None = None) -> SparseTensor:
+    """Narrow-band voxels of several samples as one SparseTensor (batch column first, rows grouped);
+    ``keep[b]`` (optional) is a bool mask over sample b's latent cells: only their band voxels are taken."""
     coords, feats = [], []
     for b, s in enumerate(samples):
         band = s.band()
-        coords.append(np.concatenate([np.full((len(band), 1), b, np.int32), band.coords], 1))
-        feats.append(band.feats)
+        vc, vf = band.coords, band.feats
+        if keep is not None and keep[b] is not None:
+            cell_ok = np.zeros((s.cell_resolution,) * 3, bool)
+            cx = s.cells[keep[b]]
+            cell_ok[cx[:, 0], cx[:, 1], cx[:, 2]] = True
+            c = vc // s.factor
+            sel = cell_ok[c[:, 0], c[:, 1], c[:, 2]]
+            vc, vf = vc[sel], vf[sel]
+        coords.append(np.concatenate([np.full((len(vc), 1), b, np.int32), vc], 1))
+        feats.append(vf)
     return SparseTensor(torch.from_numpy(np.concatenate(feats)).float(), torch.from_numpy(np.concatenate(coords)))
 
 
-def _crop_cells(coords: torch.Tensor, max_cells: int, rng: np.random.Generator, padding: int = 1):
-    """(core mask, padded mask) of one batch element's latent cells: a random box holding ≤ max_cells cells."""
-    n = coords.shape[0]
+def crop_cells(cells: np.ndarray, max_cells: int, rng: np.random.Generator, padding: int = 1):
+    """(core mask, padded mask) over a sample's latent cells (M, 3): a random Chebyshev box around one cell
+    holding ≤ ``max_cells`` cells, and that box grown by ``padding`` cells (context for the convolutions)."""
+    n = len(cells)
     if max_cells <= 0 or n <= max_cells:
-        full = torch.ones(n, dtype=torch.bool)
+        full = np.ones(n, bool)
         return full, full
-    xyz = coords[:, 1:].long()
-    centre = xyz[int(rng.integers(n))]
-    dist = (xyz - centre).abs().max(dim=1).values  # Chebyshev distance: boxes around the centre cell
-    radius = int(torch.sort(dist).values[max_cells - 1])
+    xyz = cells.astype(np.int64)
+    dist = np.abs(xyz - xyz[int(rng.integers(n))]).max(axis=1)
+    radius = int(np.sort(dist)[max_cells - 1])
     core = dist <= radius
     if core.sum() > max_cells:  # the boundary shell overshoots: keep the box one smaller (≥ the centre)
         core = dist <= max(radius - 1, 0)
@@ -156,22 +173,24 @@ def sparse_vae_loss(
     band_weight: float = 1.0,
 ) -> dict:
     """Weighted L1 over every decoded voxel (weight ``band_weight`` in the narrow band, 1 beyond it, where the
-    target is the constant +1) + ``kl_weight`` · KL; also reports the band's inside/outside accuracy."""
-    x = batch_band_tensor(samples)
+    target is the constant +1) + ``kl_weight`` · KL; also reports the band's inside/outside accuracy.
+
+    With ``max_cells`` > 0 each sample is cropped **before encoding** to a random box of ≤ ``max_cells`` latent
+    cells plus one cell of context, and only the box's voxels are supervised: the VAE is local (convolutions and
+    windowed attention), and encoding the whole shape for a small decoded crop cost ~4× more per step.
+    """
+    crops = [crop_cells(s.cells, max_cells, rng) for s in samples]
+    x = batch_band_tensor(samples, [padded for _, padded in crops])
     h = vae.encoder(x)
     mean, logvar = torch.chunk(h.feats, 2, dim=1)
     logvar = logvar.clamp(-30.0, 20.0)
     z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
-    t = vae.decoder.transformer(h.replace(z))
+    sdf, _ = vae.decoder.upsamples(vae.decoder.transformer(h.replace(z)), x.feats.dtype)
     losses, weight_sum, sign_ok, band_n = [], 0.0, 0.0, 0
-    for b, s in enumerate(samples):
-        rows = torch.nonzero(t.coords[:, 0] == b)[:, 0]
-        core, padded = _crop_cells(t.coords[rows], max_cells, rng)
-        sub = SparseTensor(t.feats[rows[padded]], t.coords[rows[padded]])
-        sdf, _ = vae.decoder.upsamples(sub, x.feats.dtype)
-        parent = sdf.coords[:, 1:].long() // s.factor
-        core_cells = t.coords[rows[core]][:, 1:].long()
-        keep = _rows_in(parent, core_cells, s.cell_resolution)
+    for b, (s, (core, _)) in enumerate(zip(samples, crops, strict=True)):
+        rows = torch.nonzero(sdf.coords[:, 0] == b)[:, 0]
+        parent = sdf.coords[rows, 1:].long() // s.factor
+        keep = rows[_rows_in(parent, torch.from_numpy(s.cells[core]).long(), s.cell_resolution)]
         pred = sdf.feats[keep, 0]
         target = torch.from_numpy(s.lookup(sdf.coords[keep, 1:].numpy()))
         band = torch.from_numpy(band_mask(target.numpy(), s.convention))

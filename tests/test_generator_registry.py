@@ -64,6 +64,8 @@ def test_mini_prior_carries_the_sdf_convention_it_was_trained_on(tmp_path):
     assert cfg.field_convention() == {"band": 4.0, "shell": 2.0, "mc_level": -0.5}
     cfg.data.shell_voxels, cfg.data.band_voxels = 1.0, 2.0
     assert cfg.field_convention()["mc_level"] == 0.0
-    _, _ = _write_mini(tmp_path / "mini")
+    written, _ = _write_mini(tmp_path / "mini")
     gen = load_generator(tmp_path / "mini")
-    assert gen.field_setting("band") == 2.0 and gen.field_setting("mc_level") == 0.0
+    assert gen.field_convention == written.field_convention()
+    assert gen.field_setting("band") == written.data.band_voxels
+    assert gen.field_setting("mc_level") == pytest.approx(written.field_convention()["mc_level"])

@@ -21,7 +21,8 @@ from consistent3dgen.train.data import (
 
 @pytest.fixture(scope="module")
 def small_config():
-    return DataConfig(sparse_resolution=64, latent_factor=8, band_voxels=2.0, num_procedural=3, meshes=[])
+    return DataConfig(sparse_resolution=64, latent_factor=8, band_voxels=2.0, shell_voxels=1.0, num_procedural=3,
+                      meshes=[])
 
 
 @pytest.fixture(scope="module")

@@ -58,7 +58,7 @@ TINY_SPARSE_DIT = {
 
 @pytest.fixture(scope="module")
 def samples():
-    cfg = DataConfig(sparse_resolution=64, latent_factor=8, band_voxels=2.0)
+    cfg = DataConfig(sparse_resolution=64, latent_factor=8, band_voxels=2.0, shell_voxels=1.0)
     a = build_sample(shapes.Shape("s", shapes.sphere((0.0, 0.1, 0.0), 0.5)), cfg, "sphere")
     b = build_sample(shapes.make_shape("coin", 0), cfg, "coin:0")
     return SampleSet([a, b])

@@ -30,9 +30,11 @@ class DataConfig:
 
     sparse_resolution: int = 128
     latent_factor: int = 8
-    band_voxels: float = 2.0  # narrow band: voxels closer than this to the surface (geometry.shell default)
+    # narrow band: voxels closer than this to the surface; 4 (twice the geometry.shell default) because a tiny
+    # sparse VAE resolves a 4-voxel-thick shell inside 8-voxel cells, where the 2-voxel one stayed at chance
+    band_voxels: float = 4.0
     convention: str = "thin_shell"  # "thin_shell" (as geometry.shell.thin_shell_sdf) or "signed"
-    shell_voxels: float = 1.0  # only for "thin_shell": half thickness of the shell (geometry.shell default)
+    shell_voxels: float = 2.0  # only for "thin_shell": half thickness of the shell (geometry.shell default 1)
     candidate_safety: float = 1.25  # slack on the cell-candidate radius (first-order SDFs underestimate)
     num_procedural: int = 300
     meshes: list[str] = field(default_factory=lambda: ["cow", "fandisk", "beetle"])
@@ -127,9 +129,11 @@ class MiniPriorConfig:
                 "num_blocks_encoder": 2,
                 "num_heads_encoder": 2,
                 "num_head_channels_encoder": 32,
-                "model_channels_decoder": 64,
+                # wider than the encoder: the decoder's last blocks get 128/4, 128/8, 128/16 channels, and at 64
+                # (16, 8, 4) they could not place the surface inside a latent cell
+                "model_channels_decoder": 128,
                 "num_blocks_decoder": 2,
-                "num_heads_decoder": 2,
+                "num_heads_decoder": 4,
                 "num_head_channels_decoder": 32,
                 "out_channels": 1,
                 "use_fp16": False,
@@ -168,18 +172,20 @@ class MiniPriorConfig:
     # official classifier-free-guidance "uncond" input), so guidance alone supplies the image
     null_cond_tokens: int = 1
     train_dense_vae: StageTraining = field(
-        default_factory=lambda: StageTraining(steps=1000, batch_size=16, lr=1e-3, kl_weight=1e-4)
+        default_factory=lambda: StageTraining(steps=600, batch_size=16, lr=1e-3, kl_weight=1e-4, warmup_steps=50,
+                                              checkpoint_every=100)
     )
     train_dense_dit: StageTraining = field(
-        default_factory=lambda: StageTraining(steps=3000, batch_size=32, lr=3e-4, shift=1.0)
+        default_factory=lambda: StageTraining(steps=2500, batch_size=32, lr=3e-4, shift=1.0, checkpoint_every=100)
     )
     train_sparse_vae: StageTraining = field(
         default_factory=lambda: StageTraining(
-            steps=900, batch_size=2, lr=2e-3, kl_weight=1e-6, max_decoded_cells=128, band_weight=4.0
+            steps=1500, batch_size=2, lr=1e-3, warmup_steps=50, kl_weight=1e-6, max_decoded_cells=128,
+            band_weight=4.0, checkpoint_every=100,
         )
     )
     train_sparse_dit: StageTraining = field(
-        default_factory=lambda: StageTraining(steps=1200, batch_size=4, lr=3e-4, shift=1.0)
+        default_factory=lambda: StageTraining(steps=1500, batch_size=4, lr=3e-4, shift=1.0, checkpoint_every=100)
     )
     # inference schedule shifts (diffusers FlowMatchEulerDiscreteScheduler) and step counts for the mini prior
     dense_sampler: dict[str, Any] = field(default_factory=lambda: {"shift": 3.0, "steps": 25})

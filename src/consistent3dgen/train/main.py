@@ -235,6 +235,8 @@ def model_card(cfg: MiniPriorConfig, trainers: dict[str, StageTrainer], report: 
         f"- Sparse SDF at {d.sparse_resolution}³, latent factor {d.latent_factor}",
         f"  ({d.occupancy_resolution}³ cells = the dense occupancy), convention `{d.convention}`,",
         f"  band {d.band_voxels} voxels, shell {d.shell_voxels} voxels (see train.data.distance_to_value).",
+        "- The pipeline builds the seen-side target with the same convention and extracts the mesh at level",
+        f"  {cfg.field_convention()['mc_level']:g} (`Generator.field_convention`, from this config).",
         "",
         "## Training",
         "| stage | steps | batch | lr | final loss (mean of last 50) | seconds |",

@@ -47,7 +47,7 @@ class GenerationOptions:
     dense_guidance: float = 0.0  # optional guidance of the dense latent towards the foreground occupancy latent
     occupancy_threshold: float = 0.5  # sigmoid(logit) threshold of the dense decoder
     fusion: bool = True  # write the seen shell's SDF into the decoded SDF where the seen surface exists
-    free_space: bool = False  # drop tokens / clear SDF in front of the seen surface and outside its silhouette
+    free_space: bool = True  # drop tokens / clear SDF in front of the seen surface and outside its silhouette
     cfg_scale: float = 7.0
     dense_steps: int | None = None
     sparse_steps: int | None = None

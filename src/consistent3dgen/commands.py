@@ -70,13 +70,17 @@ def run_foreground(args: argparse.Namespace) -> int:
 def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generator", default="mini",
                    help="mini (bundled), a mini-prior folder, direct3d-s2[-v1.0], a hub id or a local folder")
-    p.add_argument("--guidance", type=float, default=None, help="front-partial guidance strength λ (0 = baseline)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="front-partial guidance strength λ; 0 = the baseline, the prior alone (fusion off too, "
+                        "unless --fusion is given)")
     p.add_argument("--variant", choices=["paper", "noised", "x0", "replace"], default=None, help="guidance variant")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fusion", action=argparse.BooleanOptionalAction, default=None,
                    help="pin the decoded SDF to the seen shell")
     p.add_argument("--free-space", action=argparse.BooleanOptionalAction, default=None,
                    help="clear what the view shows to be empty")
+    p.add_argument("--front-cut", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep only the camera-side half of the shell's latent cells as the target (the paper)")
     p.add_argument("--max-faces", type=int, default=None, help="simplify to about this many faces")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -84,10 +88,12 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
 def generation_overrides(args: argparse.Namespace) -> dict:
     over = {"seed": args.seed, "progress": not args.quiet}
     for name, key in (("guidance", "guidance"), ("variant", "guidance_variant"), ("fusion", "fusion"),
-                      ("free_space", "free_space"), ("max_faces", "max_faces")):
+                      ("free_space", "free_space"), ("front_cut", "front_cut"), ("max_faces", "max_faces")):
         value = getattr(args, name)
         if value is not None:
             over[key] = value
+    if over.get("guidance") == 0.0 and "fusion" not in over:
+        over["fusion"] = False  # the baseline: nothing of the seen shell is written into the prior's output
     return over
 
 

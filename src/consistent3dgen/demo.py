@@ -10,6 +10,8 @@ import json
 import time
 from pathlib import Path
 
+from .evaluate import UNGUIDED
+
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
 
@@ -39,7 +41,7 @@ def run_demo(out_dir: str | Path, generator: str = "mini", examples: list[str] |
     t0 = time.perf_counter()
     pipe = ConsistentPipeline.from_pretrained(generator)
     report: dict = {"generator": pipe.generator.name, "examples": {}}
-    runs = [("guided", {})] + ([("unguided", {"guidance": 0.0})] if compare else [])
+    runs = [("guided", {})] + ([("unguided", dict(UNGUIDED))] if compare else [])
     for name in names:
         pm = load_example(name)
         for label, extra in runs:

@@ -278,3 +278,19 @@ def test_extract_mesh_with_budget() -> None:
     mesh = trimesh.Trimesh(v, f)
     assert mesh.is_watertight
     assert np.abs(np.linalg.norm(v - [0.03, -0.02, 0.01], axis=1) - 0.6).max() < 0.02
+
+
+def test_remove_small_components_keeps_the_main_piece_and_drops_specks():
+    from consistent3dgen.geometry.extract import remove_small_components
+
+    big = trimesh.creation.icosphere(subdivisions=3)  # 1280 faces
+    speck = trimesh.creation.icosphere(subdivisions=0)  # 20 faces
+    speck.vertices += 3.0
+    mid = trimesh.creation.icosphere(subdivisions=2)  # 320 faces
+    mid.vertices -= 3.0
+    both = trimesh.util.concatenate([big, speck, mid])
+    v, f = remove_small_components(both.vertices, both.faces, 0.05)
+    assert len(f) == len(big.faces) + len(mid.faces) and len(v) == len(big.vertices) + len(mid.vertices)
+    assert f.max() == len(v) - 1 and (v[:, 0] < 2.0).all()  # indices remapped, the speck's vertices gone
+    v0, f0 = remove_small_components(both.vertices, both.faces, 0.0)
+    assert len(f0) == len(both.faces)

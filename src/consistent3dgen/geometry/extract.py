@@ -1015,6 +1015,29 @@ def extract_mesh(
     return vertices, faces
 
 
+def remove_small_components(verts: np.ndarray, faces: np.ndarray, min_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Drop connected pieces (sharing vertices) with fewer faces than ``min_fraction`` × the largest piece's;
+    unused vertices are dropped too. ``min_fraction`` 0 keeps everything."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    faces = np.asarray(faces, np.int64)
+    if min_fraction <= 0 or len(faces) == 0:
+        return verts, faces
+    n = len(verts)
+    a, b = faces[:, [0, 1, 2]].ravel(), faces[:, [1, 2, 0]].ravel()
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    face_label = label[faces[:, 0]]
+    counts = np.bincount(face_label)
+    keep_faces = counts[face_label] >= min_fraction * counts.max()
+    faces = faces[keep_faces]
+    used = np.zeros(n, bool)
+    used[faces.ravel()] = True
+    remap = np.cumsum(used) - 1
+    return verts[used], remap[faces]
+
+
 def simplify_mesh(
     vertices: np.ndarray, faces: np.ndarray, max_faces: int, preserve_border: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ Data flow (one view):
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +174,7 @@ class ConsistentPipeline:
         from .geometry.voxels import voxel_centers
         from .stages import SparseStageConfig, StageCallbacks, occupancy_to_cells, run_dense_stage, run_sparse_stages
 
-        opts = options or GenerationOptions()
+        opts = replace(options) if options else GenerationOptions()  # a copy: the caller's object stays as given
         for k, v in overrides.items():
             if not hasattr(opts, k):
                 raise InputError(f"unknown generation option {k!r}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 import math
 import time
@@ -133,17 +134,11 @@ def batch_band_tensor(samples: list[ShapeSample], keep: list[np.ndarray | None] 
     ``keep[b]`` (optional) is a bool mask over sample b's latent cells: only their band voxels are taken."""
     coords, feats = [], []
     for b, s in enumerate(samples):
+        if keep is not None and keep[b] is not None:  # the sample restricted to those cells, band taken after
+            s = dataclasses.replace(s, cells=s.cells[keep[b]], values=s.values[keep[b]])
         band = s.band()
-        vc, vf = band.coords, band.feats
-        if keep is not None and keep[b] is not None:
-            cell_ok = np.zeros((s.cell_resolution,) * 3, bool)
-            cx = s.cells[keep[b]]
-            cell_ok[cx[:, 0], cx[:, 1], cx[:, 2]] = True
-            c = vc // s.factor
-            sel = cell_ok[c[:, 0], c[:, 1], c[:, 2]]
-            vc, vf = vc[sel], vf[sel]
-        coords.append(np.concatenate([np.full((len(vc), 1), b, np.int32), vc], 1))
-        feats.append(vf)
+        coords.append(np.concatenate([np.full((len(band), 1), b, np.int32), band.coords], 1))
+        feats.append(band.feats)
     return SparseTensor(torch.from_numpy(np.concatenate(feats)).float(), torch.from_numpy(np.concatenate(coords)))
 
 

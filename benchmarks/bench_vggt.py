@@ -44,7 +44,7 @@ def main() -> int:
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
     if args.load:
-        from consistent3dgen.reconstruct.vggt.loading import load_vggt
+        from consistent3dgen.reconstruct.vggt.pretrained import load_vggt
 
         model = load_vggt(args.load, dtype=args.dtype)
     else:

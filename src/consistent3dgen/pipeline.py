@@ -32,7 +32,7 @@ from .geometry.frames import CanonicalFrame, canonical_to_camera
 from .geometry.voxels import SparseVoxels
 from .pointmap import PointMap
 from .sampling import FlowMatchSchedule
-from .stages import Similarity
+from .cascade import Similarity
 
 
 @dataclass
@@ -172,7 +172,7 @@ class ConsistentPipeline:
         from .geometry.extract import remove_small_components, simplify_mesh, sparse_marching_cubes
         from .geometry.freespace import free_space_mask
         from .geometry.voxels import voxel_centers
-        from .stages import SparseStageConfig, StageCallbacks, occupancy_to_cells, run_dense_stage, run_sparse_stages
+        from .cascade import SparseStageConfig, StageCallbacks, occupancy_to_cells, run_dense_stage, run_sparse_stages
 
         opts = replace(options) if options else GenerationOptions()  # a copy: the caller's object stays as given
         for k, v in overrides.items():

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from consistent3dgen.generators.direct3d_s2 import registry
+from consistent3dgen.generators.direct3d_s2 import targets
 
 FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "direct3d_s2"
 VERSIONS = ["v1_0", "v1_1"]
-CASES = [(v, part) for v in VERSIONS for part in registry.PARTS]
+CASES = [(v, part) for v in VERSIONS for part in targets.PARTS]
 
 
 def _manifest_name(version: str, part: str) -> str:
-    ckpt, key = registry.PARTS[part]
+    ckpt, key = targets.PARTS[part]
     return f"{version}_{ckpt.removesuffix('.ckpt')}_{key}.json"
 
 
@@ -30,11 +30,11 @@ def _build_meta(version: str, part: str) -> torch.nn.Module:
     cfg_path = FIXTURES / f"configs_{version}.yaml"
     if not cfg_path.is_file():
         pytest.skip(f"config fixture not found: {cfg_path} (needs the shared folder beside the repo)")
-    entry = registry.load_config(cfg_path)[part]
+    entry = targets.load_config(cfg_path)[part]
     target = entry["target"].strip()
-    if registry.resolve(target) is None:
-        pytest.skip(f"{part}: no class yet for {target} (registry spec {registry.TARGETS.get(target)!r})")
-    return registry.build(entry, device="meta")
+    if targets.resolve(target) is None:
+        pytest.skip(f"{part}: no class yet for {target} (registry spec {targets.TARGETS.get(target)!r})")
+    return targets.build(entry, device="meta")
 
 
 def _layout(module: torch.nn.Module) -> list[tuple[str, list[int], str]]:
@@ -77,11 +77,11 @@ def test_registry_knows_every_config_target():
         cfg_path = FIXTURES / f"configs_{version}.yaml"
         if not cfg_path.is_file():
             pytest.skip(f"config fixture not found: {cfg_path}")
-        cfg = registry.load_config(cfg_path)
-        for part in registry.PARTS:
-            assert cfg[part]["target"].strip() in registry.TARGETS, (version, part)
+        cfg = targets.load_config(cfg_path)
+        for part in targets.PARTS:
+            assert cfg[part]["target"].strip() in targets.TARGETS, (version, part)
 
 
 def test_unknown_target_is_a_clear_error():
     with pytest.raises(NotImplementedError, match="no implementation"):
-        registry.build({"target": "somewhere.Else", "params": {}})
+        targets.build({"target": "somewhere.Else", "params": {}})

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from consistent3dgen.errors import InputError, WeightsNotFoundError
 from consistent3dgen.reconstruct.vggt import VGGT, VGGTConfig
-from consistent3dgen.reconstruct.vggt.loading import load_vggt, random_vggt, resolve_weights
+from consistent3dgen.reconstruct.vggt.pretrained import load_vggt, random_vggt, resolve_weights
 
 FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "vggt"
 # Small dims, official key names; 2 aggregator blocks so the DPT layer indices are (0, 1, 0, 1).

@@ -32,7 +32,7 @@ def load_generator(name: str | os.PathLike = "mini", device: str | torch.device 
     path = Path(key).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
         return load_mini_prior(path, device=device)
-    from .direct3d_s2.stages import load_generator as load_d3d
+    from .direct3d_s2.adapters import load_direct3d_s2 as load_d3d
 
     if key.lower() in D3D_NAMES:
         return load_d3d(None, subfolder=D3D_NAMES[key.lower()], dtype=dtype, device=device, **kwargs)
@@ -42,7 +42,7 @@ def load_generator(name: str | os.PathLike = "mini", device: str | torch.device 
 def load_mini_prior(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Generator:
     """A mini prior written by ``consistent3dgen train``: same classes as Direct3D-S2 at a tiny config."""
     from ..train.main import load_mini_models
-    from .direct3d_s2.stages import Direct3DS2DenseStage, Direct3DS2SparseStage
+    from .direct3d_s2.adapters import Direct3DS2DenseStage, Direct3DS2SparseStage
 
     folder = Path(folder)
     if not (folder / "weights.safetensors").is_file() and folder == MINI_DIR:

@@ -51,7 +51,7 @@ def build_model(entry: dict[str, Any]) -> nn.Module:
     official encoder's GroupNorm(32, model_channels // 16) needs model_channels ≥ 512 (≈ 39 MB of encoder
     weights); the mini prior's narrow encoder uses fewer groups. Passed as the VAE's ``encoder_norm_groups``.
     """
-    from ..generators.direct3d_s2.registry import build
+    from ..generators.direct3d_s2.targets import build
 
     groups = entry.get("encoder_norm_groups")
     if groups is None:

@@ -116,7 +116,7 @@ class VGGTReconstructor(Reconstructor):
     @property
     def model(self) -> VGGT:
         if self._model is None:
-            from .loading import load_vggt
+            from .pretrained import load_vggt
 
             self._model = load_vggt(self.weights, device=self.device, dtype=self.dtype)
         return self._model

@@ -101,12 +101,12 @@ def load_dense_stage(
     **kwargs: Any,
 ) -> Direct3DS2DenseStage:
     """Dense stage from a local folder or the hub id (default ``wushuang98/Direct3D-S2``, v1.1)."""
-    from . import loading
+    from . import checkpoints
 
-    parts = loading.load_parts(
-        source if source is not None else loading.HUB_ID,
+    parts = checkpoints.load_parts(
+        source if source is not None else checkpoints.HUB_ID,
         parts=("dense_vae", "dense_dit"),
-        subfolder=subfolder if subfolder is not None else loading.DEFAULT_SUBFOLDER,
+        subfolder=subfolder if subfolder is not None else checkpoints.DEFAULT_SUBFOLDER,
         dtype=dtype,
         device=device,
         **kwargs,
@@ -185,7 +185,7 @@ class Direct3DS2SparseStage:
         return self.dit(SparseTensor(x.to(device=device, dtype=self.dit.dtype), c4), t, cond).feats
 
 
-def load_generator(
+def load_direct3d_s2(
     source: str | os.PathLike | None = None,
     subfolder: str | None = None,
     dtype: str | torch.dtype | None = None,
@@ -197,7 +197,7 @@ def load_generator(
 ):
     """The full Direct3D-S2 prior as a ``Generator``: dense stage, sparse stages, DINOv2 conditioner."""
     from ..base import Generator
-    from . import loading
+    from . import checkpoints
     from .conditioner import DinoConditioner
 
     bad = [r for r in sparse_resolutions if r not in (512, 1024)]
@@ -206,9 +206,9 @@ def load_generator(
     names = ["dense_vae", "dense_dit"]
     for r in sparse_resolutions:
         names += [f"sparse_vae_{r}", f"sparse_dit_{r}"]
-    sub = subfolder if subfolder is not None else loading.DEFAULT_SUBFOLDER
-    parts = loading.load_parts(
-        source if source is not None else loading.HUB_ID, parts=names, subfolder=sub, dtype=dtype, device=device,
+    sub = subfolder if subfolder is not None else checkpoints.DEFAULT_SUBFOLDER
+    parts = checkpoints.load_parts(
+        source if source is not None else checkpoints.HUB_ID, parts=names, subfolder=sub, dtype=dtype, device=device,
         **kwargs,
     )  # fmt: skip
     dense = Direct3DS2DenseStage(parts["dense_vae"], parts["dense_dit"])

@@ -11,7 +11,7 @@ from consistent3dgen.geometry.freespace import free_space_mask
 from consistent3dgen.geometry.voxels import SparseVoxels
 from consistent3dgen.pointmap import PointMap
 from consistent3dgen.sampling import FlowMatchSchedule
-from consistent3dgen.stages import (
+from consistent3dgen.cascade import (
     Similarity,
     SparseStageConfig,
     StageCallbacks,

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from ...errors import InputError, WeightsNotFoundError
-from . import registry
+from . import targets
 from .attention import convert_module_dtype
 
 HUB_ID = "wushuang98/Direct3D-S2"
@@ -130,7 +130,7 @@ def build_part(entry: Mapping[str, Any], dtype: torch.dtype | None = None, devic
     overrides: dict[str, Any] = {}
     if dtype is not None:
         overrides["use_fp16"] = dtype == torch.float16
-    model = registry.build(entry, device=device, **overrides)
+    model = targets.build(entry, device=device, **overrides)
     if dtype == torch.bfloat16:
         if hasattr(model, "convert_to"):
             model.convert_to(dtype)
@@ -180,11 +180,11 @@ def load_parts(
 ) -> dict[str, nn.Module]:
     """Load model parts (config keys, e.g. ``dense_vae``, ``sparse_dit_512``) from a folder or hub id."""
     parts = list(parts)
-    unknown = [p for p in parts if p not in registry.PARTS]
+    unknown = [p for p in parts if p not in targets.PARTS]
     if unknown:
-        raise InputError(f"unknown Direct3D-S2 parts {unknown}; known: {sorted(registry.PARTS)}")
+        raise InputError(f"unknown Direct3D-S2 parts {unknown}; known: {sorted(targets.PARTS)}")
     torch_dtype = parse_dtype(dtype)
-    ckpt_names = sorted({registry.PARTS[p][0] for p in parts})
+    ckpt_names = sorted({targets.PARTS[p][0] for p in parts})
     files = resolve_files(
         source,
         ([] if config is not None else [CONFIG_FILE]) + ckpt_names,
@@ -192,12 +192,12 @@ def load_parts(
         cache_dir=cache_dir,
         local_files_only=local_files_only,
     )
-    cfg = dict(config) if config is not None else registry.load_config(files[CONFIG_FILE])
+    cfg = dict(config) if config is not None else targets.load_config(files[CONFIG_FILE])
     out: dict[str, nn.Module] = {}
     for ckpt_name in ckpt_names:
         ckpt = load_checkpoint(files[ckpt_name])
         for part in parts:
-            file_name, key = registry.PARTS[part]
+            file_name, key = targets.PARTS[part]
             if file_name != ckpt_name:
                 continue
             if part not in cfg:

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from consistent3dgen.errors import InputError, WeightsNotFoundError
-from consistent3dgen.generators.direct3d_s2 import loading, registry
+from consistent3dgen.generators.direct3d_s2 import checkpoints, targets
 
 FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "direct3d_s2"
 
@@ -58,7 +58,7 @@ TINY_CONFIG = {
 
 def _random_state(entry: dict, seed: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """A state dict with the part's keys/shapes filled with seeded random values (buffers kept)."""
-    model = registry.build(entry, device="meta")
+    model = targets.build(entry, device="meta")
     g = torch.Generator().manual_seed(seed)
     out = {}
     for k, v in model.state_dict().items():
@@ -79,7 +79,7 @@ def _write_dense(folder: Path, config: dict, seed: int = 0, dtype: torch.dtype =
     return ckpt
 
 
-def _hub_cache(root: Path, subfolder: str, files: dict[str, Path], repo: str = loading.HUB_ID) -> Path:
+def _hub_cache(root: Path, subfolder: str, files: dict[str, Path], repo: str = checkpoints.HUB_ID) -> Path:
     """Arrange files as a huggingface_hub cache: blobs/<sha>, snapshots/<commit>/<subfolder>/<name> → blob."""
     repo_dir = root / ("models--" + repo.replace("/", "--"))
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -105,7 +105,7 @@ def offline(monkeypatch):
 
 def test_local_folder_loads_strict_values_and_fp16_layout(tmp_path):
     ckpt = _write_dense(tmp_path / "w", TINY_CONFIG)
-    parts = loading.load_parts(tmp_path / "w", dtype="fp16")
+    parts = checkpoints.load_parts(tmp_path / "w", dtype="fp16")
     vae, dit = parts["dense_vae"], parts["dense_dit"]
     assert not vae.training and not dit.training
     # values arrive cast into the official mixed layout
@@ -131,7 +131,7 @@ def test_local_folder_loads_strict_values_and_fp16_layout(tmp_path):
 )
 def test_dtype_choice(tmp_path, dtype, conv_dtype):
     _write_dense(tmp_path / "w", TINY_CONFIG)
-    parts = loading.load_parts(tmp_path / "w", dtype=dtype)
+    parts = checkpoints.load_parts(tmp_path / "w", dtype=dtype)
     assert parts["dense_dit"].blocks[0].mlp.mlp[0].weight.dtype == conv_dtype
     assert parts["dense_vae"].decoder.input_layer.weight.dtype == conv_dtype
     assert parts["dense_dit"].blocks[0].norm2.weight.dtype == torch.float32
@@ -140,8 +140,8 @@ def test_dtype_choice(tmp_path, dtype, conv_dtype):
 
 def test_fp32_load_matches_a_plain_strict_load(tmp_path):
     ckpt = _write_dense(tmp_path / "w", TINY_CONFIG)
-    dit = loading.load_parts(tmp_path / "w", parts=["dense_dit"], dtype="fp32")["dense_dit"]
-    ref = registry.build(TINY_CONFIG["dense_dit"], use_fp16=False).eval()
+    dit = checkpoints.load_parts(tmp_path / "w", parts=["dense_dit"], dtype="fp32")["dense_dit"]
+    ref = targets.build(TINY_CONFIG["dense_dit"], use_fp16=False).eval()
     ref.load_state_dict(ckpt["dit"], strict=True)
     x, t, c = torch.randn(2, 4, 4, 4, 4), torch.tensor([10.0, 900.0]), torch.randn(2, 5, 16)
     with torch.no_grad():
@@ -150,52 +150,52 @@ def test_fp32_load_matches_a_plain_strict_load(tmp_path):
 
 def test_strict_errors(tmp_path):
     ckpt = _write_dense(tmp_path / "w", TINY_CONFIG)
-    model = loading.build_part(TINY_CONFIG["dense_dit"])
+    model = checkpoints.build_part(TINY_CONFIG["dense_dit"])
     bad = dict(ckpt["dit"])
     bad.pop("out_layer.bias")
     with pytest.raises(InputError, match="1 missing keys"):
-        loading.load_state_strict(loading.build_part(TINY_CONFIG["dense_dit"]), bad)
+        checkpoints.load_state_strict(checkpoints.build_part(TINY_CONFIG["dense_dit"]), bad)
     bad = dict(ckpt["dit"], extra=torch.zeros(1))
     with pytest.raises(InputError, match="1 unexpected keys"):
-        loading.load_state_strict(model, bad)
+        checkpoints.load_state_strict(model, bad)
     bad = dict(ckpt["dit"])
     bad["input_layer.weight"] = torch.zeros(3, 3)
     with pytest.raises(InputError, match="input_layer.weight has shape"):
-        loading.load_state_strict(loading.build_part(TINY_CONFIG["dense_dit"]), bad)
+        checkpoints.load_state_strict(checkpoints.build_part(TINY_CONFIG["dense_dit"]), bad)
 
 
 def test_missing_files_name_the_path(tmp_path):
     with pytest.raises(WeightsNotFoundError, match="nowhere"):
-        loading.load_parts(tmp_path / "nowhere")
+        checkpoints.load_parts(tmp_path / "nowhere")
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "config.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
     with pytest.raises(WeightsNotFoundError, match="model_dense.ckpt"):
-        loading.load_parts(tmp_path / "w")
+        checkpoints.load_parts(tmp_path / "w")
 
 
 def test_bad_arguments(tmp_path):
     with pytest.raises(InputError, match="unknown Direct3D-S2 parts"):
-        loading.load_parts(tmp_path, parts=["dense_thing"])
+        checkpoints.load_parts(tmp_path, parts=["dense_thing"])
     with pytest.raises(InputError, match="unsupported dtype"):
-        loading.parse_dtype("int8")
+        checkpoints.parse_dtype("int8")
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="cannot read checkpoint"):
-        loading.load_checkpoint(tmp_path / "junk.ckpt")
+        checkpoints.load_checkpoint(tmp_path / "junk.ckpt")
 
 
 def test_hub_id_offline_missing_names_hub_id(tmp_path, offline):
     with pytest.raises(WeightsNotFoundError, match="wushuang98/Direct3D-S2/direct3d-s2-v-1-1/config.yaml"):
-        loading.load_parts(loading.HUB_ID, cache_dir=tmp_path / "empty_cache")
+        checkpoints.load_parts(checkpoints.HUB_ID, cache_dir=tmp_path / "empty_cache")
 
 
 def test_hub_cache_tiny(tmp_path, offline):
     ckpt = _write_dense(tmp_path / "src", TINY_CONFIG, seed=5)
     cache = _hub_cache(
         tmp_path / "cache",
-        loading.SUBFOLDERS["v1.0"],
+        checkpoints.SUBFOLDERS["v1.0"],
         {n: tmp_path / "src" / n for n in ("config.yaml", "model_dense.ckpt")},
     )
-    parts = loading.load_parts(loading.HUB_ID, subfolder=loading.SUBFOLDERS["v1.0"], cache_dir=cache, dtype="fp32")
+    parts = checkpoints.load_parts(checkpoints.HUB_ID, subfolder=checkpoints.SUBFOLDERS["v1.0"], cache_dir=cache, dtype="fp32")
     assert torch.equal(parts["dense_vae"].decoder.input_layer.weight, ckpt["vae"]["decoder.input_layer.weight"])
 
 
@@ -205,14 +205,14 @@ def test_hub_cache_full_size_dense_checkpoint(tmp_path, offline):
     cfg_path = FIXTURES / "configs_v1_1.yaml"
     if not cfg_path.is_file():
         pytest.skip(f"config fixture not found: {cfg_path} (needs the shared folder beside the repo)")
-    config = registry.load_config(cfg_path)
+    config = targets.load_config(cfg_path)
     src = tmp_path / "src"
     src.mkdir()
     (src / "config.yaml").write_text(cfg_path.read_text())
     t0 = time.perf_counter()
     ckpt = {}
     for part, key in (("dense_vae", "vae"), ("dense_dit", "dit")):
-        layout = registry.build(config[part], device="meta").state_dict()
+        layout = targets.build(config[part], device="meta").state_dict()
         g = torch.Generator().manual_seed(len(part))
         ckpt[key] = {
             k: torch.empty(v.shape, dtype=torch.float16).uniform_(-1, 1, generator=g) for k, v in layout.items()
@@ -223,10 +223,10 @@ def test_hub_cache_full_size_dense_checkpoint(tmp_path, offline):
     samples = {key: {k: sd[k].clone() for k in list(sd)[:: max(1, len(sd) // 40)]} for key, sd in ckpt.items()}
     del ckpt
     cache = _hub_cache(
-        tmp_path / "cache", loading.SUBFOLDERS["v1.1"], {n: src / n for n in ("config.yaml", "model_dense.ckpt")}
+        tmp_path / "cache", checkpoints.SUBFOLDERS["v1.1"], {n: src / n for n in ("config.yaml", "model_dense.ckpt")}
     )
     t1 = time.perf_counter()
-    parts = loading.load_parts(loading.HUB_ID, cache_dir=cache, dtype="fp16")
+    parts = checkpoints.load_parts(checkpoints.HUB_ID, cache_dir=cache, dtype="fp16")
     t2 = time.perf_counter()
     print(f"write {t1 - t0:.1f}s, load {t2 - t1:.1f}s")
     for part, key in (("dense_vae", "vae"), ("dense_dit", "dit")):
@@ -261,10 +261,10 @@ TINY_SPARSE = {
 
 def test_load_generator_with_sparse_stage(tmp_path):
     from consistent3dgen.generators.base import DenseStage, Generator, SparseLatent, SparseStage
-    from consistent3dgen.generators.direct3d_s2.stages import load_generator
+    from consistent3dgen.generators.direct3d_s2.adapters import load_direct3d_s2 as load_generator
 
     for part in TINY_SPARSE.values():
-        if registry.resolve(part["target"]) is None:
+        if targets.resolve(part["target"]) is None:
             pytest.skip(f"no class yet for {part['target']}")
     config = {**TINY_CONFIG, **TINY_SPARSE}
     _write_dense(tmp_path / "w", config)
@@ -298,7 +298,7 @@ def test_load_generator_with_sparse_stage(tmp_path):
 
 
 def test_sparse_condition_layout():
-    from consistent3dgen.generators.direct3d_s2.stages import sparse_condition
+    from consistent3dgen.generators.direct3d_s2.adapters import sparse_condition
 
     tokens = torch.arange(2 * (5 + 9) * 2, dtype=torch.float32).reshape(2, 14, 2)
     mask = torch.zeros(2, 3, 3, dtype=torch.bool)

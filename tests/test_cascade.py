@@ -5,12 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from consistent3dgen.generators.base import SparseLatent
-from consistent3dgen.geometry.frames import CanonicalFrame
-from consistent3dgen.geometry.freespace import free_space_mask
-from consistent3dgen.geometry.voxels import SparseVoxels
-from consistent3dgen.pointmap import PointMap
-from consistent3dgen.sampling import FlowMatchSchedule
 from consistent3dgen.cascade import (
     Similarity,
     SparseStageConfig,
@@ -27,6 +21,12 @@ from consistent3dgen.cascade import (
     run_sparse_stages,
     transform_voxels,
 )
+from consistent3dgen.generators.base import SparseLatent
+from consistent3dgen.geometry.frames import CanonicalFrame
+from consistent3dgen.geometry.freespace import free_space_mask
+from consistent3dgen.geometry.voxels import SparseVoxels
+from consistent3dgen.pointmap import PointMap
+from consistent3dgen.sampling import FlowMatchSchedule
 
 
 def block_order(coords: torch.Tensor, bs: int = 4) -> torch.Tensor:

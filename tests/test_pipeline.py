@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from consistent3dgen.cascade import Similarity
 from consistent3dgen.errors import InputError
 from consistent3dgen.pipeline import ConsistentPipeline, compose_frame
-from consistent3dgen.cascade import Similarity
 
 FAST = dict(dense_steps=3, sparse_steps=8, progress=False, max_faces=20_000)
 

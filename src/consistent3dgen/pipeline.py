@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .cascade import Similarity
 from .errors import InputError
 from .foreground import Foreground, build_foreground
 from .generators.base import Generator, SparseLatent
@@ -32,7 +33,6 @@ from .geometry.frames import CanonicalFrame, canonical_to_camera
 from .geometry.voxels import SparseVoxels
 from .pointmap import PointMap
 from .sampling import FlowMatchSchedule
-from .cascade import Similarity
 
 
 @dataclass
@@ -169,10 +169,10 @@ class ConsistentPipeline:
     def __call__(self, inputs: PointMap | Any, options: GenerationOptions | None = None, **overrides: Any
                  ) -> PipelineResult:
         """Generate a mesh for ``inputs`` (a PointMap, or anything a reconstructor reads)."""
+        from .cascade import SparseStageConfig, StageCallbacks, occupancy_to_cells, run_dense_stage, run_sparse_stages
         from .geometry.extract import remove_small_components, simplify_mesh, sparse_marching_cubes
         from .geometry.freespace import free_space_mask
         from .geometry.voxels import voxel_centers
-        from .cascade import SparseStageConfig, StageCallbacks, occupancy_to_cells, run_dense_stage, run_sparse_stages
 
         opts = replace(options) if options else GenerationOptions()  # a copy: the caller's object stays as given
         for k, v in overrides.items():

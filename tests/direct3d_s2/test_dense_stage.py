@@ -7,9 +7,9 @@ import torch
 
 from consistent3dgen.errors import InputError
 from consistent3dgen.generators.base import DenseStage
+from consistent3dgen.generators.direct3d_s2.adapters import Direct3DS2DenseStage, load_dense_stage
 from consistent3dgen.generators.direct3d_s2.dense_dit import DenseDiT
 from consistent3dgen.generators.direct3d_s2.dense_vae import DenseShapeVAE
-from consistent3dgen.generators.direct3d_s2.adapters import Direct3DS2DenseStage, load_dense_stage
 
 
 def _tiny(scale: float = 1.0, shift: float = 0.0, fp16: bool = False) -> Direct3DS2DenseStage:

@@ -13,13 +13,13 @@ from PIL import Image
 from consistent3dgen.errors import InputError
 from consistent3dgen.pointmap import PointMap
 from consistent3dgen.reconstruct import get_reconstructor, infer_reconstructor
-from consistent3dgen.reconstruct.vggt.pretrained import random_vggt
 from consistent3dgen.reconstruct.vggt.preprocess import (
     intrinsics_to_original,
     original_pixel_grid,
     preprocess_images,
     sample_to_original,
 )
+from consistent3dgen.reconstruct.vggt.pretrained import random_vggt
 from consistent3dgen.reconstruct.vggt.reconstructor import (
     VGGTReconstructor,
     object_mask,

@@ -195,7 +195,8 @@ def test_hub_cache_tiny(tmp_path, offline):
         checkpoints.SUBFOLDERS["v1.0"],
         {n: tmp_path / "src" / n for n in ("config.yaml", "model_dense.ckpt")},
     )
-    parts = checkpoints.load_parts(checkpoints.HUB_ID, subfolder=checkpoints.SUBFOLDERS["v1.0"], cache_dir=cache, dtype="fp32")
+    parts = checkpoints.load_parts(checkpoints.HUB_ID, subfolder=checkpoints.SUBFOLDERS["v1.0"], cache_dir=cache,
+                                    dtype="fp32")
     assert torch.equal(parts["dense_vae"].decoder.input_layer.weight, ckpt["vae"]["decoder.input_layer.weight"])
 
 

@@ -1,7 +1,8 @@
-"""Shared test helpers: where ../shared is, and a skip when it is absent."""
+"""Shared test fixtures: where ../shared is (with one skip reason when it is absent), and one torch thread."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ SHARED = REPO.parent / "shared"
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
+    """``../shared`` beside the checkout; tests that need it skip with this reason when it is absent."""
     if not SHARED.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED} (CI provides ../shared beside the clone)")
     return SHARED
@@ -20,10 +22,25 @@ def shared_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def meshes_dir(shared_dir: Path) -> Path:
+    """``../shared/data/meshes`` (the evaluation and training meshes)."""
     d = shared_dir / "data" / "meshes"
     if not d.is_dir():
         pytest.skip(f"test meshes not found at {d}")
     return d
+
+
+@pytest.fixture(scope="session")
+def fixture_file(shared_dir: Path) -> Callable[..., Path]:
+    """``fixture_file("direct3d_s2", "dense_vae_tiny.safetensors")`` → the path under ``../shared/fixtures``,
+    or a skip naming the missing file."""
+
+    def get(*parts: str) -> Path:
+        path = shared_dir.joinpath("fixtures", *parts)
+        if not path.exists():
+            pytest.skip(f"fixture not found: {path}")
+        return path
+
+    return get
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ Inputs, each at every resolution asked for:
 - ``--mesh NAME``: the thin shell of a real mesh from ../shared/data/meshes via ``thin_shell_sdf``
   (``--mesh-resolutions``, default 512 1024).
 
-For each input the script times :func:`consistent3dgen.geometry.extract.sparse_marching_cubes` with each of
+For each input the script times :func:`consistent3dgen.geometry.marching_cubes.sparse_marching_cubes` with each of
 ``--methods`` in the same run (default: auto = Warp kernels if importable, numpy, skimage), reports medians
 over ``--repeats`` runs of wall and CPU time (CPU time of all threads: less sensitive to a shared machine's
 load), the speed-up over ``skimage``, the peak memory of one run (tracemalloc, which sees NumPy buffers; the
@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from consistent3dgen.geometry.extract import sparse_marching_cubes, warp_available
+from consistent3dgen.geometry.marching_cubes import sparse_marching_cubes
 from consistent3dgen.geometry.voxels import SparseVoxels, voxel_centers
+from consistent3dgen.geometry.warp_runtime import warp_available
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 
@@ -132,7 +133,8 @@ def main() -> None:
     ap.add_argument("--check", action=argparse.BooleanOptionalAction, default=True, help="watertight check")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args()
-    print(json.dumps({"warp_available": warp_available(), "cpus": os.cpu_count(), "load_1min": load()}), flush=True)
+    env = {"warp_available": warp_available("marching_cubes"), "cpus": os.cpu_count(), "load_1min": load()}
+    print(json.dumps(env), flush=True)
 
     rows = []
     inputs = [("torus", r, lambda r=r: torus_shell(r)) for r in args.resolutions]

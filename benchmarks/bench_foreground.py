@@ -6,7 +6,7 @@ closest points for every candidate: Warp ``mesh_query_point`` or point-cloud-uti
 half by column). Prints medians over ``--runs`` runs, their ratio, the peak memory of each (resident-set
 high-water mark over the call, so Warp's native buffers count too), the error of our distances against exact
 BVH distances (max and fraction above 1e-3 voxel), the voxel-set difference to the reference, and the time and
-peak memory of sparse marching cubes (``geometry.extract.sparse_marching_cubes``) on the largest band. The
+peak memory of sparse marching cubes (``geometry.marching_cubes.sparse_marching_cubes``) on the largest band. The
 1-minute load average (``os.getloadavg``) is printed beside each figure: the machine is shared. Usage:
 
     python benchmarks/bench_foreground.py [--mesh spot.obj] [--runs 5] [--res 512 1024] [--band 2] [--threads 2]
@@ -87,7 +87,7 @@ def _status_kib(field: str) -> int:
 
 def _peak_in_child(what: str, pm_path: str, res: int, band: float, threads: int) -> None:
     """Child-process side of :func:`peak_mib`: load inputs, warm up, then print the RSS peak of one call."""
-    from consistent3dgen.geometry.extract import sparse_marching_cubes
+    from consistent3dgen.geometry.marching_cubes import sparse_marching_cubes
     from consistent3dgen.io.pointmap_io import load_npz
 
     pm = load_npz(pm_path)
@@ -137,7 +137,8 @@ def main() -> None:  # noqa: C901 - a flat script
     import tempfile
 
     from consistent3dgen.geometry import shell
-    from consistent3dgen.geometry.extract import sparse_marching_cubes
+    from consistent3dgen.geometry.marching_cubes import sparse_marching_cubes
+    from consistent3dgen.geometry.warp_runtime import warp_available
     from consistent3dgen.io.pointmap_io import save_npz
 
     pm = render(mesh_path)
@@ -146,7 +147,7 @@ def main() -> None:  # noqa: C901 - a flat script
     pm_path = os.path.join(tmp.name, "pointmap.npz")
     save_npz(pm, pm_path)
     print(
-        f"point map {pm.shape[0]}x{pm.shape[1]}, {int(pm.mask.sum())} object pixels; warp: {shell._warp_available()}; "
+        f"point map {pm.shape[0]}x{pm.shape[1]}, {int(pm.mask.sum())} object pixels; warp: {warp_available('shell')}; "
         f"threads (ours): {threads}; cpus: {os.cpu_count()}; load at start: {load():.2f}"
     )
     rows, last = [], None

@@ -43,6 +43,32 @@ def fixture_file(shared_dir: Path) -> Callable[..., Path]:
     return get
 
 
+@pytest.fixture(scope="session")
+def write_tiny_prior() -> Callable[..., tuple]:
+    """``write_tiny_prior(folder, seed=0)`` writes a mini-prior folder with random weights (the smoke config: the
+    bundled prior's classes and sizes) and returns ``(training config, {stage: model})``."""
+    from consistent3dgen.generators.mini import save_mini_prior
+    from consistent3dgen.train.config import smoke_config
+    from consistent3dgen.train.trainer import build_models
+
+    def write(folder: Path, seed: int = 0) -> tuple:
+        cfg = smoke_config()
+        models = build_models(cfg, seed=seed)
+        names = cfg.component_names()
+        save_mini_prior(folder, {names[s]: (getattr(cfg, s), m) for s, m in models.items()}, cfg.prior_spec())
+        return cfg, models
+
+    return write
+
+
+@pytest.fixture(scope="module")
+def tiny_prior_dir(tmp_path_factory: pytest.TempPathFactory, write_tiny_prior: Callable[..., tuple]) -> Path:
+    """A random-weight mini-prior folder (seed 3), one per test module."""
+    folder = tmp_path_factory.mktemp("tiny_prior")
+    write_tiny_prior(folder, seed=3)
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Tests use small tensors: on a shared 2-core machine, a second intra-op thread only adds contention (it made

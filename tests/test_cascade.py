@@ -5,28 +5,35 @@ import numpy as np
 import pytest
 import torch
 
+from consistent3dgen import cascade
 from consistent3dgen.cascade import (
-    Similarity,
+    Condition,
     SparseStageConfig,
-    StageCallbacks,
     align_target,
     clamp_free_space,
     fuse_sdf,
     mesh_to_cells,
-    normalize_to_cube,
     occupancy_to_cells,
     order_tokens,
-    pool_occupancy,
     run_dense_stage,
     run_sparse_stages,
-    transform_voxels,
 )
 from consistent3dgen.generators.base import SparseLatent
-from consistent3dgen.geometry.frames import CanonicalFrame
+from consistent3dgen.geometry.frames import CanonicalFrame, Similarity, normalize_to_cube
 from consistent3dgen.geometry.freespace import free_space_mask
-from consistent3dgen.geometry.voxels import SparseVoxels
+from consistent3dgen.geometry.voxels import SparseVoxels, points_to_voxels, pool_occupancy
 from consistent3dgen.pointmap import PointMap
 from consistent3dgen.sampling import FlowMatchSchedule
+
+
+def transform_voxels(voxels: SparseVoxels, similarity: Similarity) -> SparseVoxels:
+    """Voxel centres moved by a similarity, re-voxelised at the same resolution (features follow)."""
+    centres = similarity.apply(voxels.centers())
+    inside = (np.abs(centres) < 1).all(axis=1)
+    coords = points_to_voxels(centres[inside], voxels.resolution)
+    _, first = np.unique(SparseVoxels(coords, voxels.resolution).keys, return_index=True)
+    feats = None if voxels.feats is None else voxels.feats[inside][first]
+    return SparseVoxels(coords[first], voxels.resolution, feats)
 
 
 def block_order(coords: torch.Tensor, bs: int = 4) -> torch.Tensor:
@@ -79,7 +86,7 @@ def test_occupancy_union_threshold_and_free_cells():
     prob[1, 1, 1], prob[2, 2, 2], prob[5, 5, 5] = 0.5, 0.05, 0.9
     fg = SparseVoxels([[3, 3, 3], [5, 5, 5]], 8)
     free = SparseVoxels([[1, 1, 1], [3, 3, 3]], 8)
-    cells = occupancy_to_cells(prob, 0.1, 8, foreground_cells=fg, free_cells=free)
+    cells = occupancy_to_cells(prob, 0.1, 8, seen_cells=fg, free_cells=free)
     # (1,1,1) freed, (2,2,2) below threshold, (3,3,3) free but foreground → kept, (5,5,5) in both once
     assert cells.coords.tolist() == [[3, 3, 3], [5, 5, 5]]
     coarse = occupancy_to_cells(prob, 0.1, 4)
@@ -135,7 +142,7 @@ def test_dense_sdedit_start_and_free_space():
     free[:, :, 3] = True  # overlaps the foreground, which must survive
     sched = FlowMatchSchedule.shifted(10, 6.0)
     # zero velocity + tiny SDEdit strength: the result stays close to the encoded foreground
-    res = run_dense_stage(stage, None, sched, foreground=fg, sdedit_strength=0.02, free_space=free,
+    res = run_dense_stage(stage, Condition(None), sched, start=fg, sdedit_strength=0.02, free_space=free,
                           generator=torch.Generator().manual_seed(0), progress=False)
     target = stage.encode_occupancy(torch.as_tensor(fg, dtype=torch.float32)[None, None])
     assert (res.latent - target).abs().max() < 0.1
@@ -143,30 +150,46 @@ def test_dense_sdedit_start_and_free_space():
     assert np.array_equal(occupied, fg)
     free2 = free.copy()
     free2[2, 2, 2] = False
-    res2 = run_dense_stage(stage, None, sched, foreground=None, free_space=free2, progress=False,
+    res2 = run_dense_stage(stage, Condition(None), sched, start=None, free_space=free2, progress=False,
                            generator=torch.Generator().manual_seed(0))
     assert float(res2.probability[free2].max()) == 0.0
 
 
-def test_sparse_stages_guided_and_renormalised():
+class FakeSeen:
+    """The seen side as the cascade asks for it: targets (the seen cells moved by each stage's frame), nothing
+    to fuse, no free space; records the frames it was asked about."""
+
+    def __init__(self, cells: SparseVoxels) -> None:
+        self.cells, self.frames = cells, []
+
+    def target(self, index, sim):
+        self.frames.append(sim)
+        return SparseLatent.from_voxels(transform_voxels(self.cells, sim))
+
+    def fusion_sdf(self, index, sim):
+        return None
+
+    def free_voxels(self, points, sim):
+        return None
+
+
+def test_sparse_stages_guided_and_renormalised(monkeypatch):
     s1, s2 = FakeSparse(16), FakeSparse(16)
     fg_cells = SparseVoxels([[2, 2, 2], [3, 2, 2]], 8, np.full((2, 3), 0.5, np.float32))
-    frames = []
+    seen = FakeSeen(fg_cells)
 
-    def foreground(stage, frame):
-        frames.append(frame)
-        v = transform_voxels(fg_cells, frame)
-        return SparseLatent.from_voxels(v)
-
-    def extract(sdf):  # a small square around the decoded voxels
+    def next_stage_cells(sdf, stage, mc_level, distance):  # a small square around the decoded voxels
         c = sdf.centers().mean(0)
         v = (c + np.array([[-0.3, -0.3, 0], [0.3, -0.3, 0], [0.3, 0.3, 0], [-0.3, 0.3, 0]])).astype(np.float32)
-        return v, np.array([[0, 1, 2], [0, 2, 3]])
+        renorm = normalize_to_cube(v)
+        f = np.array([[0, 1, 2], [0, 2, 3]])
+        return mesh_to_cells(renorm.apply(v), f, stage.resolution, stage.latent_factor, distance), renorm
 
+    monkeypatch.setattr(cascade, "next_stage_cells", next_stage_cells)
     first = fg_cells.union(SparseVoxels([[5, 5, 5]], 8))
     cfg = SparseStageConfig(FlowMatchSchedule.shifted(8, 6.0), guidance_strength=1.0, guidance_variant="replace",
                             cell_distance=2.0)
-    out = run_sparse_stages([s1, s2], [cfg, cfg], first, None, StageCallbacks(foreground, extract), cfg_scale=1.0,
+    out = run_sparse_stages([s1, s2], [cfg, cfg], first, Condition(None), seen,
                             generator=torch.Generator().manual_seed(0), progress=False)
     lat1, lat2 = out.latents
     # stage 1: guided tokens land on the target; the unguided token goes to the model's data, 0
@@ -177,13 +200,14 @@ def test_sparse_stages_guided_and_renormalised():
     c = s1.seen_coords[0]
     block = [tuple(r) for r in np.concatenate([c // 4, c % 4], 1)]
     assert block == sorted(block)
-    # stage 2 in a re-normalised frame: its targets are the foreground moved by that frame, and they are tokens
-    assert out.frame == frames[-1] and out.frame != Similarity()
+    # stage 2 in a re-normalised frame: its targets are the seen cells moved by that frame, and they are tokens
+    assert out.frame == seen.frames[-1] and out.frame != Similarity()
+    assert len(out.targets) == 2
     moved = transform_voxels(fg_cells, out.frame)
     rows = SparseVoxels(lat2.coords.numpy(), 8).lookup(moved.coords)
     assert (rows >= 0).all() and torch.allclose(lat2.feats[torch.as_tensor(rows)], torch.tensor(0.5), atol=1e-5)
     with pytest.raises(ValueError):
-        run_sparse_stages([s1], [], first, None, StageCallbacks(foreground, extract))
+        run_sparse_stages([s1], [], first, Condition(None), seen)
 
 
 def test_fusion_and_free_space_clamp():

@@ -28,12 +28,13 @@ def test_demo_runs_with_the_bundled_prior(tmp_path, capsys):
 def test_bundled_prior_generates_and_guidance_pins_the_seen_side(meshes_dir):
     """Prior v0 failed this (its decoder held no surface): the prior alone must make a surface of its own, and
     guidance without fusion must bring the seen side far closer to the input than the prior alone does."""
-    from consistent3dgen.evaluate import UNGUIDED, make_case
+    from consistent3dgen.evaluate import make_case
+    from consistent3dgen.options import BASELINE
     from consistent3dgen.pipeline import ConsistentPipeline
 
     case = make_case(meshes_dir / "stanford-bunny.obj", size=96)
     pipe = ConsistentPipeline.from_pretrained("mini")
-    alone = pipe(case.pointmap, progress=False, **UNGUIDED)
+    alone = pipe(case.pointmap, progress=False, **BASELINE)
     guided = pipe(case.pointmap, progress=False, fusion=False)
     assert len(alone.faces) > 5000  # a surface decoded by the prior itself, nothing fused in
     m_alone, m_guided = alone.metrics(), guided.metrics()

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from consistent3dgen.evaluate import MAIN_SETTINGS, UNGUIDED, make_case, markdown, score_runs, summarize
+from consistent3dgen.evaluate import MAIN_SETTINGS, make_case, markdown, score_runs, summarize
+from consistent3dgen.options import BASELINE
 
 
 @pytest.fixture(scope="module")
@@ -42,5 +43,5 @@ def test_summary_ratios_targets_and_report():
 
 
 def test_the_baseline_is_the_prior_alone():
-    assert UNGUIDED == {"guidance": 0.0, "fusion": False}
+    assert dict(MAIN_SETTINGS)["unguided"] is BASELINE == {"guidance": 0.0}  # fusion follows λ: off
     assert [label for label, _ in MAIN_SETTINGS] == ["unguided", "guided", "guided, no fusion"]

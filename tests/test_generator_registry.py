@@ -1,4 +1,9 @@
+"""Loading generators by name: the bundled mini prior, a mini-prior folder (one config + safetensors pair per
+component), clear errors; inference never imports the training package."""
+
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,29 +13,16 @@ from consistent3dgen.generators.base import DenseStage, SparseStage
 from consistent3dgen.generators.registry import load_generator
 
 
-def _write_mini(folder, seed=0):
-    from safetensors.torch import save_file
-
-    from consistent3dgen.train.config import smoke_config
-    from consistent3dgen.train.trainer import build_models
-
-    cfg = smoke_config()
-    models = build_models(cfg, seed=seed)
-    tensors = {f"{p}.{k}": v.contiguous() for p, m in models.items() for k, v in m.state_dict().items()}
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(folder / "weights.safetensors"))
-    (folder / "config.json").write_text(cfg.to_json())
-    return cfg, models
-
-
-def test_mini_prior_folder_loads_strict_and_exposes_the_stages(tmp_path):
-    cfg, models = _write_mini(tmp_path / "mini")
+def test_mini_prior_folder_loads_strict_and_exposes_the_stages(tmp_path, write_tiny_prior):
+    cfg, models = write_tiny_prior(tmp_path / "mini")
     gen = load_generator(tmp_path / "mini")
     assert isinstance(gen.dense, DenseStage) and all(isinstance(s, SparseStage) for s in gen.sparse)
     assert gen.sparse[0].resolution == cfg.data.sparse_resolution
     assert gen.dense.occupancy_resolution == cfg.data.sparse_resolution // cfg.data.latent_factor
     for k, v in models["dense_dit"].state_dict().items():
         assert torch.equal(gen.dense.dit.state_dict()[k], v)
+    for k, v in models["sparse_vae"].state_dict().items():
+        assert torch.equal(gen.sparse[0].vae.state_dict()[k], v)
     assert gen.null_condition.shape == (1, cfg.null_cond_tokens, cfg.dense_dit["params"]["cond_channels"])
     # a velocity call works with the null condition
     x = torch.zeros(1, *gen.dense.latent_shape)
@@ -38,24 +30,28 @@ def test_mini_prior_folder_loads_strict_and_exposes_the_stages(tmp_path):
     assert v.shape == x.shape and torch.isfinite(v).all()
 
 
-def test_missing_or_mismatched_weights_fail_clearly(tmp_path):
-    with pytest.raises(WeightsNotFoundError, match="weights.safetensors"):
-        load_generator(_empty(tmp_path / "empty"))
-    cfg, _ = _write_mini(tmp_path / "bad")
-    d = json.loads((tmp_path / "bad" / "config.json").read_text())
-    d["dense_dit"]["params"]["model_channels"] *= 2
-    (tmp_path / "bad" / "config.json").write_text(json.dumps(d))
+def test_missing_or_mismatched_weights_fail_clearly(tmp_path, write_tiny_prior):
+    folder = tmp_path / "bad"
+    write_tiny_prior(folder)
+    (folder / "dense_dit.safetensors").unlink()
+    with pytest.raises(WeightsNotFoundError, match="dense_dit.safetensors"):
+        load_generator(folder)
+    write_tiny_prior(folder)
+    entry = json.loads((folder / "dense_dit.json").read_text())
+    entry["params"]["model_channels"] *= 2
+    (folder / "dense_dit.json").write_text(json.dumps(entry))
     with pytest.raises(InputError, match="do not fit"):
-        load_generator(tmp_path / "bad")
+        load_generator(folder)
+    # a v1 folder (one config.json + weights.safetensors) is named as such
+    old = tmp_path / "v1"
+    old.mkdir()
+    (old / "config.json").write_text("{}")
+    with pytest.raises(WeightsNotFoundError, match="re-export"):
+        load_generator(old)
 
 
-def _empty(folder):
-    folder.mkdir()
-    (folder / "config.json").write_text("{}")
-    return folder
-
-
-def test_mini_prior_carries_the_sdf_convention_it_was_trained_on(tmp_path):
+def test_mini_prior_brings_its_defaults_and_sdf_convention(tmp_path, write_tiny_prior):
+    from consistent3dgen.options import GenerationOptions
     from consistent3dgen.train.config import MiniPriorConfig
 
     cfg = MiniPriorConfig()
@@ -64,8 +60,22 @@ def test_mini_prior_carries_the_sdf_convention_it_was_trained_on(tmp_path):
     assert cfg.field_convention() == {"band": 4.0, "shell": 2.0, "mc_level": -0.5}
     cfg.data.shell_voxels, cfg.data.band_voxels = 1.0, 2.0
     assert cfg.field_convention()["mc_level"] == 0.0
-    written, _ = _write_mini(tmp_path / "mini")
+    written, _ = write_tiny_prior(tmp_path / "mini")
     gen = load_generator(tmp_path / "mini")
-    assert gen.field_convention == written.field_convention()
-    assert gen.field_setting("band") == written.data.band_voxels
-    assert gen.field_setting("mc_level") == pytest.approx(written.field_convention()["mc_level"])
+    for key, value in written.field_convention().items():
+        assert gen.defaults[key] == pytest.approx(value)
+    asked = GenerationOptions(guidance=3.0)
+    opts = asked.resolve(gen.option_defaults(), len(gen.sparse))
+    assert asked.band is None and asked.fusion is None  # the caller's options are not touched
+    assert opts.band == written.data.band_voxels and opts.guidance == 3.0 and opts.fusion is True
+    assert opts.dense_steps == written.dense_sampler["steps"]
+    assert opts.sparse_steps == (written.sparse_sampler["steps"],)
+
+
+def test_bundled_prior_loads_without_the_training_package():
+    code = ("import sys; from consistent3dgen.pipeline import ConsistentPipeline; "
+            "p = ConsistentPipeline.from_pretrained('mini'); "
+            "print(sorted(m for m in sys.modules if m.startswith('consistent3dgen.train')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

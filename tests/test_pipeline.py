@@ -1,27 +1,20 @@
-"""End to end on a small random-weight prior (same classes as the mini prior): wiring, guidance, frames."""
+"""End to end on a small random-weight prior (same classes as the mini prior): wiring, guidance, frames, options."""
 
 import numpy as np
 import pytest
 import torch
 
-from consistent3dgen.cascade import Similarity
 from consistent3dgen.errors import InputError
-from consistent3dgen.pipeline import ConsistentPipeline, compose_frame
+from consistent3dgen.geometry.frames import Similarity, compose_frame
+from consistent3dgen.options import GenerationOptions
+from consistent3dgen.pipeline import ConsistentPipeline
 
 FAST = dict(dense_steps=3, sparse_steps=8, progress=False, max_faces=20_000)
 
 
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_generator_registry import _write_mini
-
-    folder = tmp_path_factory.mktemp("mini")
-    _write_mini(folder, seed=3)
-    p = ConsistentPipeline.from_pretrained(folder)
+def pipe(tiny_prior_dir):
+    p = ConsistentPipeline.from_pretrained(tiny_prior_dir)
     # random (non-zero) output layers, so that the prior generates something and guidance has work to do
     g = torch.Generator().manual_seed(0)
     for stage_model in (p.generator.sparse[0].dit, p.generator.dense.dit):
@@ -72,8 +65,43 @@ def test_result_frames_and_bad_options(pipe, pointmap):
     assert z.min() - 0.2 < np.median(v_cam[:, 2]) < z.max() + 1.0
     with pytest.raises(InputError):
         res.mesh("world")
-    with pytest.raises(InputError):
-        pipe(pointmap, not_an_option=1)
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("not_an_option", 1), ("guidance", float("nan")), ("guidance", -5.0), ("guidance", float("inf")),
+    ("guidance", "high"), ("seed", "abc"), ("seed", 1.5), ("seed", 2**70), ("guidance_variant", "bogus"),
+    ("sparse_steps", -3), ("sparse_steps", 0), ("cfg_scale", float("nan")), ("max_faces", 0), ("fusion", 1),
+    ("dense_start", "zero"), ("min_component", 1.0), ("occupancy_threshold", 1.5),
+])
+def test_every_option_is_checked_before_the_work_starts(pipe, option, value):
+    with pytest.raises(InputError, match=option):
+        pipe("never read", **{option: value})  # the options are refused before the input is looked at
+
+
+def test_unset_options_resolve_from_the_generator_without_touching_the_callers(pipe, pointmap):
+    asked = GenerationOptions(guidance=0.0, **FAST)
+    opts = pipe.resolve_options(asked)
+    assert asked.fusion is None and asked.band is None  # the caller's object is as given
+    defaults = pipe.generator.defaults
+    assert opts.fusion is False  # λ = 0 is the baseline: nothing of the seen shell is written in
+    assert (opts.band, opts.shell, opts.mc_level) == (defaults["band"], defaults["shell"], defaults["mc_level"])
+    assert pipe.resolve_options(None, guidance=0.0, **FAST) == opts  # the keyword form is the same run
+    res = pipe(pointmap, asked.with_changes(guidance=5.0))
+    assert res.options == pipe.resolve_options(asked, guidance=5.0) and res.options.fusion is True
+
+
+def test_an_unconditional_prior_runs_each_model_once_per_step(pipe, pointmap):
+    """No negative branch, no classifier-free guidance: the DiTs run once per step, not twice."""
+    calls = {"dense": 0, "sparse": 0}
+    hooks = [pipe.generator.dense.dit.register_forward_hook(lambda *a: calls.__setitem__("dense", calls["dense"] + 1)),
+             pipe.generator.sparse[0].dit.register_forward_hook(
+                 lambda *a: calls.__setitem__("sparse", calls["sparse"] + 1))]
+    try:
+        res = pipe(pointmap, dense_start="noise", **FAST)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == {"dense": res.options.dense_steps, "sparse": res.options.sparse_steps[0]}
 
 
 def test_compose_frame_is_the_similarity_after_the_frame():

@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from .evaluate import UNGUIDED
+from .options import BASELINE
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
@@ -41,7 +41,7 @@ def run_demo(out_dir: str | Path, generator: str = "mini", examples: list[str] |
     t0 = time.perf_counter()
     pipe = ConsistentPipeline.from_pretrained(generator)
     report: dict = {"generator": pipe.generator.name, "examples": {}}
-    runs = [("guided", {})] + ([("unguided", dict(UNGUIDED))] if compare else [])
+    runs = [("guided", {})] + ([("unguided", dict(BASELINE))] if compare else [])
     for name in names:
         pm = load_example(name)
         for label, extra in runs:

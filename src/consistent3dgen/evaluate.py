@@ -20,6 +20,7 @@ import numpy as np
 
 from .geometry.render import render_depth
 from .metrics import input_view_consistency, mesh_distance
+from .options import BASELINE
 from .pointmap import PointMap
 from .views import load_normalized_mesh, orbit_camera, render_rgbd
 
@@ -28,11 +29,10 @@ EVAL_MESHES = ("spot", "stanford-bunny", "teapot", "suzanne")
 VIEWS = {"spot": (35.0, 20.0), "stanford-bunny": (-30.0, 15.0), "teapot": (25.0, 25.0), "suzanne": (20.0, 10.0)}
 DEFAULT_VIEW = (30.0, 20.0)
 
-# the baseline: the prior alone (λ = 0 and no fusion, so nothing of the seen shell is written into its output;
-# the dense stage starts as in every setting, like the image-conditioned dense stage of the paper's baseline)
-UNGUIDED = {"guidance": 0.0, "fusion": False}
-# the main rows: baseline, the defaults, and the defaults without fusion (what guidance alone achieves)
-MAIN_SETTINGS = (("unguided", UNGUIDED), ("guided", {}), ("guided, no fusion", {"fusion": False}))
+# the main rows: the baseline (options.BASELINE: the prior alone, λ = 0, so fusion is off too; the dense stage
+# starts as in every setting, like the image-conditioned dense stage of the paper's baseline), the defaults, and
+# the defaults without fusion (what guidance alone achieves)
+MAIN_SETTINGS = (("unguided", BASELINE), ("guided", {}), ("guided, no fusion", {"fusion": False}))
 
 ABLATIONS: dict[str, list[tuple[str, dict]]] = {
     "guidance strength λ (paper variant)": [(f"λ={lam:g}", {"guidance": lam}) for lam in (0.0, 2.0, 4.0, 8.0, 12.0)],
@@ -94,13 +94,13 @@ METRIC_KEYS = ("depth_error_mean", "depth_error_p90", "normal_error_deg_mean", "
 
 def run_setting(pipe, case: EvalCase, seeds: list[int], options: dict) -> dict:
     """Score one setting over seeds; a run that yields no surface is reported (``failed``), not raised."""
-    from .errors import InputError
+    from .errors import NoSurfaceError
 
     meshes, seconds, failed = [], [], []
     for s in seeds:
         try:
             res = pipe(case.pointmap, seed=s, progress=False, **options)
-        except InputError as e:
+        except NoSurfaceError as e:
             failed.append(str(e))
             continue
         meshes.append(res.mesh("camera"))
@@ -117,12 +117,12 @@ def evaluate(mesh_paths: list[str | Path], out_dir: str | Path, generator: str =
              ablations: bool = True, ablation_seeds: int = 1, size: int = 160) -> dict:
     """Guided vs unguided over ``seeds`` seeds on each mesh, then the ablations; writes the reports."""
     from .io.atomic import atomic_write_text
-    from .pipeline import ConsistentPipeline, GenerationOptions
+    from .pipeline import ConsistentPipeline
 
     out = Path(out_dir)
     t0 = time.perf_counter()
     pipe = ConsistentPipeline.from_pretrained(generator)
-    defaults = GenerationOptions().to_dict()
+    defaults = pipe.resolve_options().to_dict()
     report: dict = {"generator": pipe.generator.name, "defaults": defaults, "seeds": seeds, "meshes": {},
                     "ablations": {}}
     cases = [make_case(p, size=size) for p in mesh_paths]
@@ -238,12 +238,12 @@ def markdown(report: dict) -> str:
 
 def plots(report: dict, out: Path) -> None:
     """λ sweep curves (depth error and Chamfer vs λ) as PNG."""
-    from .train.trainer import plot_curve
+    from .preview import line_plot
 
     sweep = report.get("ablations", {}).get("guidance strength λ (paper variant)")
     if not sweep:
         return
     lams = [float(k.split("=")[1]) for k in sweep]
     for key in ("depth_error_mean", "chamfer_l1", "silhouette_iou"):
-        plot_curve(lams, [v["mean"][key] for v in sweep.values()], out / f"lambda_sweep_{key}.png",
-                   title=f"{key} vs guidance strength λ")
+        line_plot(lams, [v["mean"][key] for v in sweep.values()], out / f"lambda_sweep_{key}.png", title=key,
+                  x_label="guidance strength λ")

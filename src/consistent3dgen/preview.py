@@ -62,3 +62,39 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
     return Path(path)
+
+
+def line_plot(steps, values, path: str | os.PathLike, title: str = "", x_label: str = "step",  # noqa: ANN001
+              size: tuple[int, int] = (640, 400)) -> None:
+    """A minimal log-scale line plot (raw and smoothed) with PIL, no plotting library needed."""
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    x = np.asarray(steps, np.float64)
+    y = np.log10(np.maximum(np.asarray(values, np.float64), 1e-12))
+    left, right, top, bottom = 60, w - 20, 30, h - 40
+    x0, x1 = float(x.min()), float(max(x.max(), x.min() + 1))
+    y0, y1 = float(y.min()), float(max(y.max(), y.min() + 1e-6))
+
+    def to_px(xv, yv):
+        return left + (xv - x0) / (x1 - x0) * (right - left), bottom - (yv - y0) / (y1 - y0) * (bottom - top)
+
+    draw.rectangle([left, top, right, bottom], outline="black")
+    for frac in (0.0, 0.5, 1.0):
+        yv = y0 + frac * (y1 - y0)
+        _, py = to_px(x0, yv)
+        draw.text((5, py - 6), f"{10**yv:.3g}", fill="black")
+        xv = x0 + frac * (x1 - x0)
+        px, _ = to_px(xv, y0)
+        draw.text((px - 10, bottom + 8), f"{xv:.4g}", fill="black")
+    draw.line([to_px(a, b) for a, b in zip(x, y, strict=True)], fill=(150, 180, 230), width=1)
+    k = max(1, len(y) // 50)
+    smooth = np.convolve(y, np.ones(k) / k, mode="valid")
+    draw.line([to_px(a, b) for a, b in zip(x[k - 1 :], smooth, strict=True)], fill=(20, 60, 160), width=2)
+    draw.text((left, 8), f"{title} (log10 scale) vs {x_label}", fill="black")
+    img.save(path, format="PNG")
+
+
+# --------------------------------------------------------------------------------------------- batching

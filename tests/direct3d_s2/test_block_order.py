@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from consistent3dgen.errors import InputError
 from consistent3dgen.generators.direct3d_s2.block_order import block_order, sort_block
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "direct3d_s2"
-
 
 @pytest.fixture(scope="module")
-def fixture() -> dict[str, torch.Tensor]:
-    path = FIXTURES / "sort_block.safetensors"
-    if not path.is_file():
-        pytest.skip(f"fixture {path} not found (needs ../shared/fixtures beside the repo)")
+def fixture(fixture_file) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    return load_file(str(fixture_file("direct3d_s2", "sort_block.safetensors")))
 
 
 def test_matches_official_sort_block(fixture):

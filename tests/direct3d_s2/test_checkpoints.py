@@ -12,8 +12,7 @@ import yaml
 
 from consistent3dgen.errors import InputError, WeightsNotFoundError
 from consistent3dgen.generators.direct3d_s2 import checkpoints, targets
-
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "direct3d_s2"
+from consistent3dgen.io.weights import load_into
 
 TINY_CONFIG = {
     "dense_vae": {
@@ -154,14 +153,18 @@ def test_strict_errors(tmp_path):
     bad = dict(ckpt["dit"])
     bad.pop("out_layer.bias")
     with pytest.raises(InputError, match="1 missing keys"):
-        checkpoints.load_state_strict(checkpoints.build_part(TINY_CONFIG["dense_dit"]), bad)
+        load_into(checkpoints.build_part(TINY_CONFIG["dense_dit"]), bad)
     bad = dict(ckpt["dit"], extra=torch.zeros(1))
     with pytest.raises(InputError, match="1 unexpected keys"):
-        checkpoints.load_state_strict(model, bad)
+        load_into(model, bad)
     bad = dict(ckpt["dit"])
     bad["input_layer.weight"] = torch.zeros(3, 3)
     with pytest.raises(InputError, match="input_layer.weight has shape"):
-        checkpoints.load_state_strict(checkpoints.build_part(TINY_CONFIG["dense_dit"]), bad)
+        load_into(checkpoints.build_part(TINY_CONFIG["dense_dit"]), bad)
+    # a checkpoint whose part is not a state dict
+    torch.save({"vae": ckpt["vae"], "dit": [1, 2]}, tmp_path / "w" / "model_dense.ckpt")
+    with pytest.raises(InputError, match="'dit' is not a state dict"):
+        checkpoints.load_parts(tmp_path / "w")
 
 
 def test_missing_files_name_the_path(tmp_path):
@@ -177,10 +180,13 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(InputError, match="unknown Direct3D-S2 parts"):
         checkpoints.load_parts(tmp_path, parts=["dense_thing"])
     with pytest.raises(InputError, match="unsupported dtype"):
-        checkpoints.parse_dtype("int8")
-    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(InputError, match="cannot read checkpoint"):
-        checkpoints.load_checkpoint(tmp_path / "junk.ckpt")
+        checkpoints.load_parts(tmp_path, dtype="int8")
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "config.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    (tmp_path / "w" / "model_dense.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="cannot read checkpoint .*model_dense.ckpt") as e:
+        checkpoints.load_parts(tmp_path / "w")
+    assert "\n" not in str(e.value)
 
 
 def test_hub_id_offline_missing_names_hub_id(tmp_path, offline):
@@ -201,11 +207,9 @@ def test_hub_cache_tiny(tmp_path, offline):
 
 
 @pytest.mark.slow
-def test_hub_cache_full_size_dense_checkpoint(tmp_path, offline):
+def test_hub_cache_full_size_dense_checkpoint(tmp_path, offline, fixture_file):
     """A random full-size model_dense.ckpt (fp16 tensors, official keys) loads strict through the hub cache."""
-    cfg_path = FIXTURES / "configs_v1_1.yaml"
-    if not cfg_path.is_file():
-        pytest.skip(f"config fixture not found: {cfg_path} (needs the shared folder beside the repo)")
+    cfg_path = fixture_file("direct3d_s2", "configs_v1_1.yaml")
     config = targets.load_config(cfg_path)
     src = tmp_path / "src"
     src.mkdir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,30 +12,25 @@ import torch
 from consistent3dgen.generators.direct3d_s2 import attention
 from consistent3dgen.generators.direct3d_s2.dense_dit import DenseDiT, patchify, unpatchify
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "direct3d_s2"
 
-
-def _load(name: str) -> tuple[DenseDiT, dict[str, torch.Tensor]]:
-    path = FIXTURES / f"{name}.safetensors"
-    if not path.is_file():
-        pytest.skip(f"fixture not found: {path} (needs the shared folder beside the repo)")
+def _load(fixture_file: Callable[..., Path], name: str) -> tuple[DenseDiT, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path))
-    args = json.loads((FIXTURES / f"{name}.json").read_text())["constructor_args"]
+    tensors = load_file(str(fixture_file("direct3d_s2", f"{name}.safetensors")))
+    args = json.loads(fixture_file("direct3d_s2", f"{name}.json").read_text())["constructor_args"]
     dit = DenseDiT(**args).eval()
     dit.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("state.")}, strict=True)
     return dit, tensors
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return _load("dense_dit_tiny")
+def tiny(fixture_file):
+    return _load(fixture_file, "dense_dit_tiny")
 
 
-def test_pos_emb_buffer_equals_official(tiny):
+def test_pos_emb_buffer_equals_official(tiny, fixture_file):
     dit, fx = tiny
-    fresh = DenseDiT(**json.loads((FIXTURES / "dense_dit_tiny.json").read_text())["constructor_args"])
+    fresh = DenseDiT(**json.loads(fixture_file("direct3d_s2", "dense_dit_tiny.json").read_text())["constructor_args"])
     torch.testing.assert_close(fresh.pos_emb, fx["state.pos_emb"], atol=1e-6, rtol=0)
 
 
@@ -57,8 +53,8 @@ def test_naive_attention_agrees_with_sdpa():
     )
 
 
-def test_forward_fp16_dtype_flow():
-    dit, fx = _load("dense_dit_tiny_fp16")
+def test_forward_fp16_dtype_flow(fixture_file):
+    dit, fx = _load(fixture_file, "dense_dit_tiny_fp16")
     sd = dit.state_dict()
     # the official use_fp16 conversion: linears fp16; norms, RMS gammas and pos_emb fp32
     assert sd["input_layer.weight"].dtype == torch.float16
@@ -70,7 +66,7 @@ def test_forward_fp16_dtype_flow():
     assert out.dtype == torch.float16
     torch.testing.assert_close(out.float(), fx["output.out"].float(), atol=1e-2, rtol=0)
     # and it still agrees with the fp32 model's answer to the fp16 rounding level (README: 3.8e-3)
-    ref32 = _load("dense_dit_tiny")[1]["output.out"]
+    ref32 = _load(fixture_file, "dense_dit_tiny")[1]["output.out"]
     assert (out.float() - ref32).abs().max() < 2e-2
 
 

@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from consistent3dgen.generators.direct3d_s2.dense_vae import DenseShapeVAE, pixel_shuffle_3d
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "direct3d_s2"
 ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def tiny() -> tuple[DenseShapeVAE, dict[str, torch.Tensor]]:
-    path = FIXTURES / "dense_vae_tiny.safetensors"
-    if not path.is_file():
-        pytest.skip(f"fixture not found: {path} (needs the shared folder beside the repo)")
+def tiny(fixture_file) -> tuple[DenseShapeVAE, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path))
-    args = json.loads((FIXTURES / "dense_vae_tiny.json").read_text())["constructor_args"]
+    tensors = load_file(str(fixture_file("direct3d_s2", "dense_vae_tiny.safetensors")))
+    args = json.loads(fixture_file("direct3d_s2", "dense_vae_tiny.json").read_text())["constructor_args"]
     vae = DenseShapeVAE(**args).eval()
     vae.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("state.")}, strict=True)
     return vae, tensors

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,17 +18,13 @@ from consistent3dgen.generators.direct3d_s2.embedders import (
 # The official float32 formula itself, run on this CPU, differs from the fixture by up to 3e-5 for t ~ 1000
 # (the float32 ulp of t*f there is 6e-5; sin/cos kernels differ between CPUs), hence 1e-4 for timesteps.
 TIMESTEP_ATOL = 1e-4
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "direct3d_s2"
 
 
 @pytest.fixture(scope="module")
-def fx() -> dict[str, torch.Tensor]:
-    path = FIXTURES / "embedders.safetensors"
-    if not path.is_file():
-        pytest.skip(f"fixture not found: {path} (needs the shared folder beside the repo)")
+def fx(fixture_file) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    return load_file(str(fixture_file("direct3d_s2", "embedders.safetensors")))
 
 
 @pytest.mark.parametrize("dim", [256, 1024, 512, 64])
@@ -113,8 +108,6 @@ def test_ape_rejects_wrong_shape():
         AbsolutePositionEmbedder(64, 3)(torch.zeros(4, 2))
 
 
-def test_fixture_sidecar_states_layout():
-    meta = FIXTURES / "embedders.json"
-    if not meta.is_file():
-        pytest.skip(f"fixture not found: {meta}")
+def test_fixture_sidecar_states_layout(fixture_file):
+    meta = fixture_file("direct3d_s2", "embedders.json")
     assert "sin(x*f), cos(x*f)" in json.loads(meta.read_text())["ape_layout"]

@@ -9,6 +9,7 @@ conversion). Parts whose class is not implemented yet are skipped, naming the mi
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,6 @@ import torch
 
 from consistent3dgen.generators.direct3d_s2 import targets
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "direct3d_s2"
 VERSIONS = ["v1_0", "v1_1"]
 CASES = [(v, part) for v in VERSIONS for part in targets.PARTS]
 
@@ -26,11 +26,8 @@ def _manifest_name(version: str, part: str) -> str:
     return f"{version}_{ckpt.removesuffix('.ckpt')}_{key}.json"
 
 
-def _build_meta(version: str, part: str) -> torch.nn.Module:
-    cfg_path = FIXTURES / f"configs_{version}.yaml"
-    if not cfg_path.is_file():
-        pytest.skip(f"config fixture not found: {cfg_path} (needs the shared folder beside the repo)")
-    entry = targets.load_config(cfg_path)[part]
+def _build_meta(fixture_file: Callable[..., Path], version: str, part: str) -> torch.nn.Module:
+    entry = targets.load_config(fixture_file("direct3d_s2", f"configs_{version}.yaml"))[part]
     target = entry["target"].strip()
     if targets.resolve(target) is None:
         pytest.skip(f"{part}: no class yet for {target} (registry spec {targets.TARGETS.get(target)!r})")
@@ -42,9 +39,9 @@ def _layout(module: torch.nn.Module) -> list[tuple[str, list[int], str]]:
 
 
 @pytest.mark.parametrize(("version", "part"), CASES, ids=[f"{v}-{p}" for v, p in CASES])
-def test_state_dict_layout_matches_official(version, part):
-    model = _build_meta(version, part)
-    manifest = json.loads((FIXTURES / _manifest_name(version, part)).read_text())
+def test_state_dict_layout_matches_official(version, part, fixture_file):
+    model = _build_meta(fixture_file, version, part)
+    manifest = json.loads(fixture_file("direct3d_s2", _manifest_name(version, part)).read_text())
     want = {k: (shape, dtype) for k, (shape, dtype) in manifest.items()}
     got = {k: (shape, dtype) for k, shape, dtype in _layout(model)}
     missing = sorted(set(want) - set(got))
@@ -55,29 +52,26 @@ def test_state_dict_layout_matches_official(version, part):
 
 
 @pytest.mark.parametrize(("version", "part"), CASES, ids=[f"{v}-{p}" for v, p in CASES])
-def test_state_dict_order_matches_official(version, part):
+def test_state_dict_order_matches_official(version, part, fixture_file):
     # not needed for loading (strict load is order-free), but the order mirrors the module structure
-    model = _build_meta(version, part)
-    manifest = json.loads((FIXTURES / _manifest_name(version, part)).read_text())
+    model = _build_meta(fixture_file, version, part)
+    manifest = json.loads(fixture_file("direct3d_s2", _manifest_name(version, part)).read_text())
     got = list(model.state_dict())
     first = next((i for i, (a, b) in enumerate(zip(got, manifest, strict=False)) if a != b), None)
     assert got == list(manifest), f"first difference at {first}: {got[first] if first is not None else None}"
 
 
 @pytest.mark.parametrize(("version", "part"), CASES, ids=[f"{v}-{p}" for v, p in CASES])
-def test_parameter_count_matches_summary(version, part):
-    model = _build_meta(version, part)
-    summary = json.loads((FIXTURES / "keys_summary.json").read_text())[_manifest_name(version, part)]
+def test_parameter_count_matches_summary(version, part, fixture_file):
+    model = _build_meta(fixture_file, version, part)
+    summary = json.loads(fixture_file("direct3d_s2", "keys_summary.json").read_text())[_manifest_name(version, part)]
     assert sum(p.numel() for p in model.parameters()) == summary["n_parameters"]
     assert sorted(k for k, _ in model.named_buffers() if k in model.state_dict()) == sorted(summary["buffer_keys"])
 
 
-def test_registry_knows_every_config_target():
+def test_registry_knows_every_config_target(fixture_file):
     for version in VERSIONS:
-        cfg_path = FIXTURES / f"configs_{version}.yaml"
-        if not cfg_path.is_file():
-            pytest.skip(f"config fixture not found: {cfg_path}")
-        cfg = targets.load_config(cfg_path)
+        cfg = targets.load_config(fixture_file("direct3d_s2", f"configs_{version}.yaml"))
         for part in targets.PARTS:
             assert cfg[part]["target"].strip() in targets.TARGETS, (version, part)
 

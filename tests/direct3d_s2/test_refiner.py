@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,24 +15,16 @@ from consistent3dgen.generators.direct3d_s2.refiner import (
 )
 from consistent3dgen.generators.direct3d_s2.sparse_tensor import SparseTensor
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "direct3d_s2"
 SMALL = (8, 8, 8, 8)  # 4 UNet levels like the official (8, 32, 128, 512), cheap
-
-
-def _manifest(name: str) -> dict:
-    path = FIXTURES / name
-    if not path.is_file():
-        pytest.skip(f"{path} not found (needs ../shared/fixtures beside the repo)")
-    return json.loads(path.read_text())
 
 
 @pytest.mark.parametrize("version", ["v1_0", "v1_1"])
 @pytest.mark.parametrize("part,cls", [("refiner", Voxel_RefinerXL), ("refiner_1024", Voxel_RefinerXL_sign)])
-def test_state_dict_matches_manifest(version, part, cls):
+def test_state_dict_matches_manifest(version, part, cls, fixture_file):
     import yaml
 
-    manifest = _manifest(f"{version}_model_{part}_refiner.json")
-    params = yaml.safe_load((FIXTURES / f"configs_{version}.yaml").read_text())[part]["params"]
+    manifest = json.loads(fixture_file("direct3d_s2", f"{version}_model_{part}_refiner.json").read_text())
+    params = yaml.safe_load(fixture_file("direct3d_s2", f"configs_{version}.yaml").read_text())[part]["params"]
     with torch.device("meta"):
         model = cls(**params)
     ours = {k: [list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,16 +19,11 @@ from consistent3dgen.generators.direct3d_s2.sparse_conv import (
 )
 from consistent3dgen.generators.direct3d_s2.sparse_tensor import SparseTensor
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "direct3d_s2"
 
-
-def _fixture(name: str) -> dict[str, torch.Tensor]:
-    path = FIXTURES / f"{name}.safetensors"
-    if not path.is_file():
-        pytest.skip(f"fixture {path} not found (needs ../shared/fixtures beside the repo)")
+def _fixture(fixture_file: Callable[..., Path], name: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    return load_file(str(fixture_file("direct3d_s2", f"{name}.safetensors")))
 
 
 def _state(t: dict[str, torch.Tensor], prefix: str = "state.") -> dict[str, torch.Tensor]:
@@ -106,8 +102,8 @@ def test_neighbor_map_cached_and_chunking_invariant(monkeypatch):
     torch.testing.assert_close(full, chunked, atol=1e-6, rtol=1e-6)
 
 
-def test_fixture_sparse_conv_subm():
-    t = _fixture("sparse_conv_subm")
+def test_fixture_sparse_conv_subm(fixture_file):
+    t = _fixture(fixture_file, "sparse_conv_subm")
     x = SparseTensor(t["input.feats"], t["input.coords"])
     conv3 = SparseConv3d(4, 5, 3, padding=1)
     conv1 = SparseConv3d(4, 5, 1)

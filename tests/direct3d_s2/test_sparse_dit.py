@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,28 +15,21 @@ from consistent3dgen.generators.direct3d_s2.sparse_conv import SparseConv3d, Spa
 from consistent3dgen.generators.direct3d_s2.sparse_dit import SparseDiT
 from consistent3dgen.generators.direct3d_s2.sparse_tensor import SparseTensor
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "direct3d_s2"
-
-
-def _fixtures() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.skip(f"Direct3D-S2 fixtures not found at {FIXTURES}")
-    return FIXTURES
-
 
 @pytest.mark.parametrize("version", ["v1_0", "v1_1"])
 @pytest.mark.parametrize("stage", ["512", "1024"])
-def test_full_size_state_dict_matches_official_manifest(version, stage):
+def test_full_size_state_dict_matches_official_manifest(version, stage, fixture_file):
     yaml = pytest.importorskip("yaml")
-    root = _fixtures()
-    params = yaml.safe_load((root / f"configs_{version}.yaml").read_text())[f"sparse_dit_{stage}"]["params"]
+    cfg = yaml.safe_load(fixture_file("direct3d_s2", f"configs_{version}.yaml").read_text())
+    params = cfg[f"sparse_dit_{stage}"]["params"]
     with torch.device("meta"):
         model = SparseDiT(**params)
     got = {k: [list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()}
-    expected = json.loads((root / f"{version}_model_sparse_{stage}_dit.json").read_text())
+    expected = json.loads(fixture_file("direct3d_s2", f"{version}_model_sparse_{stage}_dit.json").read_text())
     assert list(got) == list(expected)  # same keys in the same order
     assert got == expected  # same shapes and (fp16 conversion) dtypes
-    summary = json.loads((root / "keys_summary.json").read_text())[f"{version}_model_sparse_{stage}_dit.json"]
+    summary = json.loads(fixture_file("direct3d_s2", "keys_summary.json").read_text())
+    summary = summary[f"{version}_model_sparse_{stage}_dit.json"]
     assert sum(p.numel() for p in model.parameters()) == summary["n_parameters"]
 
 
@@ -59,11 +51,10 @@ def test_official_pooling_counts_the_initial_zero():
     assert out.feats[:, 0].tolist() == [6.0 / 3, 6.0 / 2, 5.0 / 2]  # sum / (n + 1), as the official layer
 
 
-def test_official_pooling_reproduces_official_down_block_fixture():
+def test_official_pooling_reproduces_official_down_block_fixture(fixture_file):
     """The official encoder down block (pool + convs + 1x1 skip) only matches with the (n + 1) pooling."""
     safetensors = pytest.importorskip("safetensors.torch")
-    path = _fixtures() / "sparse_encoder_downblock.safetensors"
-    t = safetensors.load_file(str(path))
+    t = safetensors.load_file(str(fixture_file("direct3d_s2", "sparse_encoder_downblock.safetensors")))
     act = torch.nn.Sequential(SparseGroupNorm32(32, 32), SparseSiLU())
     body = torch.nn.Sequential(
         SparseConv3d(32, 64, 3, padding=1), SparseGroupNorm32(32, 64), SparseSiLU(), SparseConv3d(64, 64, 3, padding=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,20 +18,12 @@ from consistent3dgen.generators.direct3d_s2.sparse_vae import (
     windowed_attention,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "direct3d_s2"
 
-
-def _need(path: Path) -> Path:
-    if not path.is_file():
-        pytest.skip(f"{path} not found (needs ../shared/fixtures beside the repo)")
-    return path
-
-
-def _fixture(name: str) -> tuple[dict[str, torch.Tensor], dict]:
+def _fixture(fixture_file: Callable[..., Path], name: str) -> tuple[dict[str, torch.Tensor], dict]:
     from safetensors.torch import load_file
 
-    tensors = load_file(str(_need(FIXTURES / f"{name}.safetensors")))
-    meta = json.loads((FIXTURES / f"{name}.json").read_text())
+    tensors = load_file(str(fixture_file("direct3d_s2", f"{name}.safetensors")))
+    meta = json.loads(fixture_file("direct3d_s2", f"{name}.json").read_text())
     return tensors, meta
 
 
@@ -38,26 +31,26 @@ def _state(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len("state.") :]: v for k, v in t.items() if k.startswith("state.")}
 
 
-def _config_params(version: str, key: str) -> dict:
+def _config_params(fixture_file: Callable[..., Path], version: str, key: str) -> dict:
     import yaml
 
-    cfg = yaml.safe_load(_need(FIXTURES / f"configs_{version}.yaml").read_text())
+    cfg = yaml.safe_load(fixture_file("direct3d_s2", f"configs_{version}.yaml").read_text())
     return cfg[key]["params"]
 
 
 @pytest.mark.parametrize("version", ["v1_0", "v1_1"])
 @pytest.mark.parametrize("res", ["512", "1024"])
-def test_state_dict_matches_manifest(version, res):
-    manifest = json.loads(_need(FIXTURES / f"{version}_model_sparse_{res}_vae.json").read_text())
+def test_state_dict_matches_manifest(version, res, fixture_file):
+    manifest = json.loads(fixture_file("direct3d_s2", f"{version}_model_sparse_{res}_vae.json").read_text())
     with torch.device("meta"):
-        vae = SparseSDFVAE(**_config_params(version, f"sparse_vae_{res}"))
+        vae = SparseSDFVAE(**_config_params(fixture_file, version, f"sparse_vae_{res}"))
     ours = {k: [list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in vae.state_dict().items()}
     assert list(ours) == list(manifest)  # same keys in the same order
     assert ours == manifest
 
 
-def test_fixture_encoder_down_block():
-    t, _ = _fixture("sparse_encoder_downblock")
+def test_fixture_encoder_down_block(fixture_file):
+    t, _ = _fixture(fixture_file, "sparse_encoder_downblock")
     block = SparseDownBlock3d(32, 64)
     block.load_state_dict(_state(t), strict=True)
     with torch.no_grad():
@@ -66,8 +59,8 @@ def test_fixture_encoder_down_block():
     torch.testing.assert_close(y.feats, t["output.feats"], atol=1e-5, rtol=1e-5)
 
 
-def test_fixture_tiny_decoder():
-    t, meta = _fixture("sparse_sdf_decoder_tiny")
+def test_fixture_tiny_decoder(fixture_file):
+    t, meta = _fixture(fixture_file, "sparse_sdf_decoder_tiny")
     dec = SparseSDFDecoder(**meta["constructor_args"]).eval()
     dec.load_state_dict(_state(t), strict=True)
     x = SparseTensor(t["input.latents"], t["input.coords"])
@@ -80,8 +73,8 @@ def test_fixture_tiny_decoder():
     torch.testing.assert_close(sdf.feats, t["output.sdf"], atol=1e-5, rtol=1e-5)
 
 
-def test_chunked_decode_equals_whole_decode():
-    t, meta = _fixture("sparse_sdf_decoder_tiny")
+def test_chunked_decode_equals_whole_decode(fixture_file):
+    t, meta = _fixture(fixture_file, "sparse_sdf_decoder_tiny")
     dec = SparseSDFDecoder(**meta["constructor_args"]).eval()
     dec.load_state_dict(_state(t), strict=True)
     keep = t["input.coords"][:, 0] == 0  # one batch element, 24 tokens spread over the grid: keeps it fast

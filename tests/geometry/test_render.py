@@ -8,9 +8,12 @@ import trimesh
 
 from consistent3dgen.errors import InputError
 from consistent3dgen.geometry import render
+from consistent3dgen.geometry.warp_runtime import warp_available
 from consistent3dgen.pointmap import PointMap
 
-needs_warp = pytest.mark.skipif(not render._warp_available(), reason="warp-lang not importable (optional fast path)")
+needs_warp = pytest.mark.skipif(
+    not warp_available("render"), reason="warp-lang not importable or not compiling (optional fast path)"
+)
 
 
 def _quad(z: float, half: float = 10.0) -> tuple[np.ndarray, np.ndarray]:

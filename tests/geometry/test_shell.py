@@ -9,6 +9,7 @@ import pytest
 from consistent3dgen.errors import InputError
 from consistent3dgen.geometry import shell, surface
 from consistent3dgen.geometry.voxels import SparseVoxels
+from consistent3dgen.geometry.warp_runtime import warp_available
 from consistent3dgen.io.pointmap_io import depth_to_pointmap
 
 H, W = 48, 48
@@ -49,7 +50,7 @@ def _grid(res):
 
 
 def _backends():
-    return ["numpy", "warp"] if shell._warp_available() else ["numpy"]
+    return ["numpy", "warp"] if warp_available("shell") else ["numpy"]
 
 
 def _segment_distance(p, a, b):
@@ -161,7 +162,7 @@ def test_sphere_matches_exact_closest_points(sphere):
 
 
 def test_backends_and_threads_agree(sphere):
-    if not shell._warp_available():
+    if not warp_available("shell"):
         pytest.skip("warp not importable: only the NumPy path exists")
     a = shell.thin_shell(sphere.vertices, sphere.faces, 96, backend="numpy")
     b = shell.thin_shell(sphere.vertices, sphere.faces, 96, backend="warp", threads=1)

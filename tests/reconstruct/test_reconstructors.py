@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -26,9 +23,6 @@ from consistent3dgen.reconstruct.vggt.reconstructor import (
     reference_from_camera,
     transform_points,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_vggt_model import TINY  # noqa: E402
 
 
 def _rgba(w: int, h: int, seed: int = 0) -> np.ndarray:
@@ -156,8 +150,8 @@ def test_background_mask_keeps_enclosed_object_regions():
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    model = random_vggt(TINY, seed=2, enable_track=False)
+def tiny_model(tiny_config):
+    model = random_vggt(tiny_config, seed=2, enable_track=False)
     # Random weights can give a zero field of view (relu); fix it at 4 x 0.2 = 0.8 rad like a real camera.
     with torch.no_grad():
         model.camera_head.pose_branch.fc2.weight[7:] = 0
@@ -217,8 +211,8 @@ def test_vggt_reconstructor_options(tiny_model):
         VGGTReconstructor(model=tiny_model)(["/nonexistent/image.png"])
 
 
-def test_degenerate_camera_is_reported(tiny_model):
-    broken = random_vggt(TINY, seed=2, enable_track=False)
+def test_degenerate_camera_is_reported(tiny_model, tiny_config):
+    broken = random_vggt(tiny_config, seed=2, enable_track=False)
     with torch.no_grad():
         broken.camera_head.pose_branch.fc2.weight[7:] = 0
         broken.camera_head.pose_branch.fc2.bias[7:] = -1.0  # relu -> fov 0 -> infinite focal length

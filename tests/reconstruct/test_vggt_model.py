@@ -13,18 +13,9 @@ from consistent3dgen.errors import InputError, WeightsNotFoundError
 from consistent3dgen.reconstruct.vggt import VGGT, VGGTConfig
 from consistent3dgen.reconstruct.vggt.pretrained import load_vggt, random_vggt, resolve_weights
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "vggt"
-# Small dims, official key names; 2 aggregator blocks so the DPT layer indices are (0, 1, 0, 1).
-TINY = VGGTConfig(embed_dim=32, depth=2, num_heads=2, dino_depth=1, dino_heads=2, head_features=16,
-                  head_out_channels=(8, 16, 32, 32), intermediate_layer_idx=(0, 1, 0, 1), camera_trunk_depth=1,
-                  camera_num_heads=2, track_features=16, track_hidden=32)
 
-
-def test_full_size_state_dict_matches_official_listing():
-    path = FIXTURES / "vggt_1b_state_dict.json"
-    if not path.is_file():
-        pytest.skip(f"VGGT fixtures not found at {FIXTURES} (the shared folder beside the repo)")
-    official = json.loads(path.read_text())
+def test_full_size_state_dict_matches_official_listing(fixture_file):
+    official = json.loads(fixture_file("vggt", "vggt_1b_state_dict.json").read_text())
     with torch.device("meta"):  # layout only: no 5 GB allocation
         model = VGGT()
     mine = {k: [list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()}
@@ -34,15 +25,15 @@ def test_full_size_state_dict_matches_official_listing():
     assert not model.aggregator.patch_embed.mask_token.requires_grad
 
 
-def _save_tiny(folder: Path, fmt: str = "safetensors", seed: int = 0) -> VGGT:
-    model = random_vggt(TINY, seed=seed)
+def _save_tiny(folder: Path, config: VGGTConfig, fmt: str = "safetensors", seed: int = 0) -> VGGT:
+    model = random_vggt(config, seed=seed)
     folder.mkdir(parents=True, exist_ok=True)
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     if fmt == "safetensors":
         save_file(sd, str(folder / "model.safetensors"))
     else:
         torch.save(sd, folder / "model.pt")
-    (folder / "config.json").write_text(json.dumps(TINY.to_dict()))
+    (folder / "config.json").write_text(json.dumps(config.to_dict()))
     return model
 
 
@@ -51,8 +42,8 @@ def _images(seed: int = 1, s: int = 2) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "pt"])
-def test_load_local_folder_reproduces_the_saved_model(tmp_path, fmt):
-    ref = _save_tiny(tmp_path / "w", fmt)
+def test_load_local_folder_reproduces_the_saved_model(tmp_path, fmt, tiny_config):
+    ref = _save_tiny(tmp_path / "w", tiny_config, fmt)
     loaded = load_vggt(tmp_path / "w")
     assert loaded.track_head is None  # skipped by default (tracking is not implemented)
     assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in loaded.parameters())
@@ -66,12 +57,12 @@ def test_load_local_folder_reproduces_the_saved_model(tmp_path, fmt):
     assert set(with_track.state_dict()) == set(ref.state_dict())
 
 
-def test_load_from_offline_hub_cache(tmp_path, monkeypatch):
+def test_load_from_offline_hub_cache(tmp_path, monkeypatch, tiny_config):
     from huggingface_hub import constants
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--facebook--VGGT-1B"
-    ref = _save_tiny(repo / "snapshots" / commit)
+    ref = _save_tiny(repo / "snapshots" / commit, tiny_config)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -98,21 +89,21 @@ def test_missing_weights_name_the_path_or_id(tmp_path, monkeypatch):
         load_vggt(tmp_path / "a" / "b" / "nowhere")
 
 
-def test_wrong_checkpoint_is_a_clear_error(tmp_path):
+def test_wrong_checkpoint_is_a_clear_error(tmp_path, tiny_config):
     folder = tmp_path / "w"
-    _save_tiny(folder)
+    _save_tiny(folder, tiny_config)
     save_file({"foo.weight": torch.zeros(2)}, str(folder / "model.safetensors"))
-    with pytest.raises(InputError, match="keys missing"):
+    with pytest.raises(InputError, match="missing keys"):
         load_vggt(folder)
-    sd = {k: v.contiguous() for k, v in random_vggt(TINY).state_dict().items()}
+    sd = {k: v.contiguous() for k, v in random_vggt(tiny_config).state_dict().items()}
     sd["aggregator.camera_token"] = torch.zeros(1, 2, 1, 31)
     save_file(sd, str(folder / "model.safetensors"))
     with pytest.raises(InputError, match="camera_token"):
         load_vggt(folder)
 
 
-def test_bf16_aggregator_stays_close_to_fp32(tmp_path):
-    ref = _save_tiny(tmp_path / "w")
+def test_bf16_aggregator_stays_close_to_fp32(tmp_path, tiny_config):
+    ref = _save_tiny(tmp_path / "w", tiny_config)
     bf = load_vggt(tmp_path / "w", dtype="bf16")
     assert bf.aggregator.camera_token.dtype == torch.bfloat16
     assert bf.depth_head.norm.weight.dtype == torch.float32
@@ -124,15 +115,15 @@ def test_bf16_aggregator_stays_close_to_fp32(tmp_path):
     assert rel < 0.05
 
 
-def test_safetensors_with_mixed_dtypes_and_corruption(tmp_path):
-    ref = random_vggt(TINY, seed=4, enable_track=False)
+def test_safetensors_with_mixed_dtypes_and_corruption(tmp_path, tiny_config):
+    ref = random_vggt(tiny_config, seed=4, enable_track=False)
     sd = {k: v.contiguous() for k, v in ref.state_dict().items()}
     # An odd-sized float16 tensor first in the file shifts every later float32 tensor off 4-byte alignment.
     sd["camera_head.pose_branch.fc2.bias"] = sd["camera_head.pose_branch.fc2.bias"].half()  # 9 values, 18 bytes
     folder = tmp_path / "w"
     folder.mkdir()
     save_file(sd, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(TINY.to_dict()))
+    (folder / "config.json").write_text(json.dumps(tiny_config.to_dict()))
     loaded = load_vggt(folder)
     for k, v in sd.items():
         assert torch.equal(loaded.state_dict()[k], v.float()), k

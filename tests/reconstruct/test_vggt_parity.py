@@ -8,8 +8,6 @@ functions (activations, preprocessing) are expected to be exact or within float3
 from __future__ import annotations
 
 import io
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,16 +27,7 @@ from consistent3dgen.reconstruct.vggt.layers import PositionGetter, RotaryPositi
 from consistent3dgen.reconstruct.vggt.pose_encoding import extri_intri_to_pose_encoding, pose_encoding_to_extri_intri
 from consistent3dgen.reconstruct.vggt.preprocess import preprocess_images
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "vggt"
 MODULE_ATOL = 1e-4
-
-
-def load_fixture(name: str) -> tuple[dict[str, torch.Tensor], dict]:
-    if not FIXTURES.is_dir():
-        pytest.skip(f"VGGT fixtures not found at {FIXTURES} (the shared folder beside the repo)")
-    from safetensors.torch import load_file
-
-    return load_file(str(FIXTURES / f"{name}.safetensors")), json.loads((FIXTURES / f"{name}.json").read_text())
 
 
 def split(tensors: dict[str, torch.Tensor]) -> tuple[dict, dict, dict]:
@@ -58,8 +47,8 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol
     torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
 
 
-def test_aggregator_conv_tiny_matches_official():
-    t, meta = load_fixture("aggregator_conv_tiny")
+def test_aggregator_conv_tiny_matches_official(vggt_fixture):
+    t, meta = vggt_fixture("aggregator_conv_tiny")
     weights, inputs, outputs = split(t)
     args = meta["module"]["constructor_args"]
     agg = Aggregator(img_size=args["img_size"], patch_size=args["patch_size"], embed_dim=args["embed_dim"],
@@ -75,8 +64,8 @@ def test_aggregator_conv_tiny_matches_official():
         assert_close(got, want, atol=MODULE_ATOL)
 
 
-def test_dpt_head_points_tiny_matches_official():
-    t, meta = load_fixture("dpt_head_points_tiny")
+def test_dpt_head_points_tiny_matches_official(vggt_fixture):
+    t, meta = vggt_fixture("dpt_head_points_tiny")
     weights, inputs, outputs = split(t)
     a = meta["module"]["constructor_args"]
     head = DPTHead(a["dim_in"], output_dim=a["output_dim"], activation=a["activation"],
@@ -92,8 +81,8 @@ def test_dpt_head_points_tiny_matches_official():
     assert torch.equal(tokens[0], inputs["aggregated_tokens.0"])
 
 
-def test_camera_head_tiny_matches_official():
-    t, meta = load_fixture("camera_head_tiny")
+def test_camera_head_tiny_matches_official(vggt_fixture):
+    t, meta = vggt_fixture("camera_head_tiny")
     weights, inputs, outputs = split(t)
     a = meta["module"]["constructor_args"]
     head = CameraHead(a["dim_in"], trunk_depth=a["trunk_depth"], num_heads=a["num_heads"]).eval()
@@ -107,8 +96,8 @@ def test_camera_head_tiny_matches_official():
         assert (got[..., 7:] >= 0).all()
 
 
-def test_pose_encoding_conversions_match_official():
-    t, _ = load_fixture("pose_encoding")
+def test_pose_encoding_conversions_match_official(vggt_fixture):
+    t, _ = vggt_fixture("pose_encoding")
     _, inputs, outputs = split(t)
     extr, intr = pose_encoding_to_extri_intri(inputs["pose_encoding"], image_size_hw=(70, 98))
     assert_close(extr, outputs["extrinsics"], atol=1e-6, rtol=1e-6)
@@ -119,8 +108,8 @@ def test_pose_encoding_conversions_match_official():
     assert none is None and torch.equal(extr2, extr)
 
 
-def test_rope2d_matches_official():
-    t, _ = load_fixture("rope2d")
+def test_rope2d_matches_official(vggt_fixture):
+    t, _ = vggt_fixture("rope2d")
     _, inputs, outputs = split(t)
     assert torch.equal(PositionGetter()(2, 3, 4, device="cpu"), outputs["position_getter_2x3x4"])
     for freq in (100, 10):
@@ -132,8 +121,8 @@ def test_rope2d_matches_official():
         assert_close(got, outputs[f"{where}.q_rotated"], atol=1e-6)
 
 
-def test_activations_match_official():
-    t, _ = load_fixture("activations")
+def test_activations_match_official(vggt_fixture):
+    t, _ = vggt_fixture("activations")
     _, inputs, outputs = split(t)
     v = inputs["vector"]
     assert_close(inverse_log_transform(v), outputs["vector.inv_log"], atol=0, rtol=1e-6)
@@ -151,8 +140,8 @@ def test_activations_match_official():
     assert_close(pose, outputs["pose_raw.activated"], atol=0, rtol=1e-6)
 
 
-def test_dpt_positional_helpers_match_official():
-    t, meta = load_fixture("dpt_pos_embed")
+def test_dpt_positional_helpers_match_official(vggt_fixture):
+    t, meta = vggt_fixture("dpt_pos_embed")
     _, inputs, outputs = split(t)
     grids = {k: v for k, v in outputs.items() if "uv" in k}
     embeds = {k: v for k, v in outputs.items() if "embed" in k and "uv" not in k}
@@ -168,8 +157,8 @@ def test_dpt_positional_helpers_match_official():
 
 
 @pytest.mark.parametrize("mode", ["pad", "crop"])
-def test_preprocessing_matches_official_load_fn(mode, tmp_path):
-    t, _ = load_fixture(f"load_fn_{mode}")
+def test_preprocessing_matches_official_load_fn(mode, tmp_path, vggt_fixture):
+    t, _ = vggt_fixture(f"load_fn_{mode}")
     _, inputs, outputs = split(t)
     paths = []
     for name in ("png_rgba_portrait_60x90", "png_rgb_landscape_120x80"):

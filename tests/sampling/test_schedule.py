@@ -1,7 +1,6 @@
 """Sigma sequences vs the diffusers fixture (bit-exact), SDEdit start index, and the fixture's Euler step."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,15 +8,10 @@ import torch
 from consistent3dgen.sampling.sampler import euler_step
 from consistent3dgen.sampling.schedule import FlowMatchSchedule, flow_match_sigmas
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
-FIXTURE = SHARED / "fixtures" / "direct3d_s2" / "scheduler_flowmatch.json"
-
 
 @pytest.fixture(scope="module")
-def fixture() -> dict:
-    if not FIXTURE.exists():
-        pytest.skip(f"shared fixture {FIXTURE} is absent")
-    return json.loads(FIXTURE.read_text())
+def fixture(fixture_file) -> dict:
+    return json.loads(fixture_file("direct3d_s2", "scheduler_flowmatch.json").read_text())
 
 
 @pytest.mark.parametrize("case", ["dense_50", "sparse512_30", "sparse1024_15"])

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from consistent3dgen.errors import InputError
+from consistent3dgen.generators.mini import build_component
 from consistent3dgen.train import shapes
 from consistent3dgen.train.config import DataConfig, MiniPriorConfig, StageTraining
 from consistent3dgen.train.data import SampleSet, build_sample
 from consistent3dgen.train.trainer import (
     StageTrainer,
     batch_band_tensor,
-    build_model,
     build_models,
     count_bytes,
     crop_cells,
@@ -66,7 +66,7 @@ def samples():
 
 def _tiny(entry, is_dit, seed=0):
     torch.manual_seed(seed)
-    m = build_model(copy.deepcopy(entry))
+    m = build_component(copy.deepcopy(entry))
     init_for_training(m, is_dit)
     return m
 
@@ -202,8 +202,9 @@ def test_default_config_fits_the_weight_budget_and_round_trips():
 
 
 def test_train_chain_end_to_end_resumes_and_exports(tmp_path):
+    from consistent3dgen.generators.mini import load_mini_prior
     from consistent3dgen.train.config import MiniPriorConfig
-    from consistent3dgen.train.main import load_mini_models, train_mini_prior
+    from consistent3dgen.train.main import train_mini_prior
 
     cfg = MiniPriorConfig(
         data=DataConfig(sparse_resolution=64, latent_factor=8, num_procedural=3, meshes=[]),
@@ -229,19 +230,20 @@ def test_train_chain_end_to_end_resumes_and_exports(tmp_path):
     train_mini_prior(cfg, tmp_path / "run", tmp_path / "data", stages, None, None, logs.append)
     assert any("dense_vae: resumed at step 2" in line for line in logs)
     assert not any(" step 3/" in line for line in logs)
-    loaded_cfg, models = load_mini_models(tmp_path / "mini")
-    assert loaded_cfg.dense_vae["params"]["latents_scale"] > 0
-    assert set(models) == {"dense_vae", "dense_dit", "sparse_vae", "sparse_dit"}
+    gen = load_mini_prior(tmp_path / "mini")  # the export is what inference reads
+    assert gen.dense.latents_scale > 0 and gen.sparse[0].resolution == 64
+    assert gen.defaults == {**cfg.field_convention(), **cfg.inference_defaults}
+    assert MiniPriorConfig.load(tmp_path / "mini" / "training.json").data.sparse_resolution == 64
     card = (tmp_path / "mini" / "MODEL_CARD.md").read_text()
     assert "stanford-bunny" in card and "| dense_vae | 2 |" in card
 
 
-def test_load_mini_models_names_the_missing_folder(tmp_path):
+def test_load_mini_prior_names_the_missing_folder(tmp_path):
     from consistent3dgen.errors import WeightsNotFoundError
-    from consistent3dgen.train.main import load_mini_models
+    from consistent3dgen.generators.mini import load_mini_prior
 
     with pytest.raises(WeightsNotFoundError, match=str(tmp_path)):
-        load_mini_models(tmp_path)
+        load_mini_prior(tmp_path)
 
 
 def test_ema_warm_up_then_decay():

@@ -10,7 +10,7 @@ predicts ``v = noise - x_0`` given ``timestep = 1000 * sigma``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -89,24 +89,38 @@ class Conditioner(Protocol):
     def __call__(self, image: Any) -> torch.Tensor: ...
 
 
+@dataclass(frozen=True)
+class SamplerSettings:
+    """The default schedule of one stage: Euler steps and the flow-matching resolution shift."""
+
+    steps: int
+    shift: float
+
+
 @dataclass
 class Generator:
-    """A complete prior: dense stage, sparse stages (coarse to fine), optional image conditioner."""
+    """A complete prior: dense stage, sparse stages (coarse to fine), optional image conditioner, and the
+    defaults it brings: sampler settings per stage and generation-option values (guidance strength, thresholds,
+    the SDF convention its sparse VAE was trained on: ``band``, ``shell``, ``mc_level``)."""
 
     dense: DenseStage
     sparse: list[SparseStage]
+    dense_sampler: SamplerSettings
+    sparse_samplers: list[SamplerSettings]
+    defaults: dict[str, Any] = field(default_factory=dict)  # GenerationOptions name → value
     conditioner: Conditioner | None = None
     name: str = "generator"
     # condition used when there is no conditioner (an unconditional prior: its all-zero "uncond" tokens);
-    # classifier-free guidance is then skipped, since cond and uncond are the same input
+    # classifier-free guidance is then skipped, since there is no negative branch
     null_condition: torch.Tensor | None = None
-    # default sampler settings of this prior: {"dense": {"shift", "steps"}, "sparse": [{"shift", "steps"}, ...]}
-    sampler_defaults: dict | None = None
-    # the SDF convention the sparse VAE was trained on, so the seen-side target is built alike:
-    # {"band": voxels, "shell": voxels, "mc_level": value}; None = Direct3D-S2's (band 2, shell 1, level 0)
-    field_convention: dict | None = None
 
-    def field_setting(self, key: str) -> float:
-        """``band``, ``shell`` or ``mc_level`` of this prior's SDF convention."""
-        defaults = {"band": 2.0, "shell": 1.0, "mc_level": 0.0}
-        return float((self.field_convention or {}).get(key, defaults[key]))
+    def __post_init__(self) -> None:
+        if len(self.sparse_samplers) != len(self.sparse):
+            raise ValueError(f"{len(self.sparse_samplers)} sparse sampler settings for {len(self.sparse)} stages")
+        if self.conditioner is None and self.null_condition is None:
+            raise ValueError("a generator needs an image conditioner or a null condition")
+
+    def option_defaults(self) -> dict[str, Any]:
+        """What unset :class:`~consistent3dgen.options.GenerationOptions` resolve to with this generator."""
+        return {**self.defaults, "dense_steps": self.dense_sampler.steps,
+                "sparse_steps": tuple(s.steps for s in self.sparse_samplers)}

@@ -6,7 +6,8 @@
 
 ``canonical = scale * R @ (p_camera - center)`` with ``R = diag(1, -1, -1)`` (a proper rotation: flips y to
 up and z to face the camera). Every conversion in the package goes through :func:`camera_to_canonical` and
-:func:`canonical_to_camera`.
+:func:`canonical_to_camera`. Between sparse stages the canonical cube is re-normalised to the previous stage's
+mesh by a :class:`Similarity`; :func:`compose_frame` folds it into the camera → canonical frame.
 """
 
 from __future__ import annotations
@@ -80,3 +81,36 @@ def fit_canonical_frame(points: np.ndarray, margin: float = 0.05, depth_ratio: f
     center_cam = CAMERA_TO_CANONICAL_AXES.T @ center_q
     scale = 2.0 * (1.0 - margin) / extent
     return CanonicalFrame(center=tuple(float(v) for v in center_cam), scale=float(scale))
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """``p' = scale · p + offset``: a change of canonical frame between sparse stages (re-normalisation)."""
+
+    scale: float = 1.0
+    offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def apply(self, points: np.ndarray) -> np.ndarray:
+        return (self.scale * np.asarray(points, np.float64) + np.asarray(self.offset)).astype(np.float32)
+
+    def inverse(self) -> Similarity:
+        return Similarity(1.0 / self.scale, tuple(-np.asarray(self.offset) / self.scale))
+
+    def then(self, other: Similarity) -> Similarity:
+        """First ``self``, then ``other``."""
+        return Similarity(self.scale * other.scale, tuple(other.scale * np.asarray(self.offset) + other.offset))
+
+
+def normalize_to_cube(vertices: np.ndarray, extent: float = 0.95) -> Similarity:
+    """Bounding-box centre to the origin, largest side to ``2·extent`` (Direct3D-S2's ``normalize_mesh``)."""
+    v = np.asarray(vertices, np.float64)
+    lo, hi = v.min(axis=0), v.max(axis=0)
+    scale = 2.0 * extent / float(max(hi - lo))
+    return Similarity(scale, tuple(-scale * (lo + hi) / 2))
+
+
+def compose_frame(frame: CanonicalFrame, sim: Similarity) -> CanonicalFrame:
+    """The camera → canonical frame followed by a between-stage similarity ``p' = s·p + o``."""
+    scale = frame.scale * sim.scale
+    center = np.asarray(frame.center) - frame.R.T @ np.asarray(sim.offset) / scale
+    return CanonicalFrame(center=tuple(float(c) for c in center), scale=float(scale), rotation=frame.rotation)

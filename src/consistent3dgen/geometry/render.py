@@ -5,23 +5,20 @@ matrix in pixels; pixel ``(u, v)`` (column, row) has its centre at the integer c
 ray is ``K^-1 [u, v, 1]``, the same convention as unprojecting a depth map with ``np.arange``. ``cam_from_world``
 (4x4) maps mesh coordinates into the camera frame; the camera sits at the camera-frame origin.
 
-The fast path casts rays with NVIDIA Warp's BVH (``wp.Mesh`` + ``mesh_query_ray``, CPU or GPU); without Warp a
-pure NumPy path through trimesh's triangle intersector is used (correct but slow: small meshes only).
+The fast path casts rays with NVIDIA Warp's BVH (``wp.Mesh`` + ``mesh_query_ray``, on the CPU; see
+:mod:`~consistent3dgen.geometry.warp_render`); without Warp a pure NumPy path through trimesh's triangle
+intersector is used (correct but slow: small meshes only).
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import InputError
 from ..pointmap import PointMap
-from ._warp import init_warp
-
-_WARP_LOCK = threading.Lock()
-_WARP_STATE: dict = {}
+from .warp_runtime import warp_available, warp_kernels
 
 
 @dataclass
@@ -94,7 +91,7 @@ def raycast(
 ) -> RayCast:
     """Cast one ray per pixel centre and return the first hits (see :class:`RayCast`).
 
-    backend: "auto" (Warp if importable, else NumPy), "warp" or "numpy".
+    backend: "auto" (Warp if its kernel compiles here, else NumPy), "warp" or "numpy".
     """
     verts_cam = _to_camera(vertices, cam_from_world)
     tris = _check_faces(faces, len(verts_cam))
@@ -103,9 +100,9 @@ def raycast(
     flat_dirs = dirs.reshape(-1, 3)
     if backend not in ("auto", "warp", "numpy"):
         raise InputError(f"unknown ray-cast backend {backend!r}; use auto, warp or numpy")
-    use_warp = backend == "warp" or (backend == "auto" and _warp_available())
+    use_warp = backend == "warp" or (backend == "auto" and warp_available("render"))
     if use_warp:
-        dist, face = _cast_warp(verts_cam, tris, flat_dirs)
+        dist, face = warp_kernels("render").cast_rays(verts_cam, tris, flat_dirs)
     else:
         dist, face = _cast_numpy(verts_cam, tris, flat_dirs)
     h, w = int(height), int(width)
@@ -208,62 +205,6 @@ def _face_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     length = np.linalg.norm(n, axis=1, keepdims=True)
     return n / np.where(length > 0, length, 1.0)
-
-
-def _warp_available() -> bool:
-    if "error" in _WARP_STATE:
-        return False
-    try:
-        _warp_kernel()
-        return True
-    except Exception as e:  # noqa: BLE001 - any import/compile failure means: use the fallback (remembered)
-        _WARP_STATE["error"] = e
-        return False
-
-
-def _warp_kernel():  # noqa: ANN202
-    """Import Warp and build the ray kernel once (module-level cache; Warp caches compiled code on disk)."""
-    with _WARP_LOCK:
-        if "kernel" in _WARP_STATE:
-            return _WARP_STATE["wp"], _WARP_STATE["kernel"]
-        wp = init_warp()
-
-        @wp.kernel
-        def first_hit(
-            mesh: wp.uint64,
-            dirs: wp.array(dtype=wp.vec3),
-            max_t: float,
-            dist: wp.array(dtype=float),
-            face: wp.array(dtype=int),
-        ):
-            i = wp.tid()
-            q = wp.mesh_query_ray(mesh, wp.vec3(0.0, 0.0, 0.0), dirs[i], max_t)
-            if q.result:
-                dist[i] = q.t
-                face[i] = q.face
-            else:
-                dist[i] = -1.0
-                face[i] = -1
-
-        _WARP_STATE["wp"] = wp
-        _WARP_STATE["kernel"] = first_hit
-        return wp, first_hit
-
-
-def _cast_warp(verts: np.ndarray, faces: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    wp, kernel = _warp_kernel()
-    device = "cpu"
-    mesh = wp.Mesh(
-        points=wp.array(verts.astype(np.float32), dtype=wp.vec3, device=device),
-        indices=wp.array(faces.astype(np.int32).reshape(-1), dtype=wp.int32, device=device),
-    )
-    max_t = float(np.linalg.norm(verts, axis=1).max() * 2.0 + 1.0)
-    d = wp.array(dirs.astype(np.float32), dtype=wp.vec3, device=device)
-    dist = wp.empty(len(dirs), dtype=float, device=device)
-    face = wp.empty(len(dirs), dtype=int, device=device)
-    wp.launch(kernel, dim=len(dirs), inputs=[mesh.id, d, max_t], outputs=[dist, face], device=device)
-    wp.synchronize_device(device)
-    return dist.numpy().astype(np.float64), face.numpy().astype(np.int64)
 
 
 def _cast_numpy(verts: np.ndarray, faces: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -150,3 +150,23 @@ class SparseVoxels:
     def load_npz(cls, path: str) -> SparseVoxels:
         with np.load(path, allow_pickle=False) as z:
             return cls(z["coords"], int(z["resolution"]), z["feats"] if "feats" in z else None)
+
+
+def pool_occupancy(occupancy: np.ndarray, resolution: int) -> np.ndarray:
+    """(R, R, R) bool → (r, r, r) bool by 'any' over blocks (R a multiple of r) or nearest up-sampling."""
+    occ = np.asarray(occupancy, bool)
+    big = occ.shape[0]
+    if big == resolution:
+        return occ
+    if big % resolution == 0:
+        f = big // resolution
+        return occ.reshape(resolution, f, resolution, f, resolution, f).any(axis=(1, 3, 5))
+    if resolution % big == 0:
+        f = resolution // big
+        return occ.repeat(f, 0).repeat(f, 1).repeat(f, 2)
+    raise ValueError(f"cannot resample occupancy {big}^3 to {resolution}^3")
+
+
+def all_voxels(resolution: int) -> np.ndarray:
+    """(R³, 3) integer coords of every voxel of an R³ grid, row-major (for dense tests of small grids)."""
+    return np.argwhere(np.ones((resolution,) * 3, bool))

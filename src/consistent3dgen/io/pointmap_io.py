@@ -8,7 +8,7 @@ Formats (see ``docs/formats.md``):
   importable. Depth 0 or NaN means "no measurement". Unprojected with a pinhole ``K`` given as a 3x3 matrix,
   as ``(fx, fy, cx, cy)``, or as a horizontal field of view in degrees (principal point at the image centre).
   An optional RGB(A) image gives colours (its alpha > 0 is the object mask) and an optional mask image
-  (non-zero = object) narrows the mask further.
+  (non-zero = object) narrows the mask further; both are read by :func:`~consistent3dgen.io.images.read_image`.
 * coloured point clouds: ``.ply`` writer (trimesh).
 
 Every writer is atomic (no partial file on failure) and every bad input raises a one-line ``InputError``.
@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import InputError
 from ..pointmap import PointMap
 from .atomic import atomic_path, atomic_write_npz
+from .images import read_depth_png, read_image
 
 DEPTH_SUFFIXES = (".png", ".npy", ".exr")
 
@@ -81,32 +82,6 @@ def depth_to_points(depth: np.ndarray, k: np.ndarray) -> np.ndarray:
     return np.stack([x, y, z], axis=-1).astype(np.float32)
 
 
-# --------------------------------------------------------------------------- images
-
-
-def _read_image_array(path: str | os.PathLike) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.int64)
-            elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                arr = np.asarray(im.convert("RGBA"))
-            elif im.mode in ("L", "1"):
-                arr = np.asarray(im.convert("L"))
-            else:
-                arr = np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise _fail(f"file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise _fail(f"cannot read image {path}: {e}") from None
-    if arr.size == 0 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise _fail(f"image {path} is empty (zero size)")
-    return arr
-
-
 def _read_depth(path: str | os.PathLike) -> np.ndarray:
     """Depth in metres (float64, NaN kept) from PNG (16-bit mm), .npy (m) or .exr (m)."""
     p = Path(path)
@@ -114,10 +89,7 @@ def _read_depth(path: str | os.PathLike) -> np.ndarray:
     if not p.is_file():
         raise _fail(f"depth file not found: {p}")
     if suffix == ".png":
-        arr = _read_image_array(p)
-        if arr.ndim != 2 or arr.dtype != np.int64:
-            raise _fail(f"depth PNG {p} must be single-channel 16-bit (millimetres)")
-        depth = arr.astype(np.float64) / 1000.0
+        depth = read_depth_png(p).astype(np.float64) / 1000.0
     elif suffix == ".npy":
         try:
             depth = np.load(p, allow_pickle=False)
@@ -230,10 +202,10 @@ def load_depth(
     depth = _read_depth(path)
     if isinstance(intrinsics, (str, os.PathLike)):
         intrinsics = _read_intrinsics_file(intrinsics)
-    img = _read_image_array(image) if isinstance(image, (str, os.PathLike)) else image
+    img = read_image(image) if isinstance(image, (str, os.PathLike)) else image
     if img is not None and np.asarray(img).ndim == 2:
         img = np.repeat(np.asarray(img)[..., None], 3, axis=2)
-    msk = _read_image_array(mask) if isinstance(mask, (str, os.PathLike)) else mask
+    msk = read_image(mask) if isinstance(mask, (str, os.PathLike)) else mask
     pm = depth_to_pointmap(depth, intrinsics, fov_deg, image=img, mask=msk)
     pm.meta["path"] = str(path)
     return pm

@@ -38,18 +38,10 @@ class Reconstructor(ABC):
         return self.reconstruct(list(inputs))
 
 
-def _is_16bit_single_channel_png(path: Path) -> bool:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return im.mode in ("I;16", "I;16B", "I;16L", "I")
-    except Exception:  # unreadable: let the chosen reader report it
-        return False
-
-
 def infer_reconstructor(inputs: Sequence[Any] | Any) -> str:
     """Pick ``pointmap`` for ``.npz``, ``depth`` for ``.npy``/``.exr``/16-bit PNG, otherwise ``vggt`` (images)."""
+    from ..io.images import SIXTEEN_BIT_MODES, image_mode
+
     if isinstance(inputs, (str, os.PathLike)) or not isinstance(inputs, Sequence):
         inputs = [inputs]
     kinds = set()
@@ -64,7 +56,7 @@ def infer_reconstructor(inputs: Sequence[Any] | Any) -> str:
         suffix = p.suffix.lower()
         if suffix in POINTMAP_SUFFIXES:
             kinds.add("pointmap")
-        elif suffix in DEPTH_ONLY_SUFFIXES or (suffix == ".png" and _is_16bit_single_channel_png(p)):
+        elif suffix in DEPTH_ONLY_SUFFIXES or (suffix == ".png" and image_mode(p) in SIXTEEN_BIT_MODES):
             kinds.add("depth")
         elif suffix in IMAGE_SUFFIXES:
             kinds.add("vggt")

@@ -52,9 +52,10 @@ def initial_noise(
 
 
 def cfg_velocity(velocity_fn: VelocityFn, x: torch.Tensor, t: torch.Tensor, cond: Any, uncond: Any, scale: float):
-    """``uncond + scale·(cond − uncond)`` from two model calls (cond first, as the official pipeline)."""
+    """``uncond + scale·(cond − uncond)`` from two model calls (cond first, as the official pipeline); one call
+    when there is no negative branch (``uncond`` None) or the scale is 1 (the result would be ``cond``'s)."""
     v_cond = velocity_fn(x, t, cond)
-    if uncond is None:
+    if uncond is None or scale == 1.0:
         return v_cond
     v_uncond = velocity_fn(x, t, uncond)
     return v_uncond + scale * (v_cond - v_uncond)
@@ -92,7 +93,7 @@ def sample(
     schedule: FlowMatchSchedule,
     cond: Any = None,
     *,
-    uncond: Any = "zeros",
+    uncond: Any = None,
     cfg_scale: float = 7.0,
     guidance: FrontGuidance | None = None,
     x_start: torch.Tensor | None = None,
@@ -108,8 +109,8 @@ def sample(
 ) -> SampleResult:
     """Integrate the flow from ``noise`` (or from ``x_start`` noised to ``sigmas[start_index]``) down to sigma 0.
 
-    cond / uncond: conditioning passed to ``velocity_fn``; ``uncond="zeros"`` uses ``zeros_like(cond)``,
-        ``None`` (or ``cond=None``) disables classifier-free guidance.
+    cond / uncond: conditioning passed to ``velocity_fn``; classifier-free guidance (two model calls a step)
+        only when there is a negative branch ``uncond`` (Direct3D-S2: ``zeros_like(cond)``) and cfg_scale ≠ 1.
     guidance: front-partial guidance (None or strength 0 = plain sampler).
     x_start, start_index: SDEdit start, ``x = (1 − σ_s)·x_start + σ_s·noise``; noise is also the guidance's ε.
     timestep_dtype: dtype of the timestep given to the model (the official pipeline uses the latent dtype).
@@ -122,12 +123,6 @@ def sample(
     if not 0 <= start_index <= len(schedule):
         raise ValueError(f"start_index {start_index} outside [0, {len(schedule)}]")
     sigmas = schedule.sigmas.to(torch.float32)
-    if cond is None:
-        uncond = None
-    elif isinstance(uncond, str):
-        if uncond != "zeros" or not torch.is_tensor(cond):
-            raise ValueError("uncond='zeros' needs a tensor cond; pass the unconditional input explicitly")
-        uncond = torch.zeros_like(cond)
     if x_start is not None:
         if x_start.shape != noise.shape:
             raise ValueError(f"x_start shape {tuple(x_start.shape)} != noise shape {tuple(noise.shape)}")

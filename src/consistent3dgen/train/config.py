@@ -120,7 +120,7 @@ class MiniPriorConfig:
         default_factory=lambda: {
             "target": "direct3d_s2.models.autoencoders.ss_vae.SparseSDFVAE",
             # not an official parameter: GroupNorm groups of the encoder's down blocks (official 32 needs
-            # model_channels >= 512); see trainer.build_model
+            # model_channels >= 512); see generators.mini.build_component
             "encoder_norm_groups": 4,
             "params": {
                 "embed_dim": 8,
@@ -190,6 +190,10 @@ class MiniPriorConfig:
     # inference schedule shifts (diffusers FlowMatchEulerDiscreteScheduler) and step counts for the mini prior
     dense_sampler: dict[str, Any] = field(default_factory=lambda: {"shift": 3.0, "steps": 25})
     sparse_sampler: dict[str, Any] = field(default_factory=lambda: {"shift": 3.0, "steps": 20})
+    # generation-option defaults the exported prior brings (measured with prior v1: README, "Ablations");
+    # cfg_scale is unused (an unconditional prior has no negative branch)
+    inference_defaults: dict[str, Any] = field(default_factory=lambda: {
+        "guidance": 8.0, "guidance_variant": "paper", "cfg_scale": 1.0, "occupancy_threshold": 0.5})
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -220,7 +224,7 @@ class MiniPriorConfig:
             raise InputError(f"cannot read mini-prior config {path}: {e}") from e
 
     def field_convention(self) -> dict[str, float]:
-        """The seen-shell settings matching the training data (see ``Generator.field_convention``): same band
+        """The seen-shell settings matching the training data (the exported prior's defaults): same band
         and shell; marching cubes at the level of distance 1 voxel (the shell-1 / band-2 default's level 0), so a
         thicker training shell, easier for a tiny VAE to resolve, still gives a surface 1 voxel off the seen one."""
         d = self.data
@@ -228,6 +232,26 @@ class MiniPriorConfig:
             return {"band": d.band_voxels, "shell": 1.0, "mc_level": 0.0}  # the paper: a 1-voxel shell
         level = min(0.0, (1.0 - d.shell_voxels) / (d.band_voxels - d.shell_voxels))
         return {"band": d.band_voxels, "shell": d.shell_voxels, "mc_level": level}
+
+    def prior_spec(self, name: str = "mini prior") -> dict[str, Any]:
+        """The exported prior's ``pipeline.json`` (see :mod:`consistent3dgen.generators.mini.prior`)."""
+        res = self.data.sparse_resolution
+        return {
+            "name": name,
+            "null_condition_tokens": int(self.null_cond_tokens),
+            "stages": {
+                "dense": {"vae": "dense_vae", "dit": "dense_dit", "sampler": dict(self.dense_sampler)},
+                "sparse": [{"vae": f"sparse_vae_{res}", "dit": f"sparse_dit_{res}",
+                            "sampler": dict(self.sparse_sampler)}],
+            },
+            "defaults": {**self.field_convention(), **self.inference_defaults},
+        }
+
+    def component_names(self) -> dict[str, str]:
+        """Training stage → component file name in the exported prior."""
+        res = self.data.sparse_resolution
+        return {"dense_vae": "dense_vae", "dense_dit": "dense_dit", "sparse_vae": f"sparse_vae_{res}",
+                "sparse_dit": f"sparse_dit_{res}"}
 
     def training(self, stage: str) -> StageTraining:
         return getattr(self, f"train_{stage}")

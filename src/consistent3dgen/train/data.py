@@ -29,8 +29,8 @@ from ..errors import InputError
 from ..geometry.voxels import SparseVoxels, linear_index
 from ..io.atomic import atomic_write_npz, atomic_write_text
 from .config import DataConfig
-from .meshes import mesh_shape
 from .shapes import Shape, make_shape, sample_shapes
+from .training_meshes import mesh_shape
 
 FORMAT_VERSION = 2
 

@@ -1,9 +1,10 @@
 """``consistent3dgen train``: data → dense VAE → sparse VAE → dense DiT → sparse DiT → the bundled mini prior.
 
 Every stage resumes from its checkpoint in the run folder, so an interrupted run is continued by running the
-same command again; a finished stage is skipped. The export writes ``weights.safetensors`` (EMA weights, keys
-``<part>.<state-dict key>`` for part in dense_vae, dense_dit, sparse_vae, sparse_dit), ``config.json``
-(:class:`MiniPriorConfig`, with the latent scales measured on the data) and ``MODEL_CARD.md``.
+same command again; a finished stage is skipped. The export writes the prior folder through
+:func:`consistent3dgen.generators.mini.save_mini_prior` (EMA weights, one ``<component>.json`` +
+``<component>.safetensors`` pair per model, ``pipeline.json``), ``training.json`` (:class:`MiniPriorConfig`,
+with the latent scales measured on the data) and ``MODEL_CARD.md``.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import InputError
-from ..io.atomic import atomic_path, atomic_write_text
+from ..io.atomic import atomic_write_text
 from .config import STAGES, MiniPriorConfig, smoke_config
 from .data import SampleSet, band_mask, build_dataset, default_sources
 from .trainer import (
@@ -38,21 +38,8 @@ from .trainer import (
 MAX_WEIGHT_BYTES = 20 * 1024 * 1024
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``train`` subcommand's arguments."""
-    p.add_argument("--out", required=True, help="run folder: checkpoints, loss curves, latent caches")
-    p.add_argument("--data-cache", default=None, help="folder of cached training samples (default: OUT/data)")
-    p.add_argument("--stages", default=",".join(STAGES), help=f"comma list out of {','.join(STAGES)} (default all)")
-    p.add_argument("--config", default=None, help="mini-prior config JSON (default: the built-in tiny config)")
-    p.add_argument("--smoke", action="store_true", help="a few shapes and steps: checks the whole chain quickly")
-    p.add_argument("--meshes-dir", default=None, help="folder with cow/fandisk/beetle .obj (default ../shared)")
-    p.add_argument("--export", default=None, help="write the mini prior here (default: OUT/mini)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    p.add_argument("--data-workers", type=int, default=1, help="processes building the training samples")
-
-
 def train_main(args: argparse.Namespace) -> int:
-    """Entry point of ``consistent3dgen train`` (see :func:`add_train_arguments`)."""
+    """Entry point of ``consistent3dgen train`` (arguments: ``cli._add_train``)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = MiniPriorConfig.load(args.config) if args.config else (smoke_config() if args.smoke else MiniPriorConfig())
@@ -168,55 +155,18 @@ def evaluate_vaes(dense_vae, sparse_vae, held: SampleSet) -> dict:
 
 
 def export_mini_prior(cfg: MiniPriorConfig, trainers: dict[str, StageTrainer], out: Path, report: dict) -> None:
-    """EMA weights + config + model card into ``out`` (refuses above 20 MB of weights)."""
-    from safetensors.torch import save_file
+    """EMA weights, one config + safetensors pair per component, ``pipeline.json``, the training config and the
+    model card into ``out`` (refuses above 20 MB of weights)."""
+    from ..generators.mini import save_mini_prior
 
-    tensors = {}
-    for part, tr in trainers.items():
-        for k, v in tr.ema.model.state_dict().items():
-            tensors[f"{part}.{k}"] = v.detach().contiguous()
     total = sum(count_bytes(tr.ema.model) for tr in trainers.values())
     if total > MAX_WEIGHT_BYTES:
         raise InputError(f"mini prior weights are {total / 2**20:.1f} MB, above the 20 MB budget")
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "weights.safetensors") as tmp:
-        save_file(tensors, tmp, metadata={"format": "consistent3dgen-mini-prior", "version": "1"})
-    atomic_write_text(out / "config.json", cfg.to_json())
+    names = cfg.component_names()
+    components = {names[part]: (getattr(cfg, part), tr.ema.model) for part, tr in trainers.items()}
+    save_mini_prior(out, components, cfg.prior_spec())
+    atomic_write_text(out / "training.json", cfg.to_json())
     atomic_write_text(out / "MODEL_CARD.md", model_card(cfg, trainers, report, total))
-
-
-def load_mini_models(folder: str | Path) -> tuple[MiniPriorConfig, dict[str, torch.nn.Module]]:
-    """Read an exported mini prior: its config and the four models (eval mode, strict load).
-
-    Raises :class:`WeightsNotFoundError` naming the files when they are missing, ``InputError`` when they are
-    unreadable or do not fit the config.
-    """
-    from safetensors.torch import load_file
-
-    from ..errors import WeightsNotFoundError
-    from .trainer import build_model
-
-    folder = Path(folder)
-    weights, config = folder / "weights.safetensors", folder / "config.json"
-    if not weights.is_file() or not config.is_file():
-        raise WeightsNotFoundError(f"mini prior not found: need {weights} and {config}")
-    cfg = MiniPriorConfig.load(config)
-    try:
-        tensors = load_file(str(weights))
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise InputError(f"cannot read mini prior weights {weights}: {' '.join(str(e).split())}") from None
-    models = {}
-    for part in STAGES:
-        model = build_model(getattr(cfg, part))
-        prefix = f"{part}."
-        try:
-            model.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
-                                  strict=True)
-        except RuntimeError as e:
-            raise InputError(f"mini prior weights {weights} do not fit its config ({part}): "
-                             f"{' '.join(str(e).split())[:300]}") from None
-        models[part] = model.eval()
-    return cfg, models
 
 
 def model_card(cfg: MiniPriorConfig, trainers: dict[str, StageTrainer], report: dict, total_bytes: int) -> str:
@@ -236,7 +186,7 @@ def model_card(cfg: MiniPriorConfig, trainers: dict[str, StageTrainer], report: 
         f"  ({d.occupancy_resolution}³ cells = the dense occupancy), convention `{d.convention}`,",
         f"  band {d.band_voxels} voxels, shell {d.shell_voxels} voxels (see train.data.distance_to_value).",
         "- The pipeline builds the seen-side target with the same convention and extracts the mesh at level",
-        f"  {cfg.field_convention()['mc_level']:g} (`Generator.field_convention`, from this config).",
+        f"  {cfg.field_convention()['mc_level']:g} (the `defaults` of its `pipeline.json`).",
         "",
         "## Training",
         "| stage | steps | batch | lr | final loss (mean of last 50) | seconds |",
@@ -265,9 +215,10 @@ def model_card(cfg: MiniPriorConfig, trainers: dict[str, StageTrainer], report: 
         "- Unconditional: without guidance it samples random shapes of those families.",
         "",
         "## Config",
-        "```json",
-        json.dumps(asdict(cfg), indent=1),
-        "```",
+        "`training.json` beside this card (`consistent3dgen train --config training.json` retrains it).",
+        "Files: `pipeline.json` (stages, default sampler settings, generation-option defaults) and one",
+        "`<component>.json` + `<component>.safetensors` pair per model, read by",
+        "`consistent3dgen.generators.mini.load_mini_prior`.",
         "",
     ]
     return "\n".join(lines)

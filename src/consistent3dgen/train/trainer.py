@@ -28,7 +28,6 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,36 +36,23 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..generators.direct3d_s2.sparse_tensor import SparseTensor
+from ..generators.mini import build_component
 from ..io.atomic import atomic_path, atomic_write_text
+from ..preview import line_plot
 from .config import MiniPriorConfig, StageTraining
 from .data import SampleSet, ShapeSample, band_mask
 
 # ------------------------------------------------------------------------------------------------- models
 
 
-def build_model(entry: dict[str, Any]) -> nn.Module:
-    """Build one model from a ``{"target", "params"[, "encoder_norm_groups"]}`` entry via the registry.
-
-    ``encoder_norm_groups`` (sparse VAE only, kept beside ``params`` so ``params`` stays the official set): the
-    official encoder's GroupNorm(32, model_channels // 16) needs model_channels ≥ 512 (≈ 39 MB of encoder
-    weights); the mini prior's narrow encoder uses fewer groups. Passed as the VAE's ``encoder_norm_groups``.
-    """
-    from ..generators.direct3d_s2.targets import build
-
-    groups = entry.get("encoder_norm_groups")
-    if groups is None:
-        return build(entry)
-    return build(entry, encoder_norm_groups=int(groups))
-
-
 def build_models(cfg: MiniPriorConfig, seed: int | None = None) -> dict[str, nn.Module]:
     """The four models of the mini prior, freshly initialised for training (seeded)."""
     torch.manual_seed(cfg.seed if seed is None else seed)
     models = {
-        "dense_vae": build_model(cfg.dense_vae),
-        "dense_dit": build_model(cfg.dense_dit),
-        "sparse_vae": build_model(cfg.sparse_vae),
-        "sparse_dit": build_model(cfg.sparse_dit),
+        "dense_vae": build_component(cfg.dense_vae),
+        "dense_dit": build_component(cfg.dense_dit),
+        "sparse_vae": build_component(cfg.sparse_vae),
+        "sparse_dit": build_component(cfg.sparse_dit),
     }
     for name, m in models.items():
         init_for_training(m, is_dit=name.endswith("dit"))
@@ -340,10 +326,10 @@ class StageTrainer:
         """Resume from the stage's checkpoint if there is one (weights, EMA, optimizer, RNGs, history)."""
         if not self.checkpoint_path.is_file() or not (self.dir / "checkpoint.json").is_file():
             return False
-        from safetensors.torch import load_file
+        from ..io.weights import read_state_dict
 
         try:
-            tensors = load_file(self.checkpoint_path)
+            tensors = read_state_dict(self.checkpoint_path)
             meta = json.loads((self.dir / "checkpoint.json").read_text())
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the same user error
             raise InputError(f"cannot resume from {self.checkpoint_path}: {e}") from e
@@ -412,42 +398,7 @@ def write_curves(history: list[dict[str, float]], csv_path: Path, png_path: Path
         w.writeheader()
         w.writerows(history)
     with atomic_path(png_path) as tmp:
-        plot_curve([r["step"] for r in history], [r["loss"] for r in history], tmp, title)
-
-
-def plot_curve(steps, values, path: str | Path, title: str = "", size=(640, 400)) -> None:
-    """A minimal log-scale line plot with PIL (no plotting library needed)."""
-    from PIL import Image, ImageDraw
-
-    w, h = size
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    x = np.asarray(steps, np.float64)
-    y = np.log10(np.maximum(np.asarray(values, np.float64), 1e-12))
-    left, right, top, bottom = 60, w - 20, 30, h - 40
-    x0, x1 = float(x.min()), float(max(x.max(), x.min() + 1))
-    y0, y1 = float(y.min()), float(max(y.max(), y.min() + 1e-6))
-
-    def to_px(xv, yv):
-        return left + (xv - x0) / (x1 - x0) * (right - left), bottom - (yv - y0) / (y1 - y0) * (bottom - top)
-
-    draw.rectangle([left, top, right, bottom], outline="black")
-    for frac in (0.0, 0.5, 1.0):
-        yv = y0 + frac * (y1 - y0)
-        _, py = to_px(x0, yv)
-        draw.text((5, py - 6), f"{10**yv:.3g}", fill="black")
-        xv = x0 + frac * (x1 - x0)
-        px, _ = to_px(xv, y0)
-        draw.text((px - 10, bottom + 8), f"{int(xv)}", fill="black")
-    draw.line([to_px(a, b) for a, b in zip(x, y, strict=True)], fill=(150, 180, 230), width=1)
-    k = max(1, len(y) // 50)
-    smooth = np.convolve(y, np.ones(k) / k, mode="valid")
-    draw.line([to_px(a, b) for a, b in zip(x[k - 1 :], smooth, strict=True)], fill=(20, 60, 160), width=2)
-    draw.text((left, 8), f"{title} loss (log10 scale), step", fill="black")
-    img.save(path, format="PNG")
-
-
-# --------------------------------------------------------------------------------------------- batching
+        line_plot([r["step"] for r in history], [r["loss"] for r in history], tmp, f"{title} loss", "step")
 
 
 def dense_vae_objective(data: SampleSet, tc: StageTraining) -> Callable:

@@ -26,6 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import InputError, WeightsNotFoundError
+from ...io.images import read_image
+from ...io.weights import local_or_hub_id
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,34 +39,10 @@ EXTRA_PAD = 16
 Segmenter = Callable[[np.ndarray], np.ndarray]
 
 
-def _as_array(image: Any) -> np.ndarray:
-    from PIL import Image
-
-    if isinstance(image, (str, os.PathLike)):
-        p = Path(image)
-        if not p.is_file():
-            raise InputError(f"image not found: {p}")
-        try:
-            image = Image.open(p)
-            image.load()
-        except Exception as e:
-            raise InputError(f"cannot read image {p}: {e}") from e
-    if isinstance(image, Image.Image):
-        if image.mode not in ("RGB", "RGBA"):
-            image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
-        image = np.asarray(image)
-    if not isinstance(image, np.ndarray):
-        raise InputError(f"unsupported image type {type(image).__name__}")
-    if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
-        raise InputError(f"image must be uint8 H×W×3 or H×W×4, got {image.dtype} {image.shape}")
-    if min(image.shape[:2]) < 1:
-        raise InputError("image is empty")
-    return image
-
-
 def to_rgba(image: Any, segmenter: Segmenter | None = None) -> np.ndarray:
-    """uint8 H×W×4; an image without alpha is masked by ``segmenter`` (required then)."""
-    arr = _as_array(image)
+    """uint8 H×W×4 (path / PIL / uint8 array, read by :func:`read_image`); an image without alpha is masked by
+    ``segmenter`` (required then)."""
+    arr = read_image(image)
     if arr.shape[2] == 4:
         return arr
     if segmenter is None:
@@ -121,12 +99,12 @@ def patch_mask(mask: torch.Tensor, patch_size: int = 14) -> torch.Tensor:
 
 
 def _load_pretrained(loader: Callable[..., Any], source: str | os.PathLike, what: str, **kwargs: Any) -> Any:
-    path = Path(source)
-    is_path = path.exists() or str(source).startswith((".", "/", "~")) or str(source).count("/") != 1
-    if is_path and not path.is_dir():
-        raise WeightsNotFoundError(f"{what} weights folder not found: {source}")
+    """transformers ``from_pretrained`` on a local folder or an already cached hub id (never downloads)."""
+    located = local_or_hub_id(source, f"{what} weights")
+    if isinstance(located, Path) and not located.is_dir():
+        raise WeightsNotFoundError(f"{what} weights folder not found: {source} is a file")
     try:
-        return loader(str(source), local_files_only=True, **kwargs)
+        return loader(str(located), local_files_only=True, **kwargs)
     except (OSError, ValueError) as e:
         raise WeightsNotFoundError(f"{what} weights not found locally: {source} ({type(e).__name__})") from e
 

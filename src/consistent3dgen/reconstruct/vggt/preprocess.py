@@ -1,8 +1,9 @@
 """Image preprocessing for VGGT (as the official ``load_and_preprocess_images``) and the map back to the input pixels.
 
-RGBA is composited on opaque white, converted to RGB, resized with PIL bicubic so the long side (``pad``) or
-the width (``crop``) is 518 and the other side a multiple of 14, scaled to [0, 1], then padded with 1.0
-(white) to 518x518 (``pad``) or centre-cropped to 518 rows (``crop``). A batch of different shapes is padded
+Images are read by :func:`consistent3dgen.io.images.read_image` (EXIF orientation applied). RGBA is
+composited on opaque white, converted to RGB, resized with PIL bicubic so the long side (``pad``) or the width
+(``crop``) is 518 and the other side a multiple of 14, scaled to [0, 1], then padded with 1.0 (white) to
+518x518 (``pad``) or centre-cropped to 518 rows (``crop``). A batch of different shapes is padded
 with 1.0 to the largest shape, as upstream does.
 
 :class:`FrameGeometry` records where the input pixels landed, so network maps and intrinsics can be taken
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...errors import InputError
+from ...io.images import read_image
 
 TARGET_SIZE = 518
 PATCH = 14
@@ -46,43 +48,22 @@ class FrameGeometry:
         return self.resized_w / self.orig_w, self.resized_h / self.orig_h
 
 
-def open_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image:
-    """Open a path / PIL image / (H, W, 3|4) uint8 or [0, 1] float array as a PIL image (RGB or RGBA)."""
-    if isinstance(source, Image.Image):
-        img = source
-    elif isinstance(source, np.ndarray):
-        arr = source
-        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-            raise InputError(f"image array must have shape (H, W, 3) or (H, W, 4), got {arr.shape}")
-        if arr.dtype != np.uint8:
-            arr = np.clip(np.asarray(arr, np.float64) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr, "RGBA" if arr.shape[2] == 4 else "RGB")
-    else:
-        path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise InputError(f"image not found: {path}")
-        try:
-            img = Image.open(path)
-            img.load()
-        except Exception as e:  # PIL raises several unrelated types for bad files
-            raise InputError(f"cannot read image {path}: {e}") from None
-    if img.mode in ("LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
-    if min(img.size) < 1:
-        raise InputError(f"image has no pixels: {img.size}")
-    return img
+def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
+    """Path / PIL image / uint8 or [0, 1] float (H, W, 3|4) array → uint8 (H, W, 3|4) (:func:`read_image`)."""
+    if isinstance(source, np.ndarray) and np.issubdtype(source.dtype, np.floating):
+        if source.ndim != 3 or source.shape[2] not in (3, 4):
+            raise InputError(f"image array must have shape (H, W, 3) or (H, W, 4), got {source.shape}")
+        source = np.clip(np.asarray(source, np.float64) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return read_image(source)
 
 
-def alpha_of(img: Image.Image) -> np.ndarray | None:
-    """(H, W) uint8 alpha channel, or None for images without one."""
-    return np.asarray(img.getchannel("A")) if img.mode == "RGBA" else None
-
-
-def to_rgb_on_white(img: Image.Image) -> Image.Image:
-    """Composite RGBA on opaque white (the background VGGT expects for objects) and convert to RGB."""
-    if img.mode == "RGBA":
-        img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
-    return img.convert("RGB")
+def to_rgb_on_white(image: np.ndarray) -> np.ndarray:
+    """Composite RGBA on opaque white (the background VGGT expects for objects) → uint8 (H, W, 3) RGB."""
+    if image.shape[2] == 3:
+        return image
+    h, w = image.shape[:2]
+    white = Image.new("RGBA", (w, h), (255, 255, 255, 255))
+    return np.asarray(Image.alpha_composite(white, Image.fromarray(image)).convert("RGB"))
 
 
 def _resized_size(width: int, height: int, mode: str) -> tuple[int, int]:
@@ -108,12 +89,12 @@ def preprocess_images(sources: list, mode: str = "pad") -> tuple[torch.Tensor, l
         raise InputError(f"preprocessing mode must be 'pad' or 'crop', got {mode!r}")
     tensors, placements = [], []
     for src in sources:
-        img = to_rgb_on_white(open_image(src))
-        w, h = img.size
+        rgb = to_rgb_on_white(load_image(src))
+        h, w = rgb.shape[:2]
         new_w, new_h = _resized_size(w, h, mode)
         if new_w < PATCH or new_h < PATCH:
             raise InputError(f"image {w}x{h} is too elongated: it would be resized to {new_w}x{new_h}")
-        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+        img = Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BICUBIC)
         # ToTensor: uint8 / 255 in float32.
         t = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
         left = top = 0

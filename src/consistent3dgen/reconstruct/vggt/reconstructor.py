@@ -16,15 +16,15 @@ import numpy as np
 import torch
 
 from ...errors import InputError
+from ...io.images import split_alpha
 from ...pointmap import PointMap
 from ..base import Reconstructor
 from .model import VGGT
 from .pose_encoding import pose_encoding_to_extri_intri
 from .preprocess import (
     FrameGeometry,
-    alpha_of,
     intrinsics_to_original,
-    open_image,
+    load_image,
     original_pixel_grid,
     preprocess_images,
     sample_to_original,
@@ -130,8 +130,8 @@ class VGGTReconstructor(Reconstructor):
         return {k: v[0] for k, v in preds.items() if isinstance(v, torch.Tensor)}
 
     def reconstruct(self, inputs: Sequence[Any]) -> list[PointMap]:
-        pil = [open_image(src) for src in inputs]
-        batch, geoms = preprocess_images(pil, mode=self.mode)
+        images = [load_image(src) for src in inputs]
+        batch, geoms = preprocess_images(images, mode=self.mode)
         preds = self.predict(batch)
         net_h, net_w = batch.shape[-2:]
         extr, intr = pose_encoding_to_extri_intri(preds["pose_enc"][None].float(), image_size_hw=(net_h, net_w))
@@ -143,15 +143,15 @@ class VGGTReconstructor(Reconstructor):
             raise InputError(f"VGGT predicted a degenerate camera (field of view {fov} rad); check the weights")
         to_ref = reference_from_camera(extr_np, ref=0)
         out = []
-        for i, (img, geom) in enumerate(zip(pil, geoms, strict=True)):
+        for i, (img, geom) in enumerate(zip(images, geoms, strict=True)):
             out.append(self._view(i, img, geom, preds, intr_np[i], extr_np, to_ref[i]))
         return out
 
-    def _view(self, i: int, img: Any, geom: FrameGeometry, preds: dict[str, torch.Tensor], k_net: np.ndarray,
+    def _view(self, i: int, img: np.ndarray, geom: FrameGeometry, preds: dict[str, torch.Tensor], k_net: np.ndarray,
               extr: np.ndarray, cam_to_ref: np.ndarray) -> PointMap:
         from ...io.pointmap_io import depth_to_points
 
-        rgb = np.asarray(to_rgb_on_white(img))
+        rgb = to_rgb_on_white(img)
         k = intrinsics_to_original(k_net, geom)
         if self.points_from == "depth":
             depth = sample_to_original(preds["depth"][i, ..., 0].float().cpu(), geom).numpy()
@@ -168,7 +168,7 @@ class VGGTReconstructor(Reconstructor):
         # Crop mode cuts rows off: those input pixels were never seen by the network.
         gx, gy = original_pixel_grid(geom)
         in_view = (gx >= -0.5) & (gx <= geom.net_w - 0.5) & (gy >= -0.5) & (gy <= geom.net_h - 0.5)
-        mask = object_mask(rgb, alpha_of(img), self.mask_mode) & valid & in_view & np.isfinite(points).all(axis=2)
+        mask = object_mask(rgb, split_alpha(img)[1], self.mask_mode) & valid & in_view & np.isfinite(points).all(axis=2)
         if self.conf_percentile and mask.any():
             mask &= conf >= np.percentile(conf[mask], self.conf_percentile)
         if not mask.any():

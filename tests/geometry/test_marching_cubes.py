@@ -1,22 +1,24 @@
-"""Sparse marching cubes (watertight, accurate, brick-independent), simplification and export."""
+"""Sparse marching cubes: watertight, accurate, brick-independent; the NumPy, Warp and skimage paths agree."""
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import trimesh
 from skimage.measure import marching_cubes
 
-from consistent3dgen.errors import InputError
-from consistent3dgen.geometry import extract
-from consistent3dgen.geometry.extract import export_mesh, marching_cubes_tables, simplify_mesh, sparse_marching_cubes
+from consistent3dgen.errors import InputError, NoSurfaceError
+from consistent3dgen.geometry import marching_cubes as mc
+from consistent3dgen.geometry import warp_runtime
+from consistent3dgen.geometry.marching_cubes import marching_cubes_tables, sparse_marching_cubes
+from consistent3dgen.geometry.mesh_ops import simplify_mesh
 from consistent3dgen.geometry.voxels import SparseVoxels, voxel_centers
 
 WARP = pytest.param(
-    "warp", marks=pytest.mark.skipif(not extract.warp_available(), reason="warp-lang not importable or not compiling")
+    "warp",
+    marks=pytest.mark.skipif(
+        not warp_runtime.warp_available("marching_cubes"), reason="warp-lang not importable or not compiling"
+    ),
 )
 METHODS = ["numpy", WARP, "skimage"]
 
@@ -122,13 +124,13 @@ def test_table_covers_every_case_and_ambiguous_faces_both_ways() -> None:
     # Each crossing edge of a case is used, each non-crossing edge never (any face resolution); a centre vertex
     # only in rows that declare its loop.
     for case in range(256):
-        corners = [extract._edge_corners(e) for e in range(12)]
+        corners = [mc._edge_corners(e) for e in range(12)]
         crossing = {e for e, (lo, hi) in enumerate(corners) if ((case >> lo) & 1) != ((case >> hi) & 1)}
         for connected in (0, int(ambiguous[case])):
             row = case * 64 + connected
             used = set(triangles[row, : counts[row]].ravel().tolist())
-            assert used - {extract.CENTRE} == crossing, (case, connected)
-            assert (extract.CENTRE in used) == (centre_edges[row] != 0)
+            assert used - {mc.CENTRE} == crossing, (case, connected)
+            assert (mc.CENTRE in used) == (centre_edges[row] != 0)
 
 
 @pytest.mark.parametrize("method", ["numpy", WARP])
@@ -143,7 +145,7 @@ def test_other_level_gives_the_skimage_vertices(method: str) -> None:
 
 
 def test_numpy_and_warp_paths_agree() -> None:
-    if not extract.warp_available():
+    if not warp_runtime.warp_available("marching_cubes"):
         pytest.skip("warp-lang not importable or not compiling")
     sdf = _noise_sdf(20, seed=7)
     v_np, f_np = sparse_marching_cubes(sdf, method="numpy")
@@ -159,12 +161,14 @@ def test_auto_falls_back_to_numpy_when_warp_fails(monkeypatch: pytest.MonkeyPatc
     def broken(*args, **kw):  # noqa: ANN002, ANN003, ANN202
         raise RuntimeError("no compiler")
 
-    monkeypatch.setattr(extract, "warp_available", lambda: True)
-    monkeypatch.setattr(extract, "_marching_cubes_warp", broken)
-    monkeypatch.setattr(extract, "_WARP", {})
+    monkeypatch.setattr(mc, "warp_available", lambda kernels=None: True)
+    monkeypatch.setattr(mc, "_marching_cubes_warp", broken)
+    monkeypatch.setattr(warp_runtime, "_FAILED", {})
     v, f = sparse_marching_cubes(sdf, method="auto")
     np.testing.assert_array_equal(_face_set(v, f), _face_set(v_ref, f_ref))
-    assert "error" in extract._WARP  # remembered: later calls go straight to NumPy
+    # remembered: later calls go straight to NumPy
+    assert isinstance(warp_runtime.warp_error("marching_cubes"), RuntimeError)
+    assert not warp_runtime.warp_available("marching_cubes")
     with pytest.raises(InputError, match="Warp marching-cubes path failed"):
         sparse_marching_cubes(sdf, method="warp")
 
@@ -209,7 +213,7 @@ def test_bad_sdf_raises_input_error() -> None:
     coords = np.array([[1, 2, 3], [4, 5, 6]])
     with pytest.raises(InputError, match="one SDF value"):
         sparse_marching_cubes(SparseVoxels(coords, 16))
-    with pytest.raises(InputError, match="nothing to extract"):
+    with pytest.raises(NoSurfaceError, match="no surface"):  # a failed run, not bad input: eval counts these
         sparse_marching_cubes(SparseVoxels(coords, 16, np.array([0.5, 0.2], np.float32)))
     with pytest.raises(InputError, match="NaN"):
         sparse_marching_cubes(SparseVoxels(coords, 16, np.array([np.nan, -0.2], np.float32)))
@@ -217,80 +221,11 @@ def test_bad_sdf_raises_input_error() -> None:
         sparse_marching_cubes(SparseVoxels(coords, 16, np.array([-0.5, 0.2], np.float32)), method="dense")
 
 
-def test_simplify_keeps_budget_and_open_rim() -> None:
-    hemi = trimesh.creation.icosphere(subdivisions=4)
-    keep = hemi.vertices[hemi.faces].mean(axis=1)[:, 2] > 0
-    open_mesh = trimesh.Trimesh(hemi.vertices, hemi.faces[keep])
-    rim_before = len(open_mesh.outline().entities)
-    v, f = simplify_mesh(open_mesh.vertices, open_mesh.faces, max_faces=500)
-    assert 400 <= len(f) <= 500
-    out = trimesh.Trimesh(v, f)
-    assert len(out.outline().entities) == rim_before == 1
-    # The rim stays on the z ≈ 0 circle: border vertices are not collapsed away.
-    rim = out.vertices[np.unique(out.outline().entities[0].points)]
-    np.testing.assert_allclose(np.linalg.norm(rim[:, :2], axis=1), 1.0, atol=0.02)
-    same_v, same_f = simplify_mesh(open_mesh.vertices, open_mesh.faces, max_faces=10**6)
-    assert len(same_f) == len(open_mesh.faces)
-
-
-@pytest.mark.parametrize("ext", [".glb", ".obj", ".ply", ".stl"])
-def test_export_round_trips(tmp_path: Path, ext: str) -> None:
-    box = trimesh.creation.box(extents=(1.0, 2.0, 0.5))
-    colors = np.tile(np.array([[200, 30, 40, 255]], np.uint8), (len(box.vertices), 1))
-    out = export_mesh(box.vertices, box.faces, tmp_path / f"sub/box{ext}", vertex_colors=colors)
-    assert out.exists()
-    loaded = trimesh.load(out, force="mesh", process=True)
-    assert len(loaded.faces) == len(box.faces)
-    assert loaded.volume == pytest.approx(1.0, rel=1e-5)
-    np.testing.assert_allclose(loaded.bounds, box.bounds, atol=1e-6)
-    if ext in (".ply", ".glb"):
-        np.testing.assert_array_equal(
-            loaded.visual.vertex_colors[:, :3], np.tile([200, 30, 40], (len(loaded.vertices), 1))
-        )
-    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary file left beside it
-
-
-def test_failed_export_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    box = trimesh.creation.box()
-    with pytest.raises(InputError, match="unknown mesh format"):
-        export_mesh(box.vertices, box.faces, tmp_path / "box.fbx")
-    with pytest.raises(InputError):
-        export_mesh(box.vertices, box.faces + 100, tmp_path / "box.obj")
-
-    def broken_export(self, file_obj=None, file_type=None, **kw):  # noqa: ANN001, ANN202
-        with open(file_obj, "wb") as fh:
-            fh.write(b"partial")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(trimesh.Trimesh, "export", broken_export)
-    with pytest.raises(OSError, match="disk full"):
-        export_mesh(box.vertices, box.faces, tmp_path / "box.ply")
-    assert os.listdir(tmp_path) == []
-
-
-def test_extract_mesh_with_budget() -> None:
-    from consistent3dgen.geometry.extract import extract_mesh
-
+def test_marching_cubes_then_simplify_to_a_budget() -> None:
     sdf = _band_sdf(48, _sphere(), np.full(3, -0.7), np.full(3, 0.7), band=2, solid=True)
-    v_full, f_full = extract_mesh(sdf)
-    v, f = extract_mesh(sdf, max_faces=2000)
+    v_full, f_full = sparse_marching_cubes(sdf, brick=32)
+    v, f = simplify_mesh(v_full, f_full, max_faces=2000)
     assert len(f_full) > 2000 >= len(f) > 1500
     mesh = trimesh.Trimesh(v, f)
     assert mesh.is_watertight
     assert np.abs(np.linalg.norm(v - [0.03, -0.02, 0.01], axis=1) - 0.6).max() < 0.02
-
-
-def test_remove_small_components_keeps_the_main_piece_and_drops_specks():
-    from consistent3dgen.geometry.extract import remove_small_components
-
-    big = trimesh.creation.icosphere(subdivisions=3)  # 1280 faces
-    speck = trimesh.creation.icosphere(subdivisions=0)  # 20 faces
-    speck.vertices += 3.0
-    mid = trimesh.creation.icosphere(subdivisions=2)  # 320 faces
-    mid.vertices -= 3.0
-    both = trimesh.util.concatenate([big, speck, mid])
-    v, f = remove_small_components(both.vertices, both.faces, 0.05)
-    assert len(f) == len(big.faces) + len(mid.faces) and len(v) == len(big.vertices) + len(mid.vertices)
-    assert f.max() == len(v) - 1 and (v[:, 0] < 2.0).all()  # indices remapped, the speck's vertices gone
-    v0, f0 = remove_small_components(both.vertices, both.faces, 0.0)
-    assert len(f0) == len(both.faces)

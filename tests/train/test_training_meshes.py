@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from consistent3dgen.errors import InputError
-from consistent3dgen.train.meshes import EVALUATION_MESHES, load_training_mesh, mesh_sdf, mesh_shape, normalise_vertices
+from consistent3dgen.train.training_meshes import (
+    EVALUATION_MESHES,
+    load_training_mesh,
+    mesh_sdf,
+    mesh_shape,
+    normalise_vertices,
+)
 
 
 @pytest.mark.parametrize("name", EVALUATION_MESHES)

@@ -1,4 +1,4 @@
-"""Sparse SDF → triangle mesh (sparse marching cubes), simplification to a face budget, and export.
+"""Sparse SDF → triangle mesh: sparse marching cubes, its case tables, and the NumPy and skimage backends.
 
 The SDF lives on voxel centres of a :class:`~consistent3dgen.geometry.voxels.SparseVoxels` grid (negative
 inside, positive outside; voxels that are absent are outside, value ``fill``); the grid is padded by one outside
@@ -8,8 +8,9 @@ the occupied region only. Three interchangeable implementations:
 
 - ``numpy``: every active cube at once, vectorised; each crossing grid edge is numbered by the cube at its lower
   end, so vertices are shared by construction (no welding, no sort).
-- ``warp``: the same algorithm as compiled NVIDIA Warp CPU kernels, one thread per brick (fast path; ``auto``
-  picks it when Warp imports and compiles, else ``numpy``).
+- ``warp``: the same algorithm as compiled NVIDIA Warp CPU kernels, one thread per brick, in
+  :mod:`~consistent3dgen.geometry.warp_marching_cubes` (fast path; ``auto`` picks it when Warp imports and the
+  kernels compile, see :func:`~consistent3dgen.geometry.warp_runtime.warp_available`, else ``numpy``).
 - ``skimage``: the reference — skimage's Lewiner marching cubes on each dense brick, vertices on brick faces
   welded by the grid edge they lie on.
 
@@ -21,19 +22,11 @@ ambiguous, so both give the same vertices.
 
 from __future__ import annotations
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-
 import numpy as np
 
-from ..errors import InputError
-from ..io.atomic import atomic_path
-from ._warp import init_warp
+from ..errors import InputError, NoSurfaceError
 from .voxels import SparseVoxels
-
-EXPORT_FORMATS = (".glb", ".obj", ".ply", ".stl")
+from .warp_runtime import mark_unavailable, warp_available, warp_kernels
 
 # |value - level| below this fraction of the value range is moved just outside the level, so that no vertex
 # lands exactly on a grid sample (it would coincide with the vertices of the sample's other edges: zero-area
@@ -64,7 +57,7 @@ def sparse_marching_cubes(
     edge. ``warp`` and ``numpy`` give identical meshes up to vertex/face order; ``skimage`` the same edge
     vertices, with different triangles (and interior vertices) only in cubes whose interior is ambiguous. The
     result does not depend on ``brick`` (up to order). Memory stays proportional to the number of occupied
-    bricks. Raises InputError on a bad SDF or when nothing crosses ``level``.
+    bricks. Raises InputError on a bad SDF, NoSurfaceError when nothing crosses ``level``.
     """
     if method not in MC_METHODS:
         raise InputError(f"unknown marching-cubes method {method!r}; use one of {', '.join(MC_METHODS)}")
@@ -80,7 +73,7 @@ def sparse_marching_cubes(
     if not (fill > level):
         raise InputError(f"fill value {fill} for absent voxels must be above the level {level} (outside)")
     if len(values) == 0 or not np.any(values < level):
-        raise InputError(f"the SDF has no voxel below the level {level}: nothing to extract")
+        raise NoSurfaceError(f"the SDF has no voxel below the level {level}: no surface to extract")
 
     span = max(float(np.max(np.abs(values - level))), abs(fill - level))
     nudge = np.float32(_LEVEL_NUDGE * span)
@@ -88,18 +81,18 @@ def sparse_marching_cubes(
     args = (sdf.coords, values, sdf.resolution, np.float32(level), fill, brick)
     if method == "skimage":
         verts, faces = _marching_cubes_skimage(*args)
-    elif method == "numpy" or (method == "auto" and not warp_available()):
+    elif method == "numpy" or (method == "auto" and not warp_available("marching_cubes")):
         verts, faces = _marching_cubes_numpy(*args)
     else:
         try:
             verts, faces = _marching_cubes_warp(*args)
-        except InputError:
+        except (InputError, NoSurfaceError):
             raise
         except Exception as e:  # noqa: BLE001 - a Warp compile/launch failure or 32-bit limit: NumPy instead
             if method == "warp":
                 raise InputError(f"the Warp marching-cubes path failed: {e}") from e
             if not isinstance(e, _TooLargeForWarp):
-                _WARP["error"] = e  # remembered: later calls go straight to NumPy
+                mark_unavailable("marching_cubes", e)  # remembered: later calls go straight to NumPy
             verts, faces = _marching_cubes_numpy(*args)
     # Sample s sits at the centre of voxel s - 1: canonical = -1 + (2 (s - 1) + 1) / R.
     verts *= np.float32(2.0 / sdf.resolution)
@@ -481,415 +474,22 @@ def _marching_cubes_numpy(
         face_parts.append(own_vertex_flat[owner + row_axis[sel_rows, : 3 * n]].reshape(-1, 3))
     faces = np.concatenate(face_parts) if face_parts else np.zeros((0, 3), np.int32)
     if len(faces) == 0:
-        raise InputError(f"the SDF does not cross the level {level}: nothing to extract")
+        raise NoSurfaceError(f"the SDF does not cross the level {level}: no surface to extract")
     return verts, faces
 
 
 # --------------------------------------------------------------------------- compiled fast path (NVIDIA Warp, CPU)
-
-_WARP_LOCK = threading.Lock()
-_WARP: dict = {}
-
-
-def _default_threads() -> int:
-    """Threads for the Warp launches: the cores this process may use (at least 1)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 class _TooLargeForWarp(RuntimeError):
     """The Warp kernels index with 32-bit ints; bigger inputs take the NumPy path."""
 
 
-def warp_available() -> bool:
-    """Whether the Warp marching-cubes kernels import and compile here (the failure is remembered). The first
-    call on a machine compiles them (about 10 s; Warp caches the result on disk, later processes load it)."""
-    if "error" in _WARP:
-        return False
-    try:
-        _warp_kernels()
-        return True
-    except Exception as e:  # noqa: BLE001 - any import/compile failure means: use the NumPy path
-        _WARP["error"] = e
-        return False
-
-
-def _warp_kernels() -> dict:
-    """Compile (once per process; Warp caches the code on disk) the kernels of the Warp path. Same layout and
-    rules as :func:`_marching_cubes_numpy`, one thread per brick, so that each brick writes its vertices and
-    faces in a fixed order at offsets from prefix sums: the output is deterministic."""
-    with _WARP_LOCK:
-        if "emit" in _WARP:
-            return _WARP
-        wp = init_warp()
-        # Forward kernels only: no adjoint code to generate and compile (about halves the one-off compile).
-        wp.set_module_options({"enable_backward": False})
-
-        @wp.kernel
-        def mark_bricks(
-            begin: int, coords: wp.array(dtype=wp.int32), b: int, n_axis: int, occupied: wp.array(dtype=wp.uint8)
-        ):
-            i = begin + wp.tid()  # threads may race here, harmlessly: they all write 1
-            bx = (coords[3 * i] + 1) // b
-            by = (coords[3 * i + 1] + 1) // b
-            bz = (coords[3 * i + 2] + 1) // b
-            occupied[(bx * n_axis + by) * n_axis + bz] = wp.uint8(1)
-
-        @wp.kernel
-        def scatter(
-            begin: int,
-            coords: wp.array(dtype=wp.int32),
-            values: wp.array(dtype=wp.float32),
-            b: int,
-            side: int,
-            n_axis: int,
-            slot_of: wp.array(dtype=wp.int32),
-            level: float,
-            grid: wp.array(dtype=wp.float32),
-            has_inside: wp.array(dtype=wp.uint8),
-        ):
-            # A sample is written into its brick and, where it lies on the brick's lower faces, into the apron
-            # (local index b) of the lower neighbours; those always exist (they are "needed" bricks). Every write
-            # goes to its own grid cell, so threads over disjoint voxel ranges do not race (on ``has_inside`` they
-            # may, harmlessly: they all write 1).
-            i = begin + wp.tid()
-            sx = coords[3 * i] + 1
-            sy = coords[3 * i + 1] + 1
-            sz = coords[3 * i + 2] + 1
-            bx = sx // b
-            by = sy // b
-            bz = sz // b
-            lx = sx - bx * b
-            ly = sy - by * b
-            lz = sz - bz * b
-            v = values[i]
-            for d in range(8):
-                dx = d & 1
-                dy = (d >> 1) & 1
-                dz = (d >> 2) & 1
-                if (dx == 0 or lx == 0) and (dy == 0 or ly == 0) and (dz == 0 or lz == 0):
-                    slot = slot_of[((bx - dx) * n_axis + (by - dy)) * n_axis + (bz - dz)]
-                    grid[slot * side * side * side + ((lx + dx * b) * side + ly + dy * b) * side + lz + dz * b] = v
-                    if v < level:
-                        has_inside[slot] = wp.uint8(1)
-
-        @wp.func
-        def popcount3(m: int) -> int:
-            return (m & 1) + ((m >> 1) & 1) + ((m >> 2) & 1)
-
-        @wp.kernel
-        def classify(
-            begin: int,
-            grid: wp.array(dtype=wp.float32),
-            level: float,
-            b: int,
-            side: int,
-            corner_offset: wp.array(dtype=wp.int32),
-            face_corner_offset: wp.array(dtype=wp.int32),
-            ambiguous: wp.array(dtype=wp.int32),
-            tri_counts: wp.array(dtype=wp.int32),
-            centre_edges: wp.array(dtype=wp.int32),
-            has_inside: wp.array(dtype=wp.uint8),
-            cell: wp.array(dtype=wp.int32),
-            brick_verts: wp.array(dtype=wp.int32),
-            brick_tris: wp.array(dtype=wp.int32),
-        ):
-            # cell word: vertex prefix within the brick << 17 | table row << 3 | owned-edge bits.
-            slot = begin + wp.tid()
-            n_verts = int(0)  # noqa: UP018 - Warp: a literal would be an immutable constant
-            n_tris = int(0)  # noqa: UP018 - Warp: a literal would be an immutable constant
-            # A brick without an inside sample (apron included) has no surface, and no cube of another brick
-            # owns an edge here: skipping it saves the cube loop for about half of the bricks.
-            if has_inside[slot] == 0:
-                brick_verts[slot] = 0
-                brick_tris[slot] = 0
-                return
-            for x in range(b):
-                for y in range(b):
-                    # Slide along z: the cube's upper four corners are the next cube's lower four.
-                    q = slot * side * side * side + (x * side + y) * side
-                    upper = int(0)  # noqa: UP018 - Warp: a literal would be an immutable constant
-                    for c in range(4):
-                        upper = upper | (wp.where(grid[q + corner_offset[c]] < level, 1, 0) << c)
-                    for z in range(b):
-                        p = q + z
-                        lower = upper
-                        upper = int(0)  # noqa: UP018 - Warp: a literal would be an immutable constant
-                        for c in range(4):  # branch-free: the signs are unpredictable
-                            upper = upper | (wp.where(grid[p + 1 + corner_offset[c]] < level, 1, 0) << c)
-                        case = lower | (upper << 4)
-                        word = n_verts << 17
-                        if case != 0 and case != 255:
-                            amb = ambiguous[case]
-                            connected = int(0)  # noqa: UP018 - Warp: a literal would be an immutable constant
-                            for f in range(6):
-                                if (amb >> f) & 1:
-                                    v00 = grid[p + face_corner_offset[4 * f]] - level
-                                    v10 = grid[p + face_corner_offset[4 * f + 1]] - level
-                                    v11 = grid[p + face_corner_offset[4 * f + 2]] - level
-                                    v01 = grid[p + face_corner_offset[4 * f + 3]] - level
-                                    diag = v00 * v11
-                                    anti = v10 * v01
-                                    joined = anti > diag
-                                    if v00 < 0.0:
-                                        joined = diag > anti
-                                    if joined:
-                                        connected = connected | (1 << f)
-                            row = case * 64 + connected
-                            bit0 = case & 1
-                            owned = (bit0 ^ ((case >> 1) & 1)) | ((bit0 ^ ((case >> 2) & 1)) << 1)
-                            owned = owned | ((bit0 ^ ((case >> 4) & 1)) << 2)
-                            word = word | (row << 3) | owned
-                            n_verts += popcount3(owned) + wp.where(centre_edges[row] != 0, 1, 0)
-                            n_tris += tri_counts[row]
-                        cell[(slot * b + x) * b * b + y * b + z] = word
-            brick_verts[slot] = n_verts
-            brick_tris[slot] = n_tris
-
-        @wp.kernel
-        def emit(
-            begin: int,
-            grid: wp.array(dtype=wp.float32),
-            level: float,
-            b: int,
-            side: int,
-            cell: wp.array(dtype=wp.int32),
-            vert_start: wp.array(dtype=wp.int32),
-            tri_start: wp.array(dtype=wp.int32),
-            brick_origin: wp.array(dtype=wp.int32),
-            neighbour: wp.array(dtype=wp.int32),
-            tri_table: wp.array(dtype=wp.int32),
-            tri_counts: wp.array(dtype=wp.int32),
-            max_tris: int,
-            edge_corner: wp.array(dtype=wp.int32),
-            corner_offset: wp.array(dtype=wp.int32),
-            centre_edges: wp.array(dtype=wp.int32),
-            brick_verts: wp.array(dtype=wp.int32),
-            brick_tris: wp.array(dtype=wp.int32),
-            verts: wp.array(dtype=wp.float32),
-            faces: wp.array(dtype=wp.int32),
-        ):
-            slot = begin + wp.tid()
-            if brick_verts[slot] == 0 and brick_tris[slot] == 0:
-                return  # also: classify skipped it and wrote no cell words
-            block = side * side * side
-            vbase = vert_start[slot]
-            t = tri_start[slot]
-            for x in range(b):
-                for y in range(b):
-                    for z in range(b):
-                        word = cell[(slot * b + x) * b * b + y * b + z]
-                        owned = word & 7
-                        row = (word >> 3) & 16383
-                        centre = centre_edges[row]
-                        if owned != 0 or centre != 0:
-                            p = slot * block + (x * side + y) * side + z
-                            k = vbase + (word >> 17)
-                            ox = brick_origin[3 * slot] + x
-                            oy = brick_origin[3 * slot + 1] + y
-                            oz = brick_origin[3 * slot + 2] + z
-                            v0 = grid[p]
-                            for a in range(3):  # owned edges, from corner 0
-                                if (owned >> a) & 1:
-                                    frac = (level - v0) / (grid[p + corner_offset[1 << a]] - v0)
-                                    verts[3 * k] = float(ox) + wp.where(a == 0, frac, 0.0)
-                                    verts[3 * k + 1] = float(oy) + wp.where(a == 1, frac, 0.0)
-                                    verts[3 * k + 2] = float(oz) + wp.where(a == 2, frac, 0.0)
-                                    k += 1
-                            if centre != 0:  # the mean of its loop's edge points, summed in edge order (as NumPy)
-                                sx = float(0.0)  # noqa: UP018 - Warp: mutable in the loop
-                                sy = float(0.0)  # noqa: UP018 - Warp: mutable in the loop
-                                sz = float(0.0)  # noqa: UP018 - Warp: mutable in the loop
-                                for e in range(12):
-                                    if (centre >> e) & 1:
-                                        lo = edge_corner[e]
-                                        a = e // 4
-                                        u0 = grid[p + corner_offset[lo]]
-                                        frac = (level - u0) / (grid[p + corner_offset[lo | (1 << a)]] - u0)
-                                        sx = sx + (float(ox + (lo & 1)) + wp.where(a == 0, frac, 0.0))
-                                        sy = sy + (float(oy + ((lo >> 1) & 1)) + wp.where(a == 1, frac, 0.0))
-                                        sz = sz + (float(oz + ((lo >> 2) & 1)) + wp.where(a == 2, frac, 0.0))
-                                n_centre = float(popcount3(centre) + popcount3(centre >> 3) + popcount3(centre >> 6))
-                                n_centre = n_centre + float(popcount3(centre >> 9))
-                                verts[3 * k] = sx / n_centre
-                                verts[3 * k + 1] = sy / n_centre
-                                verts[3 * k + 2] = sz / n_centre
-                        n = tri_counts[row]
-                        for i in range(3 * n):
-                            e = tri_table[row * 3 * max_tris + i]
-                            corner = edge_corner[e]
-                            ox = x + (corner & 1)
-                            oy = y + ((corner >> 1) & 1)
-                            oz = z + ((corner >> 2) & 1)
-                            direction = int(0)  # noqa: UP018 - Warp: a literal would be an immutable constant
-                            if ox == b:
-                                ox = 0
-                                direction = direction | 1
-                            if oy == b:
-                                oy = 0
-                                direction = direction | 2
-                            if oz == b:
-                                oz = 0
-                                direction = direction | 4
-                            owner = slot
-                            if direction != 0:
-                                owner = neighbour[8 * slot + direction]
-                            other = cell[(owner * b + ox) * b * b + oy * b + oz]
-                            axis = e // 4
-                            rank = int(0)  # noqa: UP018 - Warp: a literal would be an immutable constant
-                            if axis > 0:
-                                rank = other & 1
-                            if axis > 1:
-                                rank = rank + ((other >> 1) & 1)
-                            if axis > 2:  # the centre vertex follows the owned edges'
-                                rank = rank + ((other >> 2) & 1)
-                            faces[3 * t + i] = vert_start[owner] + (other >> 17) + rank
-                        t += n
-
-        # Compile/load now, in one thread: launches later run on several threads, and a failure here makes
-        # ``warp_available`` false rather than failing mid-run.
-        wp.load_module(mark_bricks.module, device="cpu")
-        _WARP.update(wp=wp, mark=mark_bricks, scatter=scatter, classify=classify, emit=emit)
-        return _WARP
-
-
 def _marching_cubes_warp(
     coords: np.ndarray, values: np.ndarray, resolution: int, level: float, fill: float, brick: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The NumPy path's algorithm as four Warp CPU kernels (mark bricks, scatter with aprons, classify cubes,
-    emit vertices and faces). Returns vertices in padded sample coordinates."""
-    k = _warp_kernels()
-    wp = k["wp"]
-    ambiguous, tri_table, tri_counts, centre_edges = marching_cubes_tables()
-    b, side = brick, brick + 1
-    block = side**3
-    n_axis = -(-(resolution + 2) // b)
-    if n_axis**3 >= 2**31:
-        raise _TooLargeForWarp(f"resolution {resolution} needs 64-bit brick keys")
-    device = "cpu"
-    # Every buffer is a NumPy array that Warp only views (copy=False): memory shows up in tracemalloc, and the
-    # results need no copy back. ``keep`` holds the arrays for as long as their views are in use.
-    keep: list[np.ndarray] = []
-
-    def view(a: np.ndarray, dtype=None):  # noqa: ANN001, ANN202
-        a = np.ascontiguousarray(a).reshape(-1)
-        keep.append(a)
-        return wp.array(a, dtype=dtype or wp.dtype_from_numpy(a.dtype), device=device, copy=False)
-
-    def ints(a) -> object:  # noqa: ANN001
-        return view(np.asarray(a, np.int32))
-
-    flat_coords = ints(coords)
-    occupied = np.zeros(n_axis**3, np.uint8)
-    threads = _default_threads()
-
-    def launch(kernel, n: int, inputs: list) -> None:  # noqa: ANN001
-        """``kernel`` over ``begin + tid`` for tid < n, split into contiguous ranges on threads (Warp's CPU launches
-        release the GIL; every kernel here writes disjoint outputs per index)."""
-        cuts = np.linspace(0, n, min(threads, max(n, 1)) + 1).astype(int)
-
-        def run(r: int) -> None:
-            if cuts[r + 1] > cuts[r]:
-                wp.launch(kernel, dim=int(cuts[r + 1] - cuts[r]), inputs=[int(cuts[r]), *inputs], device=device)
-
-        if len(cuts) <= 2:
-            run(0)
-        else:
-            with ThreadPoolExecutor(len(cuts) - 1) as pool:
-                list(pool.map(run, range(len(cuts) - 1)))
-        wp.synchronize_device(device)
-
-    launch(k["mark"], len(values), [flat_coords, b, n_axis, view(occupied)])
-    needed = occupied.astype(bool).reshape((n_axis,) * 3)
-    del occupied
-    for axis in range(3):  # lower neighbours of occupied bricks: their apron holds samples
-        lower = [slice(None)] * 3
-        upper = [slice(None)] * 3
-        lower[axis], upper[axis] = slice(0, -1), slice(1, None)
-        needed[tuple(lower)] |= needed[tuple(upper)]
-    brick_keys = np.flatnonzero(needed.reshape(-1))
-    del needed
-    n_bricks = len(brick_keys)
-    if n_bricks * block >= 2**31:
-        raise _TooLargeForWarp(f"{n_bricks} bricks need 64-bit sample indices")
-    slot_of = np.full(n_axis**3, -1, np.int32)
-    slot_of[brick_keys] = np.arange(n_bricks, dtype=np.int32)
-    brick_coords = np.stack(np.unravel_index(brick_keys, (n_axis,) * 3), axis=1).astype(np.int32)
-    neighbour = np.full((n_bricks, 8), -1, np.int32)
-    for d in range(1, 8):
-        nb = brick_coords + np.array([d & 1, (d >> 1) & 1, (d >> 2) & 1], np.int32)
-        ok = np.all(nb < n_axis, axis=1)
-        neighbour[ok, d] = slot_of[(nb[ok, 0].astype(np.int64) * n_axis + nb[ok, 1]) * n_axis + nb[ok, 2]]
-    del brick_keys
-
-    grid = view(np.full(n_bricks * block, fill, np.float32))
-    has_inside = view(np.zeros(n_bricks, np.uint8))
-    launch(
-        k["scatter"],
-        len(values),
-        [
-            flat_coords,
-            view(np.asarray(values, np.float32)),
-            b,
-            side,
-            n_axis,
-            ints(slot_of),
-            float(level),
-            grid,
-            has_inside,
-        ],
-    )
-    del flat_coords, slot_of
-
-    strides = np.array([side * side, side, 1], np.int64)
-    corner_offset = ints([int(_corner_offset(c) @ strides) for c in range(8)])
-    face_corner_offset = ints([int(_corner_offset(c) @ strides) for f in range(6) for c in _face_cycle(f)])
-    counts_wp = ints(tri_counts)
-    centre_wp = ints(centre_edges)
-    cell = ints(np.empty(n_bricks * b**3, np.int32))
-    brick_verts_np = np.empty(n_bricks, np.int32)
-    brick_tris_np = np.empty(n_bricks, np.int32)
-    brick_verts, brick_tris = view(brick_verts_np), view(brick_tris_np)
-    tables = [corner_offset, face_corner_offset, ints(ambiguous), counts_wp, centre_wp]
-    launch(k["classify"], n_bricks, [grid, float(level), b, side, *tables, has_inside, cell, brick_verts, brick_tris])
-    n_verts_per_brick = brick_verts_np.astype(np.int64)
-    n_tris_per_brick = brick_tris_np.astype(np.int64)
-    n_verts, n_tris = int(n_verts_per_brick.sum()), int(n_tris_per_brick.sum())
-    if n_tris == 0:
-        raise InputError(f"the SDF does not cross the level {level}: nothing to extract")
-    if 3 * max(n_verts, n_tris) >= 2**31:
-        raise _TooLargeForWarp(f"{n_verts} vertices / {n_tris} faces need 64-bit indices")
-    verts = np.empty(3 * n_verts, np.float32)
-    faces = np.empty(3 * n_tris, np.int32)
-    launch(
-        k["emit"],
-        n_bricks,
-        [
-            grid,
-            float(level),
-            b,
-            side,
-            cell,
-            ints(np.cumsum(n_verts_per_brick) - n_verts_per_brick),
-            ints(np.cumsum(n_tris_per_brick) - n_tris_per_brick),
-            ints(brick_coords * b),
-            ints(neighbour),
-            ints(tri_table),
-            counts_wp,
-            int(tri_table.shape[1]),
-            ints([_edge_corners(e)[0] for e in range(12)] + [0]),
-            corner_offset,
-            centre_wp,
-            brick_verts,
-            brick_tris,
-            view(verts),
-            view(faces),
-        ],
-    )
-    keep.clear()
-    return verts.reshape(-1, 3), faces.reshape(-1, 3)
+    """The Warp kernels of :mod:`~consistent3dgen.geometry.warp_marching_cubes` (compiled on first use)."""
+    return warp_kernels("marching_cubes").marching_cubes(coords, values, resolution, level, fill, brick)
 
 
 # --------------------------------------------------------------------------- reference: skimage per brick
@@ -967,7 +567,7 @@ def _marching_cubes_skimage(
         n_verts += len(verts)
     del keys, flat, vals, starts, counts
     if not all_faces:
-        raise InputError(f"the SDF does not cross the level {level}: nothing to extract")
+        raise NoSurfaceError(f"the SDF does not cross the level {level}: no surface to extract")
     verts = np.concatenate(all_verts)
     del all_verts
     faces = np.concatenate(all_faces)
@@ -1004,92 +604,3 @@ def _weld(verts: np.ndarray, faces: np.ndarray, ids: np.ndarray, keys: np.ndarra
     faces = remap[faces]
     return verts[keep], new_index[faces]
 
-
-def extract_mesh(
-    sdf: SparseVoxels, level: float = 0.0, max_faces: int | None = None, brick: int = 32
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sparse marching cubes, then quadric simplification to ``max_faces`` if given (canonical frame)."""
-    vertices, faces = sparse_marching_cubes(sdf, level=level, brick=brick)
-    if max_faces is not None:
-        vertices, faces = simplify_mesh(vertices, faces, max_faces)
-    return vertices, faces
-
-
-def remove_small_components(verts: np.ndarray, faces: np.ndarray, min_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Drop connected pieces (sharing vertices) with fewer faces than ``min_fraction`` × the largest piece's;
-    unused vertices are dropped too. ``min_fraction`` 0 keeps everything."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    faces = np.asarray(faces, np.int64)
-    if min_fraction <= 0 or len(faces) == 0:
-        return verts, faces
-    n = len(verts)
-    a, b = faces[:, [0, 1, 2]].ravel(), faces[:, [1, 2, 0]].ravel()
-    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
-    _, label = connected_components(graph, directed=False)
-    face_label = label[faces[:, 0]]
-    counts = np.bincount(face_label)
-    keep_faces = counts[face_label] >= min_fraction * counts.max()
-    faces = faces[keep_faces]
-    used = np.zeros(n, bool)
-    used[faces.ravel()] = True
-    remap = np.cumsum(used) - 1
-    return verts[used], remap[faces]
-
-
-def simplify_mesh(
-    vertices: np.ndarray, faces: np.ndarray, max_faces: int, preserve_border: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Quadric decimation (fast-simplification) down to about ``max_faces`` faces; open rims are kept.
-
-    Returns the input unchanged when it already fits the budget.
-    """
-    v = np.asarray(vertices, np.float64)
-    f = np.asarray(faces, np.int64)
-    if max_faces < 4:
-        raise InputError(f"face budget must be at least 4, got {max_faces}")
-    if len(f) <= max_faces:
-        return v.astype(np.float32), f
-    import fast_simplification
-
-    out_v, out_f = fast_simplification.simplify(
-        v, f.astype(np.int32), target_count=int(max_faces), preserve_border=preserve_border
-    )
-    return np.asarray(out_v, np.float32), np.asarray(out_f, np.int64)
-
-
-def export_mesh(
-    vertices: np.ndarray,
-    faces: np.ndarray,
-    path: str | os.PathLike,
-    vertex_colors: np.ndarray | None = None,
-) -> Path:
-    """Write a mesh; the format follows the extension (.glb .obj .ply .stl). Atomic: no partial file on failure.
-
-    vertex_colors: optional (V, 3|4) uint8 or float in [0, 1] (STL stores no colours and ignores them).
-    """
-    import trimesh
-
-    target = Path(path)
-    ext = target.suffix.lower()
-    if ext not in EXPORT_FORMATS:
-        raise InputError(f"unknown mesh format {target.suffix!r} for {target}; use one of {', '.join(EXPORT_FORMATS)}")
-    v = np.asarray(vertices, np.float64)
-    f = np.asarray(faces)
-    if v.ndim != 2 or v.shape[1] != 3 or not np.isfinite(v).all():
-        raise InputError(f"vertices must be finite with shape (N, 3), got {v.shape}")
-    if f.ndim != 2 or f.shape[1] != 3 or (len(f) and (f.min() < 0 or f.max() >= len(v))):
-        raise InputError("faces must have shape (M, 3) with indices into the vertices")
-    colors = None
-    if vertex_colors is not None:
-        c = np.asarray(vertex_colors)
-        if c.shape[0] != len(v) or c.ndim != 2 or c.shape[1] not in (3, 4):
-            raise InputError(f"vertex colours must have shape ({len(v)}, 3|4), got {c.shape}")
-        if np.issubdtype(c.dtype, np.floating):
-            c = np.clip(np.rint(c * 255.0), 0, 255)
-        colors = c.astype(np.uint8)
-    mesh = trimesh.Trimesh(v, f.astype(np.int64), vertex_colors=colors, process=False)
-    with atomic_path(target) as tmp:
-        mesh.export(tmp, file_type=ext[1:])
-    return target

@@ -1,0 +1,245 @@
+"""What the view tells (steps 1–3 of the method): seen mesh, thin shell per stage, target, fusion SDF, free space.
+
+:func:`build_seen_shell`: point map → seen-surface mesh (canonical cube) → thin-shell SDF at a stage's
+resolution → its latent cells and their camera-side half. This is also what ``consistent3dgen foreground``
+writes out so a user can check the reconstruction before generating: the shell's zero level set must lie
+``shell`` voxels from the seen surface.
+
+:class:`SeenSide`: the same for every sparse stage of a generator, in each stage's (re-normalised) frame, and
+what the stages ask of the view: the guidance target ``x_fg`` (the shell encoded by the stage's own VAE, back
+half cut), the dense stage's start occupancy, the seen shell's SDF that fusion writes, and free space.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .generators.base import SparseLatent, SparseStage
+from .geometry.frames import CanonicalFrame, Similarity, canonical_to_camera, compose_frame
+from .geometry.freespace import free_space_mask
+from .geometry.shell import (
+    ShellResult,
+    exact_distance,
+    foreground_occupancy,
+    front_half_mask,
+    latent_cells,
+    thin_shell,
+)
+from .geometry.surface import SeenMesh, pointmap_to_mesh, to_canonical
+from .geometry.voxels import SparseVoxels, all_voxels, voxel_centers
+from .pointmap import PointMap
+
+
+@dataclass
+class SeenShell:
+    """The seen side of one view, ready for a sparse stage at ``resolution``.
+
+    seen: canonical-frame single-layer mesh; shell: thin-shell SDF (+ per-voxel distances and camera-side flags);
+    cells: latent cells (``resolution // factor``) touched by the shell; front: bool over ``cells``, True on the
+    camera side (the part kept as the guidance target).
+    """
+
+    pointmap: PointMap
+    frame: CanonicalFrame
+    seen: SeenMesh
+    shell: ShellResult
+    cells: SparseVoxels
+    front: np.ndarray
+    resolution: int
+    factor: int
+    band: float
+    shell_offset: float
+
+    @property
+    def sdf(self) -> SparseVoxels:
+        return self.shell.sdf
+
+    def front_cells(self) -> SparseVoxels:
+        """The camera-side latent cells (the part of the shell kept as the guidance target)."""
+        return SparseVoxels(self.cells.coords[self.front], self.cells.resolution)
+
+    def occupancy(self, resolution: int, front_only: bool = True) -> np.ndarray:
+        """Dense (R, R, R) bool occupancy of the (front) cells at the dense stage's resolution."""
+        return foreground_occupancy(self.cells, self.front if front_only else None, resolution)
+
+
+def build_seen_shell(
+    pointmap: PointMap,
+    resolution: int = 512,
+    band: float = 2.0,
+    shell: float = 1.0,
+    factor: int = 8,
+    conf_threshold: float = 0.0,
+    drop_percent: float = 0.0,
+    max_stretch: float = 8.0,
+    margin: float = 0.05,
+    depth_ratio: float = 1.0,
+    frame: CanonicalFrame | None = None,
+) -> SeenShell:
+    """Point map → canonical seen mesh → thin shell at ``resolution``³ → latent cells and their front half."""
+    mesh_cam = pointmap_to_mesh(pointmap, conf_threshold=conf_threshold, drop_percent=drop_percent,
+                                max_stretch=max_stretch)
+    seen, frame = to_canonical(mesh_cam, margin=margin, depth_ratio=depth_ratio, frame=frame)
+    result = thin_shell(seen.vertices, seen.faces, resolution, band=band, shell=shell)
+    cells = latent_cells(result.sdf, factor)
+    front = front_half_mask(cells, result.sdf, result.front_side, factor=factor)
+    return SeenShell(pointmap, frame, seen, result, cells, front, resolution, factor, band, shell)
+
+
+class SeenSide:
+    """The seen side of one view for every sparse stage of a generator (coarse to fine).
+
+    Stage 0's shell fixes the canonical frame (:attr:`frame`); a later stage ``k`` works in that frame followed
+    by the similarity ``sim`` that re-normalised the previous stage's mesh, and gets its own shell, built at its
+    resolution in that frame the first time it is asked for.
+    """
+
+    def __init__(self, pointmap: PointMap, stages: list[SparseStage], *, band: float, shell: float,
+                 conf_threshold: float = 0.0, drop_percent: float = 0.0, front_cut: bool = True,
+                 free_space: bool = True) -> None:
+        self.pointmap = pointmap
+        self.stages = stages
+        self.front_cut = front_cut
+        # free space needs the camera to project into; without intrinsics nothing is known to be empty
+        self.free_space = free_space and pointmap.intrinsics is not None
+        self._shell_kw = dict(band=band, shell=shell, conf_threshold=conf_threshold, drop_percent=drop_percent)
+        first = build_seen_shell(pointmap, stages[0].resolution, factor=stages[0].latent_factor, **self._shell_kw)
+        self.frame: CanonicalFrame = first.frame
+        self._shells: dict[int, SeenShell] = {0: first}
+
+    @property
+    def first(self) -> SeenShell:
+        return self._shells[0]
+
+    def shell(self, index: int, sim: Similarity) -> SeenShell:
+        """Stage ``index``'s seen shell in the first stage's frame followed by ``sim``."""
+        if index not in self._shells:
+            stage = self.stages[index]
+            self._shells[index] = build_seen_shell(self.pointmap, stage.resolution, factor=stage.latent_factor,
+                                                   frame=compose_frame(self.frame, sim), **self._shell_kw)
+        return self._shells[index]
+
+    # ------------------------------------------------------------------------------ dense stage and tokens
+
+    def dense_start(self, resolution: int) -> np.ndarray:
+        """(R, R, R) bool occupancy of the first stage's (camera-side) cells: the dense stage's SDEdit start."""
+        return self.first.occupancy(resolution, front_only=self.front_cut)
+
+    def dense_free_space(self, resolution: int) -> np.ndarray | None:
+        """(R, R, R) bool: dense voxels the view shows empty (None when free space is off)."""
+        if not self.free_space:
+            return None
+        centres = voxel_centers(all_voxels(resolution), resolution)
+        return free_space_mask(centres, self.pointmap, self.frame, 2.0 / resolution).reshape((resolution,) * 3)
+
+    def seen_cells(self) -> SparseVoxels:
+        """The first stage's latent cells the view saw (camera side only with the back-half cut): always tokens."""
+        first = self.first
+        return first.front_cells() if self.front_cut else SparseVoxels(first.cells.coords, first.cells.resolution)
+
+    def free_cells(self) -> SparseVoxels | None:
+        """The first stage's latent cells that lie wholly in free space (None when free space is off)."""
+        if not self.free_space:
+            return None
+        res = self.first.cells.resolution
+        cells = all_voxels(res)
+        # a cell is free when its centre is free by more than a cell diagonal (2·√3 / res)
+        is_free = free_space_mask(voxel_centers(cells, res), self.pointmap, self.frame, 2.0 * np.sqrt(3) / res)
+        return SparseVoxels(cells[is_free], res)
+
+    # ------------------------------------------------------------------------------ sparse stages
+
+    def target(self, index: int, sim: Similarity) -> SparseLatent:
+        """``x_fg`` of stage ``index``: its shell encoded by the stage's own VAE, tokens in camera-side cells."""
+        shell = self.shell(index, sim)
+        latent = self.stages[index].encode_sdf(shell.sdf)
+        if not self.front_cut:
+            return latent
+        keep = shell.front_cells().lookup(latent.coords.numpy()) >= 0
+        idx = torch.as_tensor(np.flatnonzero(keep))
+        return SparseLatent(latent.coords[idx], latent.feats[idx], latent.resolution)
+
+    def fusion_sdf(self, index: int, sim: Similarity) -> SparseVoxels:
+        """The shell voxels on the camera side of the seen surface: trustworthy SDF values for fusion."""
+        shell = self.shell(index, sim)
+        return shell.sdf.select(np.flatnonzero(shell.shell.front_side))
+
+    def free_voxels(self, points: np.ndarray, sim: Similarity) -> np.ndarray | None:
+        """(N,) bool: stage points (frame ``sim``) the view shows empty; None when free space is off."""
+        if not self.free_space:
+            return None
+        margin = 2.0 * self._shell_kw["band"] / self.stages[0].resolution
+        return free_space_mask(points, self.pointmap, compose_frame(self.frame, sim), margin)
+
+
+def shell_fidelity(fg: SeenShell) -> dict:
+    """How far the mesh extracted from the thin shell lies from the seen surface, in voxels.
+
+    ``offset_*``: distance of extracted vertices to the seen surface (ideally ``shell_offset`` everywhere);
+    ``coverage_*``: distance from seen-surface vertices to the extracted mesh (ideally ``shell_offset``: the shell
+    wraps the whole seen surface). Both via exact closest points.
+    """
+    from .geometry.marching_cubes import sparse_marching_cubes
+    from .geometry.shell import to_voxel_units
+
+    verts, faces = sparse_marching_cubes(fg.sdf, level=0.0)
+    v_vox = to_voxel_units(verts, fg.resolution)
+    s_vox = to_voxel_units(fg.seen.vertices, fg.resolution)
+    off = exact_distance(v_vox, s_vox, fg.seen.faces)
+    cov = exact_distance(s_vox, v_vox, faces.astype(np.int32))
+    return {
+        "resolution": fg.resolution,
+        "shell_offset_voxels": fg.shell_offset,
+        "shell_voxels": len(fg.sdf),
+        "latent_cells": len(fg.cells),
+        "front_cells": int(fg.front.sum()),
+        "offset_mean": float(off.mean()),
+        "offset_p90": float(np.percentile(off, 90)),
+        "offset_max": float(off.max()),
+        "coverage_mean": float(cov.mean()),
+        "coverage_p90": float(np.percentile(cov, 90)),
+        "coverage_max": float(cov.max()),
+        "extracted_vertices": len(verts),
+        "extracted_faces": len(faces),
+        "_mesh": (verts, faces),
+    }
+
+
+def write_seen_shell(fg: SeenShell, out_dir: str | Path, fidelity: dict | None = None) -> dict[str, Path]:
+    """Write the seen mesh, the thin-shell voxels and the extracted shell mesh (camera frame) + a JSON report."""
+    from .io.atomic import atomic_write_text
+    from .io.meshes import export_mesh
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fidelity = fidelity if fidelity is not None else shell_fidelity(fg)
+    paths = {
+        "seen_mesh": out / "seen_surface.ply",
+        "shell": out / f"thin_shell_{fg.resolution}.npz",
+        "shell_mesh": out / f"thin_shell_{fg.resolution}.ply",
+        "report": out / "foreground.json",
+    }
+    seen_cam = canonical_to_camera(fg.seen.vertices.astype(np.float64), fg.frame)
+    colors = None
+    if fg.pointmap.image is not None:
+        colors = fg.pointmap.image.reshape(-1, 3)[fg.seen.pixel_index]
+    export_mesh(seen_cam, fg.seen.faces, paths["seen_mesh"], vertex_colors=colors)
+    fg.sdf.save_npz(
+        str(paths["shell"]),
+        udf=fg.shell.udf,
+        front_side=fg.shell.front_side,
+        cells=fg.cells.coords,
+        front_cells=fg.front,
+        frame=np.array(json.dumps(fg.frame.to_dict())),
+    )
+    verts, faces = fidelity["_mesh"]
+    export_mesh(canonical_to_camera(verts.astype(np.float64), fg.frame), faces, paths["shell_mesh"])
+    report = {k: v for k, v in fidelity.items() if not k.startswith("_")}
+    report["frame"] = fg.frame.to_dict()
+    atomic_write_text(paths["report"], json.dumps(report, indent=2))
+    return paths

@@ -42,11 +42,11 @@ def render(mesh_path: Path, size: int = 518):
 
 
 def ours(pm, res: int, band: float, threads: int | None):
-    from consistent3dgen.geometry import shell, surface
+    from consistent3dgen.geometry import shell, surface, voxels
 
     mesh, _ = surface.pointmap_to_canonical_mesh(pm)
     r = shell.thin_shell(mesh.vertices, mesh.faces, res, band=band, threads=threads)
-    cells = shell.latent_cells(r.sdf, 8)
+    cells = voxels.latent_cells(r.sdf, 8)
     keep = shell.front_half_mask(cells, r.sdf, r.front_side)
     return r, cells, keep, mesh
 

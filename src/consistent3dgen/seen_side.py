@@ -22,16 +22,9 @@ import torch
 from .generators.base import SparseLatent, SparseStage
 from .geometry.frames import CanonicalFrame, Similarity, canonical_to_camera, compose_frame
 from .geometry.freespace import free_space_mask
-from .geometry.shell import (
-    ShellResult,
-    exact_distance,
-    foreground_occupancy,
-    front_half_mask,
-    latent_cells,
-    thin_shell,
-)
+from .geometry.shell import ShellResult, exact_distance, front_half_mask, thin_shell
 from .geometry.surface import SeenMesh, pointmap_to_mesh, to_canonical
-from .geometry.voxels import SparseVoxels, all_voxels, voxel_centers
+from .geometry.voxels import SparseVoxels, all_voxels, cells_to_occupancy, latent_cells, voxel_centers
 from .pointmap import PointMap
 
 
@@ -65,7 +58,7 @@ class SeenShell:
 
     def occupancy(self, resolution: int, front_only: bool = True) -> np.ndarray:
         """Dense (R, R, R) bool occupancy of the (front) cells at the dense stage's resolution."""
-        return foreground_occupancy(self.cells, self.front if front_only else None, resolution)
+        return cells_to_occupancy(self.cells, self.front if front_only else None, resolution)
 
 
 def build_seen_shell(

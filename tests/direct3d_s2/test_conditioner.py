@@ -86,6 +86,18 @@ def test_rgb_with_segmenter_uses_its_mask():
     assert out[3].float().mean() > 0.5  # the 20×20 box fills the frame after the crop
 
 
+def test_paths_pil_images_and_arrays_agree(tmp_path):
+    from PIL import Image
+
+    img = _rgba_square()
+    Image.fromarray(img).save(tmp_path / "a.png")
+    ref = cm.preprocess_image(img)
+    assert torch.equal(cm.preprocess_image(tmp_path / "a.png"), ref)
+    assert torch.equal(cm.preprocess_image(Image.fromarray(img)), ref)
+    Image.fromarray(img).convert("LA").save(tmp_path / "la.png")  # grey + alpha → RGBA
+    assert cm.to_rgba(tmp_path / "la.png").shape == (120, 200, 4)
+
+
 def test_bad_inputs(tmp_path):
     with pytest.raises(InputError, match="image not found"):
         cm.preprocess_image(tmp_path / "none.png")
@@ -125,6 +137,9 @@ def test_missing_weights_name_the_path(tmp_path):
         cm.DinoConditioner(weights=tmp_path / "nowhere")
     with pytest.raises(WeightsNotFoundError, match="BiRefNet"):
         cm.BiRefNetSegmenter(tmp_path / "no_birefnet")
+    (tmp_path / "model.bin").write_bytes(b"")
+    with pytest.raises(WeightsNotFoundError, match="model.bin is a file"):
+        cm.DinoConditioner(weights=tmp_path / "model.bin")
 
 
 def test_missing_hub_weights_offline(tmp_path, monkeypatch):

@@ -40,6 +40,45 @@ def _dense_reference(q, k, v, mask):
     return torch.einsum("hqk,khd->qhd", probs, vv), probs, torch.logsumexp(scores, -1).T
 
 
+# Float32 error bound of one softmax attention o = Σ_j w_j v_j, w = softmax(s), s_j = q·k_j / √D, over n keys,
+# to first order in the unit roundoff u = eps/2, for any summation order (chunking, threads, SIMD width, BLAS):
+#   A = max‖q‖·max‖k‖/√D ≥ Σ_d |q_d k_jd|/√D ≥ |s_j| (Cauchy-Schwarz), V = max|v|, so |o| ≤ V and |L| ≤ A + ln n
+#   for the log-sum-exp L of the scores.
+# 1. scores: a D-term dot product and the 1/√D scale, |δs_j| ≤ (D+1)·u·A. The weights follow as
+#    w_j(1 + δs_j − Σ_i w_i δs_i), which moves o by Σ_j w_j δs_j (v_j − o), at most 2V·(D+1)·u·A.
+# 2. normalisation: L or the weight sum (n terms) is off by ≤ u(n + |L| + 1); each exp argument s_j − L
+#    (≤ 2A + ln n) is rounded once, and exp itself is good to c_exp·u (torch's vectorised exp_u20, used by the
+#    CPU flash-attention kernel, to 20 ulp: c_exp = 40). Every weight is then relatively off by
+#    ≤ u(n + 3A + 2 ln n + 1 + c_exp), which moves o by that times V (Σ w_j |v_j| ≤ V).
+# 3. the weighted sum of n terms: ≤ n·u·V (Higham's γ_n bound).
+# 4. each online merge of two partial softmaxes (the chunked selection branch merges one per selected block):
+#    acc·exp(L_old − L_new) + part·exp(L_part − L_new) rounds arguments of size ≤ 2(A + ln n), the logaddexp, the
+#    exps and one multiply-add: ≤ u(3A + 3 ln n + c_exp + 4)·V per merge.
+# Sum: |o − o_exact| ≤ u·V·[(2D + 5 + 3M)·A + 2n + (2 + 3M)·ln n + (M + 1)·c_exp + 4M + 1] for M merges.
+# This is a worst case (every rounding at its bound, same sign); observed errors are ~1/50 of it (the seeds and
+# thread counts of the tests below). Both float32 paths are checked against the float64 attention of the same
+# inputs, and float64 rounding (~1e-16) is negligible next to the bound.
+EXP_ULP = 20
+
+
+def _attention_bound(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_keys: int, merges: int) -> float:
+    """The bound above for attention of q (.., D) over at most ``n_keys`` of k, v (.., D) with ``merges`` merges."""
+    u = torch.finfo(torch.float32).eps / 2
+    d = q.shape[-1]
+    a = q.double().norm(dim=-1).max().item() * k.double().norm(dim=-1).max().item() / math.sqrt(d)
+    ln_n = math.log(max(n_keys, 1))
+    c_exp = 2 * EXP_ULP
+    terms = (2 * d + 5 + 3 * merges) * a + 2 * n_keys + (2 + 3 * merges) * ln_n + (merges + 1) * c_exp
+    return u * v.abs().max().item() * (terms + 4 * merges + 1)
+
+
+def _assert_within(got: torch.Tensor, ref: torch.Tensor, bound: float | torch.Tensor, what: str) -> None:
+    """|got − ref| ≤ bound elementwise (bound a float or broadcastable to got)."""
+    err = (got.double() - ref.double()).abs()
+    ratio = (err / torch.as_tensor(bound, dtype=torch.float64)).max().item()
+    assert ratio <= 1.0, f"{what}: max |error| {err.max().item():.3g} is {ratio:.3g} × the float32 bound"
+
+
 def _block_keys(coords: torch.Tensor, size: int) -> list[tuple]:
     return [(int(r[0]), int(r[1]) // size, int(r[2]) // size, int(r[3]) // size) for r in coords]
 
@@ -186,13 +225,18 @@ def test_gated_sum_equals_weighted_branches(dense_max_tokens):
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
 
 
-def test_chunking_does_not_change_results():
-    coords, ccoords, q, k, v, ck, cv = _setup(6, [90], 12, 2, False)
-    gate = torch.rand(coords.shape[0], 3)
-    args = (q, k, v, coords, ck, cv, ccoords, gate, 2, 4, 3, 8, 0)
+def test_chunking_does_not_change_results(seed=6):
+    cbs, sbs, topk, window_size, shift = 2, 4, 3, 8, 0
+    coords, ccoords, q, k, v, ck, cv = _setup(seed, [90], 12, cbs, False)
+    gate = torch.rand(coords.shape[0], 3, generator=torch.Generator().manual_seed(seed))
+    args = (q, k, v, coords, ck, cv, ccoords, gate, cbs, sbs, topk, window_size, shift)
     small = ssa.spatial_sparse_attention(*args, chunk_bytes=1, dense_max_tokens=0)  # one row / window at a time
     big = ssa.spatial_sparse_attention(*args, chunk_bytes=2**30, dense_max_tokens=0)
-    torch.testing.assert_close(small, big, atol=1e-6, rtol=1e-6)
+    tensors = (q, k, v, ck, cv, gate)
+    masks = _ssa_masks(coords, ccoords, tensors, cbs, sbs, topk, window_size, shift)
+    ref, bound = _ssa_reference(tensors, masks), _ssa_bound(tensors, masks, topk)
+    _assert_within(small, ref, bound, "one row / window per chunk")
+    _assert_within(big, ref, bound, "one chunk")
 
 
 def test_compressed_tokens_outside_blocks_rejected():
@@ -221,25 +265,52 @@ def _random_topk(layout: ssa.BlockLayout, coords: torch.Tensor, topk: int, gen: 
     return out
 
 
+def _selection_mask(layout: ssa.BlockLayout, topk_blocks: torch.Tensor) -> torch.Tensor:
+    """(Hkv, N, N): key j lies in one of query i's selected blocks for kv head g (-1 padding matches nothing)."""
+    return (layout.block_of_token[None, None, :, None] == topk_blocks[:, :, None, :]).any(-1)
+
+
+def _window_mask(coords: torch.Tensor, window_size: int, shift: int) -> torch.Tensor:
+    """(Hkv, N, N): query and key in the same shifted window."""
+    c = coords.long().clone()
+    c[:, 1:] = (c[:, 1:] + shift) // window_size
+    return (c[:, None] == c[None]).all(-1).unsqueeze(0).expand(HKV, -1, -1)
+
+
+def _n_keys(mask: torch.Tensor) -> int:
+    return int(mask.sum(-1).max())
+
+
 @pytest.mark.parametrize("counts", [[300], [220, 130]])
 @pytest.mark.parametrize("cbs,sbs", BLOCK_SIZES)
-def test_fast_selection_equals_chunked(counts, cbs, sbs):
-    coords, ccoords, q, k, v, _, _ = _setup(11, counts, 24, cbs, True)
+def test_fast_selection_equals_chunked(counts, cbs, sbs, seed=11):
+    """Both paths give the float64 attention over the selected blocks, to the float32 bound (they differ only in
+    summation order: per-block partial softmaxes merged online vs one masked softmax)."""
+    topk = 3
+    coords, ccoords, q, k, v, _, _ = _setup(seed, counts, 24, cbs, True)
     layout = ssa.block_layout(coords, ccoords, cbs, sbs)
     assert layout.num_blocks > 3 * len(counts)  # several blocks per element, so the mask matters
-    topk_blocks = _random_topk(layout, coords, 3, torch.Generator().manual_seed(12))
+    topk_blocks = _random_topk(layout, coords, topk, torch.Generator().manual_seed(seed + 1))
     chunked = ssa.selection_attention(q, k, v, topk_blocks, layout, chunk_bytes=4096)
     fast = ssa.dense_selection_attention(q, k, v, topk_blocks, layout, ssa.batch_slices(coords[:, 0]))
-    torch.testing.assert_close(fast, chunked, atol=2e-6, rtol=2e-6)
+    mask = _selection_mask(layout, topk_blocks)
+    ref, _, _ = _dense_reference(q, k, v, mask)
+    bound = _attention_bound(q, k, v, _n_keys(mask), merges=topk)
+    _assert_within(chunked, ref, bound, "chunked selection")
+    _assert_within(fast, ref, bound, "dense selection")
 
 
 @pytest.mark.parametrize("counts", [[300], [220, 130]])
 @pytest.mark.parametrize("window_size,shift", [(8, 0), (8, 4), (4, 2)])
-def test_fast_window_equals_chunked(counts, window_size, shift):
-    coords, _, q, k, v, _, _ = _setup(13, counts, 24, 2, True)
+def test_fast_window_equals_chunked(counts, window_size, shift, seed=13):
+    coords, _, q, k, v, _, _ = _setup(seed, counts, 24, 2, True)
     chunked = ssa.window_attention(q, k, v, coords, window_size, shift, chunk_bytes=8192)
     fast = ssa.grouped_window_attention(q, k, v, coords, window_size, shift)
-    torch.testing.assert_close(fast, chunked, atol=2e-6, rtol=2e-6)
+    mask = _window_mask(coords, window_size, shift)
+    ref, _, _ = _dense_reference(q, k, v, mask)
+    bound = _attention_bound(q, k, v, _n_keys(mask), merges=0)  # one softmax per window on both paths
+    _assert_within(chunked, ref, bound, "padded windows")
+    _assert_within(fast, ref, bound, "grouped windows")
 
 
 def _ssa_inputs(seed, counts, cbs, requires_grad=False):
@@ -247,6 +318,43 @@ def _ssa_inputs(seed, counts, cbs, requires_grad=False):
     gate = torch.rand(coords.shape[0], 3, generator=torch.Generator().manual_seed(seed))
     tensors = [t.clone().requires_grad_(requires_grad) for t in (q, k, v, ck, cv, gate)]
     return coords, ccoords, tensors
+
+
+def _ssa_masks(coords, ccoords, tensors, cbs, sbs, topk, window_size, shift):
+    """The three branches' key masks for a brute-force SSA, with the block choice of the float32 compressed
+    attention (as the SSA under test picks it): same batch (Hkv, N, M), selected blocks and window (Hkv, N, N)."""
+    q, _, _, ck, cv, _ = (t.detach().float() for t in tensors)
+    layout = ssa.block_layout(coords, ccoords, cbs, sbs)
+    _, _, topk_blocks = ssa.compressed_attention_topk(
+        q, ck, cv, ssa.batch_slices(coords[:, 0]), ssa.batch_slices(ccoords[:, 0]), layout, topk
+    )
+    same_batch = (coords[:, 0:1] == ccoords[:, 0].unsqueeze(0)).unsqueeze(0).expand(HKV, -1, -1)
+    return same_batch, _selection_mask(layout, topk_blocks), _window_mask(coords, window_size, shift)
+
+
+def _ssa_reference(tensors, masks):
+    """Float64 gated sum of the three dense masked attentions (differentiable in float64 leaves)."""
+    q, k, v, ck, cv, gate = (t.double() for t in tensors)
+    same_batch, sel, win = masks
+    return (
+        gate[:, 0:1, None] * _dense_reference(q, ck, cv, same_batch)[0]
+        + gate[:, 1:2, None] * _dense_reference(q, k, v, sel)[0]
+        + gate[:, 2:3, None] * _dense_reference(q, k, v, win)[0]
+    )
+
+
+def _ssa_bound(tensors, masks, topk):
+    """Per-row float32 bound of the gated sum: Σ_b gate_b · (bound of branch b + 3u·V_b for the gate product and
+    the two additions). Only the chunked selection branch merges partial softmaxes (≤ topk)."""
+    q, k, v, ck, cv, gate = (t.detach().float() for t in tensors)
+    same_batch, sel, win = masks
+    u = torch.finfo(torch.float32).eps / 2
+    branch = [
+        _attention_bound(q, ck, cv, _n_keys(same_batch), merges=0) + 3 * u * cv.abs().max().item(),
+        _attention_bound(q, k, v, _n_keys(sel), merges=topk) + 3 * u * v.abs().max().item(),
+        _attention_bound(q, k, v, _n_keys(win), merges=0) + 3 * u * v.abs().max().item(),
+    ]
+    return (gate.double() @ torch.tensor(branch, dtype=torch.float64)).view(-1, 1, 1)
 
 
 def _run_ssa(coords, ccoords, tensors, cbs, sbs, dense_max_tokens, chunk_bytes=ssa.DEFAULT_CHUNK_BYTES):
@@ -259,11 +367,14 @@ def _run_ssa(coords, ccoords, tensors, cbs, sbs, dense_max_tokens, chunk_bytes=s
 
 @pytest.mark.parametrize("counts", [[300], [220, 130]])
 @pytest.mark.parametrize("cbs,sbs", BLOCK_SIZES)
-def test_fast_path_equals_chunked_path(counts, cbs, sbs):
-    coords, ccoords, tensors = _ssa_inputs(14, counts, cbs)
+def test_fast_path_equals_chunked_path(counts, cbs, sbs, seed=14):
+    coords, ccoords, tensors = _ssa_inputs(seed, counts, cbs)
     chunked = _run_ssa(coords, ccoords, tensors, cbs, sbs, 0)
     fast = _run_ssa(coords, ccoords, tensors, cbs, sbs, 10**6)
-    torch.testing.assert_close(fast, chunked, atol=2e-6, rtol=2e-6)
+    masks = _ssa_masks(coords, ccoords, tensors, cbs, sbs, 3, 8, 4)
+    ref, bound = _ssa_reference(tensors, masks), _ssa_bound(tensors, masks, 3)
+    _assert_within(chunked, ref, bound, "chunked path")
+    _assert_within(fast, ref, bound, "fast path")
     # the threshold is per batch element: just above the largest element → fast, just below → chunked
     assert torch.equal(_run_ssa(coords, ccoords, tensors, cbs, sbs, max(counts)), fast)
     assert torch.equal(_run_ssa(coords, ccoords, tensors, cbs, sbs, max(counts) - 1), chunked)
@@ -281,26 +392,11 @@ def test_gradients_of_both_paths_match_float64_reference(dense_max_tokens, chunk
     with torch.no_grad():
         torch.testing.assert_close(_run_ssa(coords, ccoords, tensors, cbs, sbs, dense_max_tokens, chunk_bytes), out)
 
-    q, k, v, ck, cv, gate = (t.detach().double().requires_grad_(True) for t in tensors)
-    layout = ssa.block_layout(coords, ccoords, cbs, sbs)
-    _, _, topk_blocks = ssa.compressed_attention_topk(
-        q.float(), ck.float(), cv.float(), ssa.batch_slices(coords[:, 0]), ssa.batch_slices(ccoords[:, 0]), layout, 3
-    )
-    n = coords.shape[0]
-    same_batch = (coords[:, 0:1] == ccoords[:, 0].unsqueeze(0)).unsqueeze(0).expand(HKV, -1, -1)
-    sel = torch.zeros(HKV, n, n, dtype=torch.bool)
-    for g in range(HKV):
-        for i in range(n):
-            sel[g, i] = torch.isin(layout.block_of_token, topk_blocks[g, i][topk_blocks[g, i] >= 0])
-    keys = [(int(r[0]), *((int(x) + 4) // 8 for x in r[1:])) for r in coords]
-    win = torch.tensor([[a == b for b in keys] for a in keys]).unsqueeze(0).expand(HKV, -1, -1)
-    ref = (
-        gate[:, 0:1, None] * _dense_reference(q, ck, cv, same_batch)[0]
-        + gate[:, 1:2, None] * _dense_reference(q, k, v, sel)[0]
-        + gate[:, 2:3, None] * _dense_reference(q, k, v, win)[0]
-    )
-    torch.testing.assert_close(out.double(), ref.detach(), atol=1e-5, rtol=1e-5)
+    leaves = [t.detach().double().requires_grad_(True) for t in tensors]
+    masks = _ssa_masks(coords, ccoords, tensors, cbs, sbs, 3, 8, 4)
+    ref = _ssa_reference(leaves, masks)
+    _assert_within(out, ref.detach(), _ssa_bound(tensors, masks, 3), "forward")
     (ref * weights.double()).sum().backward()
-    for name, got, want in zip("q k v ck cv gate".split(), tensors, (q, k, v, ck, cv, gate), strict=True):
+    for name, got, want in zip("q k v ck cv gate".split(), tensors, leaves, strict=True):
         assert got.grad is not None and want.grad.abs().max() > 1e-3, name
         torch.testing.assert_close(got.grad.double(), want.grad, atol=1e-4, rtol=1e-4, msg=name)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from consistent3dgen.errors import InputError
-from consistent3dgen.geometry import shell, surface
+from consistent3dgen.geometry import shell, surface, voxels
 from consistent3dgen.geometry.voxels import SparseVoxels
 from consistent3dgen.geometry.warp_runtime import warp_available
 from consistent3dgen.io.pointmap_io import depth_to_pointmap
@@ -224,16 +224,6 @@ def test_front_half_by_column():
     np.testing.assert_array_equal(keep, [False, False, True, True, True, False, True])
 
 
-def test_foreground_occupancy():
-    cells = SparseVoxels(np.array([[0, 1, 2], [127, 127, 127], [10, 20, 30]]), 128)
-    occ = shell.foreground_occupancy(cells, np.array([True, True, False]), 64)
-    assert occ.shape == (64, 64, 64) and occ.sum() == 2 and occ[0, 0, 1] and occ[63, 63, 63]
-    same = shell.foreground_occupancy(SparseVoxels(np.array([[5, 6, 7]]), 64), None, 64)
-    assert same.sum() == 1 and same[5, 6, 7]
-    up = shell.foreground_occupancy(SparseVoxels(np.array([[1, 1, 1]]), 32), None, 64)
-    assert up.sum() == 8 and up[2:4, 2:4, 2:4].all()
-
-
 def test_shared_mesh_shell(meshes_dir):
     import trimesh
 
@@ -274,7 +264,7 @@ def test_bad_inputs(args, kw, msg):
 
 def test_latent_cells_match_downsample(sphere):
     r = shell.thin_shell(sphere.vertices, sphere.faces, 128)
-    cells = shell.latent_cells(r.sdf, 8)
+    cells = voxels.latent_cells(r.sdf, 8)
     ref = SparseVoxels(r.sdf.coords, 128).downsample(8)
     assert cells.resolution == 16 and cells.feats is None
     np.testing.assert_array_equal(cells.coords, ref.coords)
@@ -282,5 +272,5 @@ def test_latent_cells_match_downsample(sphere):
     keep = shell.front_half_mask(cells, r.sdf, r.front_side)
     front_cells = SparseVoxels(r.sdf.coords[r.front_side] // 8, 16)
     np.testing.assert_array_equal(keep, front_cells.lookup(cells.coords) >= 0)
-    with pytest.raises(InputError, match="divisible"):
-        shell.latent_cells(r.sdf, 7)
+    with pytest.raises(ValueError, match="divisible"):
+        voxels.latent_cells(r.sdf, 7)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from consistent3dgen.geometry.voxels import SparseVoxels, points_to_voxels, voxel_centers
+from consistent3dgen.geometry.voxels import SparseVoxels, cells_to_occupancy, points_to_voxels, voxel_centers
 
 
 def test_centres_and_point_lookup_agree():
@@ -55,3 +55,13 @@ def test_dense_round_trip_and_refusal(tmp_path):
     v.save_npz(str(p))
     w = SparseVoxels.load_npz(str(p))
     np.testing.assert_array_equal(w.coords, v.coords)
+
+
+def test_cells_to_occupancy():
+    cells = SparseVoxels(np.array([[0, 1, 2], [127, 127, 127], [10, 20, 30]]), 128)
+    occ = cells_to_occupancy(cells, np.array([True, True, False]), 64)
+    assert occ.shape == (64, 64, 64) and occ.sum() == 2 and occ[0, 0, 1] and occ[63, 63, 63]
+    same = cells_to_occupancy(SparseVoxels(np.array([[5, 6, 7]]), 64), None, 64)
+    assert same.sum() == 1 and same[5, 6, 7]
+    up = cells_to_occupancy(SparseVoxels(np.array([[1, 1, 1]]), 32), None, 64)
+    assert up.sum() == 8 and up[2:4, 2:4, 2:4].all()

@@ -211,6 +211,18 @@ def test_vggt_reconstructor_options(tiny_model):
         VGGTReconstructor(model=tiny_model)(["/nonexistent/image.png"])
 
 
+def test_vggt_inputs_as_path_pil_or_array_agree(tiny_model, tmp_path):
+    a = _rgba(40, 30)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    rec = VGGTReconstructor(model=tiny_model)
+    (ref,) = rec([a])
+    for src in (tmp_path / "a.png", Image.fromarray(a), a.astype(np.float32) / 255):
+        (pm,) = rec([src])
+        np.testing.assert_array_equal(pm.mask, ref.mask)
+        np.testing.assert_array_equal(pm.points, ref.points)
+        np.testing.assert_array_equal(pm.image, ref.image)
+
+
 def test_degenerate_camera_is_reported(tiny_model, tiny_config):
     broken = random_vggt(tiny_config, seed=2, enable_track=False)
     with torch.no_grad():

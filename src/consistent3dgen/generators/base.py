@@ -117,8 +117,6 @@ class Generator:
     def __post_init__(self) -> None:
         if len(self.sparse_samplers) != len(self.sparse):
             raise ValueError(f"{len(self.sparse_samplers)} sparse sampler settings for {len(self.sparse)} stages")
-        if self.conditioner is None and self.null_condition is None:
-            raise ValueError("a generator needs an image conditioner or a null condition")
 
     def option_defaults(self) -> dict[str, Any]:
         """What unset :class:`~consistent3dgen.options.GenerationOptions` resolve to with this generator."""

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from .voxels import SparseVoxels
+from .voxels import BITMAP_MAX_CELLS, SparseVoxels, cell_bitmap
 from .warp_runtime import default_threads, warp_available, warp_kernels
 
 # enumeration margin (voxels): covers float32 rounding of the column bounds; the final test is exact ``d < band``
@@ -355,27 +355,6 @@ def exact_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray) 
 # --------------------------------------------------------------------------- front half and dense occupancy
 
 
-_BITMAP_MAX_CELLS = 256**3  # above this many cells, sort-based set operations instead of a dense bitmap
-
-
-def _cell_bitmap(cells: np.ndarray, res: int) -> np.ndarray:
-    flat = np.zeros(res**3, bool)
-    flat[(cells[:, 0].astype(np.int64) * res + cells[:, 1]) * res + cells[:, 2]] = True
-    return flat
-
-
-def latent_cells(voxels: SparseVoxels, factor: int = 8) -> SparseVoxels:
-    """The cells (row-major, no features) holding ``voxels``: ``SparseVoxels(coords).downsample(factor)`` in one
-    linear pass (a bitmap of the cell grid instead of a sort; 2 MB at 1024 / 8)."""
-    if voxels.resolution % factor:
-        raise InputError(f"resolution {voxels.resolution} is not divisible by {factor}")
-    res = voxels.resolution // factor
-    if res**3 > _BITMAP_MAX_CELLS:
-        return SparseVoxels(voxels.coords, voxels.resolution).downsample(factor)
-    keys = np.flatnonzero(_cell_bitmap(voxels.coords // factor, res))
-    return SparseVoxels(np.stack(np.unravel_index(keys, (res, res, res)), axis=1), res)
-
-
 def front_half_mask(
     latent_cells: SparseVoxels,
     shell: SparseVoxels | None = None,
@@ -399,8 +378,8 @@ def front_half_mask(
             raise InputError(f"shell resolution {shell.resolution} != {latent_cells.resolution} x {factor}")
         res = latent_cells.resolution
         front_cells = shell.coords[np.asarray(front_side, bool)] // factor
-        if res**3 <= _BITMAP_MAX_CELLS:
-            return _cell_bitmap(front_cells, res)[(c[:, 0] * res + c[:, 1]) * res + c[:, 2]]
+        if res**3 <= BITMAP_MAX_CELLS:
+            return cell_bitmap(front_cells, res)[(c[:, 0] * res + c[:, 1]) * res + c[:, 2]]
         return _member(c, SparseVoxels(front_cells, res))
     res = latent_cells.resolution
     col = c[:, 0] * res + c[:, 1]
@@ -416,25 +395,3 @@ def _member(coords: np.ndarray, cells: SparseVoxels) -> np.ndarray:
     if len(cells) == 0:
         return np.zeros(len(coords), bool)
     return cells.lookup(coords) >= 0
-
-
-def foreground_occupancy(
-    latent_cells: SparseVoxels, keep: np.ndarray | None = None, resolution: int = 64
-) -> np.ndarray:
-    """Dense (R, R, R) bool occupancy (index [x, y, z]) of the kept cells at the dense stage's resolution."""
-    c = latent_cells.coords if keep is None else latent_cells.coords[np.asarray(keep, bool)]
-    src = latent_cells.resolution
-    out = np.zeros((resolution,) * 3, bool)
-    if len(c) == 0:
-        return out
-    if src >= resolution:
-        if src % resolution:
-            raise InputError(f"cell resolution {src} is not a multiple of {resolution}")
-        d = c // (src // resolution)
-        out[d[:, 0], d[:, 1], d[:, 2]] = True
-    else:
-        if resolution % src:
-            raise InputError(f"{resolution} is not a multiple of the cell resolution {src}")
-        up = SparseVoxels(c, src).upsample_cells(resolution // src).coords
-        out[up[:, 0], up[:, 1], up[:, 2]] = True
-    return out

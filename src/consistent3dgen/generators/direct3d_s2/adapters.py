@@ -75,12 +75,6 @@ class Direct3DS2DenseStage:
         return self.vae.decode(z.to(self.vae.decoder.dtype)).float()
 
     @torch.no_grad()
-    def occupied_cells(self, latent: torch.Tensor, threshold: float = 0.1) -> list[torch.Tensor]:
-        """Per batch element, int32 (N, 3) cells with ``sigmoid(logit) >= threshold`` (pipeline: 0.1)."""
-        logits = self.decode_occupancy(latent)
-        return [(logits[b, 0].sigmoid() >= threshold).nonzero().to(torch.int32) for b in range(logits.shape[0])]
-
-    @torch.no_grad()
     def velocity(self, x: torch.Tensor, timestep: torch.Tensor, cond: Any) -> torch.Tensor:
         """DiT velocity for (B, 8, 16, 16, 16) latents; ``timestep`` (1,) or (B,) = 1000·sigma; cond (B|1, L, C)."""
         self._check_latent(x)

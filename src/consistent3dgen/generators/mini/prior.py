@@ -32,7 +32,7 @@ VERSION = 2
 PIPELINE_FILE = "pipeline.json"
 
 
-def build_component(entry: Mapping[str, Any]) -> nn.Module:
+def build_component(entry: Mapping[str, Any], device: str | torch.device | None = None) -> nn.Module:
     """A model from ``{"target", "params"[, "encoder_norm_groups"]}`` via the Direct3D-S2 target registry.
 
     ``encoder_norm_groups`` (sparse VAE only, kept beside ``params`` so ``params`` stays the official set): the
@@ -42,12 +42,13 @@ def build_component(entry: Mapping[str, Any]) -> nn.Module:
     from ..direct3d_s2.targets import build
 
     groups = entry.get("encoder_norm_groups")
-    return build(entry) if groups is None else build(entry, encoder_norm_groups=int(groups))
+    extra = {} if groups is None else {"encoder_norm_groups": int(groups)}
+    return build(entry, device=device, **extra)
 
 
 def load_mini_prior(folder: str | os.PathLike = BUNDLED_DIR, device: str | torch.device = "cpu") -> Generator:
     """The prior in ``folder`` (default: the bundled one) as a :class:`Generator`, models in eval mode."""
-    from ...io.weights import read_state_dict
+    from ...io.weights import load_into
     from ..direct3d_s2.adapters import Direct3DS2DenseStage, Direct3DS2SparseStage
 
     folder = Path(folder)
@@ -59,13 +60,8 @@ def load_mini_prior(folder: str | os.PathLike = BUNDLED_DIR, device: str | torch
         if not weights.is_file():
             raise WeightsNotFoundError(f"mini prior component weights not found: {weights}")
         entries[name] = _read_json(config)
-        model = build_component(entries[name])
-        try:
-            model.load_state_dict(read_state_dict(weights), strict=True)
-        except RuntimeError as e:
-            raise InputError(f"mini prior weights {weights} do not fit {config.name}: "
-                             f"{' '.join(str(e).split())[:300]}") from None
-        models[name] = model.to(device).eval()
+        model = build_component(entries[name], device="meta")  # no random init: every tensor comes from the file
+        models[name] = load_into(model, weights, device=device, name=f"mini prior {weights}")
     dense_spec = spec["stages"]["dense"]
     dense = Direct3DS2DenseStage(models[dense_spec["vae"]], models[dense_spec["dit"]])
     sparse = [Direct3DS2SparseStage(models[s["vae"]], models[s["dit"]]) for s in spec["stages"]["sparse"]]

@@ -43,6 +43,41 @@ def fixture_file(shared_dir: Path) -> Callable[..., Path]:
     return get
 
 
+@pytest.fixture
+def offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """huggingface_hub in offline mode (HF_HUB_OFFLINE), as on a machine without network."""
+    import huggingface_hub.constants as hfc
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="session")
+def hub_cache() -> Callable[..., Path]:
+    """``hub_cache(root, repo, {name: Path | bytes}, subfolder="")`` lays files out as a huggingface_hub cache
+    (blobs/<sha>, snapshots/<commit>/<subfolder>/<name> → blob, refs/main; a Path is moved in) and returns root."""
+    import hashlib
+
+    def make(root: Path, repo: str, files: dict, subfolder: str = "") -> Path:
+        repo_dir = root / ("models--" + repo.replace("/", "--"))
+        commit = "0123456789abcdef0123456789abcdef01234567"
+        (repo_dir / "refs").mkdir(parents=True)
+        (repo_dir / "refs" / "main").write_text(commit)
+        (repo_dir / "blobs").mkdir()
+        snap = repo_dir / "snapshots" / commit / subfolder
+        snap.mkdir(parents=True)
+        for name, content in files.items():
+            blob = repo_dir / "blobs" / hashlib.sha256(f"{subfolder}/{name}".encode()).hexdigest()
+            if isinstance(content, bytes):
+                blob.write_bytes(content)
+            else:
+                Path(content).rename(blob)
+            (snap / name).symlink_to(blob)
+        return root
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def write_tiny_prior() -> Callable[..., tuple]:
     """``write_tiny_prior(folder, seed=0)`` writes a mini-prior folder with random weights (the smoke config: the

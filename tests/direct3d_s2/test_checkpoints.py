@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -76,30 +75,6 @@ def _write_dense(folder: Path, config: dict, seed: int = 0, dtype: torch.dtype =
     }
     torch.save(ckpt, folder / "model_dense.ckpt")
     return ckpt
-
-
-def _hub_cache(root: Path, subfolder: str, files: dict[str, Path], repo: str = checkpoints.HUB_ID) -> Path:
-    """Arrange files as a huggingface_hub cache: blobs/<sha>, snapshots/<commit>/<subfolder>/<name> → blob."""
-    repo_dir = root / ("models--" + repo.replace("/", "--"))
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    (repo_dir / "refs").mkdir(parents=True)
-    (repo_dir / "refs" / "main").write_text(commit)
-    (repo_dir / "blobs").mkdir()
-    snap = repo_dir / "snapshots" / commit / subfolder
-    snap.mkdir(parents=True)
-    for name, src in files.items():
-        blob = repo_dir / "blobs" / hashlib.sha256(name.encode()).hexdigest()
-        src.rename(blob)
-        (snap / name).symlink_to(blob)
-    return root
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    import huggingface_hub.constants as hfc
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", True)
 
 
 def test_local_folder_loads_strict_values_and_fp16_layout(tmp_path):
@@ -189,25 +164,22 @@ def test_bad_arguments(tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_hub_id_offline_missing_names_hub_id(tmp_path, offline):
+def test_hub_id_offline_missing_names_hub_id(tmp_path, offline_hub):
     with pytest.raises(WeightsNotFoundError, match="wushuang98/Direct3D-S2/direct3d-s2-v-1-1/config.yaml"):
         checkpoints.load_parts(checkpoints.HUB_ID, cache_dir=tmp_path / "empty_cache")
 
 
-def test_hub_cache_tiny(tmp_path, offline):
+def test_hub_cache_tiny(tmp_path, offline_hub, hub_cache):
     ckpt = _write_dense(tmp_path / "src", TINY_CONFIG, seed=5)
-    cache = _hub_cache(
-        tmp_path / "cache",
-        checkpoints.SUBFOLDERS["v1.0"],
-        {n: tmp_path / "src" / n for n in ("config.yaml", "model_dense.ckpt")},
-    )
+    files = {n: tmp_path / "src" / n for n in ("config.yaml", "model_dense.ckpt")}
+    cache = hub_cache(tmp_path / "cache", checkpoints.HUB_ID, files, checkpoints.SUBFOLDERS["v1.0"])
     parts = checkpoints.load_parts(checkpoints.HUB_ID, subfolder=checkpoints.SUBFOLDERS["v1.0"], cache_dir=cache,
                                     dtype="fp32")
     assert torch.equal(parts["dense_vae"].decoder.input_layer.weight, ckpt["vae"]["decoder.input_layer.weight"])
 
 
 @pytest.mark.slow
-def test_hub_cache_full_size_dense_checkpoint(tmp_path, offline, fixture_file):
+def test_hub_cache_full_size_dense_checkpoint(tmp_path, offline_hub, hub_cache, fixture_file):
     """A random full-size model_dense.ckpt (fp16 tensors, official keys) loads strict through the hub cache."""
     cfg_path = fixture_file("direct3d_s2", "configs_v1_1.yaml")
     config = targets.load_config(cfg_path)
@@ -227,9 +199,8 @@ def test_hub_cache_full_size_dense_checkpoint(tmp_path, offline, fixture_file):
     assert n_params == 193_037_009 + 555_543_560 + 4_194_304
     samples = {key: {k: sd[k].clone() for k in list(sd)[:: max(1, len(sd) // 40)]} for key, sd in ckpt.items()}
     del ckpt
-    cache = _hub_cache(
-        tmp_path / "cache", checkpoints.SUBFOLDERS["v1.1"], {n: src / n for n in ("config.yaml", "model_dense.ckpt")}
-    )
+    cache = hub_cache(tmp_path / "cache", checkpoints.HUB_ID, {n: src / n for n in ("config.yaml", "model_dense.ckpt")},
+                      checkpoints.SUBFOLDERS["v1.1"])
     t1 = time.perf_counter()
     parts = checkpoints.load_parts(checkpoints.HUB_ID, cache_dir=cache, dtype="fp16")
     t2 = time.perf_counter()

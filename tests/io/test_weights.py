@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 
 import pytest
@@ -236,31 +235,8 @@ def test_hub_id_recognition(tmp_path):
     assert W.local_or_hub_id(tmp_path) == tmp_path
 
 
-def _hub_cache(root, repo, files: dict[str, bytes], subfolder: str = "") -> None:
-    """The huggingface_hub cache layout: blobs/<sha>, snapshots/<commit>/<subfolder>/<name> → blob, refs/main."""
-    repo_dir = root / ("models--" + repo.replace("/", "--"))
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    (repo_dir / "refs").mkdir(parents=True)
-    (repo_dir / "refs" / "main").write_text(commit)
-    (repo_dir / "blobs").mkdir()
-    snap = repo_dir / "snapshots" / commit / subfolder
-    snap.mkdir(parents=True)
-    for name, data in files.items():
-        blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snap / name).symlink_to(blob)
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    import huggingface_hub.constants as hfc
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", True)
-
-
-def test_hub_cache_offline(tmp_path, offline):
-    _hub_cache(tmp_path / "cache", "org/model", {"model.pt": b"pt", "config.json": b"{}"}, subfolder="v1")
+def test_hub_cache_offline(tmp_path, offline_hub, hub_cache):
+    hub_cache(tmp_path / "cache", "org/model", {"model.pt": b"pt", "config.json": b"{}"}, subfolder="v1")
     entry = ("model.safetensors", "model.pt")
     files = W.resolve_source("org/model", [entry], optional=["config.json", "extra.json"], subfolder="v1",
                              cache_dir=tmp_path / "cache")

@@ -103,7 +103,8 @@ def test_runs_in_the_sampler():
     stage = _tiny()
     noise = torch.randn(1, *stage.latent_shape, generator=torch.Generator().manual_seed(1))
     cond = torch.randn(1, 5, 16)
-    out = sample(stage.velocity, noise, FlowMatchSchedule.shifted(3, 6.0), cond, cfg_scale=3.0, progress=False)
+    out = sample(stage.velocity, noise, FlowMatchSchedule.shifted(3, 6.0), cond, uncond=torch.zeros_like(cond),
+                 cfg_scale=3.0, progress=False)
     assert out.x.shape == noise.shape and torch.isfinite(out.x).all()
     assert not torch.equal(out.x, noise)
 

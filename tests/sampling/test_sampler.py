@@ -73,7 +73,7 @@ def test_row_mask_and_full_mask_agree():
         assert torch.allclose(a.x, b.x, atol=1e-6)
 
 
-def test_cfg_two_calls_and_zero_uncond():
+def test_cfg_only_with_a_negative_branch():
     calls = []
 
     def vel(x, t, cond):
@@ -82,13 +82,15 @@ def test_cfg_two_calls_and_zero_uncond():
 
     noise = torch.zeros(3, 2)
     sched = FlowMatchSchedule.shifted(1, 1.0)
-    out = sample(vel, noise, sched, torch.full((2,), 0.5), cfg_scale=7.0, progress=False).x
+    out = sample(vel, noise, sched, torch.full((2,), 0.5), uncond=torch.zeros(2), cfg_scale=7.0, progress=False).x
     # v = uncond + 7·(cond − uncond) = 0 + 7·1; x = 0 + (0 − 1)·7
     assert torch.allclose(out, torch.full((3, 2), -7.0))
     assert len(calls) == 2 and torch.equal(calls[0], torch.full((2,), 0.5)) and torch.equal(calls[1], torch.zeros(2))
-    calls.clear()
-    sample(vel, noise, sched, torch.ones(2), uncond=None, progress=False)
-    assert len(calls) == 1
+    # no negative (an unconditional prior), or a scale of 1 (the result is cond's): one call per step
+    for kwargs in ({"cfg_scale": 7.0}, {"uncond": torch.zeros(2), "cfg_scale": 1.0}):
+        calls.clear()
+        out = sample(vel, noise, sched, torch.full((2,), 0.5), progress=False, **kwargs).x
+        assert len(calls) == 1 and torch.allclose(out, torch.full((3, 2), -1.0))
 
 
 def test_sdedit_start_and_hooks():

@@ -1,1 +1,1 @@
-"""File input/output: point maps, meshes, atomic writes."""
+"""File input/output: point maps and depth, images, meshes (by extension), weights, atomic writes."""

@@ -48,3 +48,11 @@ def test_foreground_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert err.startswith("error:") and "\n" not in err
     assert not out.exists() or not any(out.iterdir())
     assert main(["foreground", str(tmp_path / "missing.npz"), "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("argv", [["--shell", "0"], ["--drop-percent", "100"], ["--band", "1", "--shell", "2"]])
+def test_foreground_bad_numbers_are_one_line_before_reading(tmp_path, capsys, argv):
+    out = tmp_path / "fg"
+    assert main(["foreground", str(tmp_path / "never_read.npz"), "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: option") and "\n" not in err and not out.exists()

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from consistent3dgen.errors import InputError
 from consistent3dgen.geometry.frames import (
     CanonicalFrame,
     camera_to_canonical,
@@ -49,7 +48,7 @@ def test_axes_and_cube():
 
 
 def test_empty_or_degenerate_points_fail_clearly():
-    with pytest.raises(InputError):
+    with pytest.raises(ValueError):
         fit_canonical_frame(np.full((4, 3), np.nan))
-    with pytest.raises(InputError):
+    with pytest.raises(ValueError):
         fit_canonical_frame(np.zeros((5, 3)))

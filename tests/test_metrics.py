@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import trimesh
 
-from consistent3dgen.errors import InputError
 from consistent3dgen.geometry.render import intrinsics_from_fov, render_pointmap
 from consistent3dgen.metrics import (
     input_view_consistency,
@@ -72,7 +71,7 @@ def test_pointmap_normals_of_a_tilted_plane() -> None:
 def test_consistency_needs_intrinsics(scene) -> None:  # noqa: ANN001
     mesh, pm = scene
     no_k = PointMap(pm.points, mask=pm.mask)
-    with pytest.raises(InputError, match="intrinsics"):
+    with pytest.raises(ValueError, match="intrinsics"):
         input_view_consistency(mesh.vertices, mesh.faces, no_k)
 
 
@@ -113,5 +112,5 @@ def test_sampling_is_seeded_uniform_and_on_surface() -> None:
     assert on_face.all()
     # Area share of the two ±x faces: 2 * 1 / (2*1 + 4*2) = 0.2
     assert np.mean(np.isclose(np.abs(a[:, 0]), 1.0)) == pytest.approx(0.2, abs=0.01)
-    with pytest.raises(InputError):
+    with pytest.raises(ValueError):
         sample_surface(np.zeros((3, 3)), np.array([[0, 1, 2]]), 10)

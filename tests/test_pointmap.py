@@ -38,3 +38,23 @@ def test_nan_inside_mask_is_rejected_but_outside_is_fine():
         PointMap(p, mask=np.ones((4, 5), bool))
     pm = PointMap(p)  # default mask excludes non-finite points
     assert not pm.mask[0, 0] and pm.mask.sum() == 19
+
+
+def test_absurd_coordinates_are_refused_as_out_of_range():
+    for points in (_pts() * np.float32(1e30), _pts().astype(np.float64) * 1e39):  # 1e39 is inf in float32
+        with pytest.raises(InputError, match=r"^point map: 20 points inside the mask are out of range") as e:
+            PointMap(points)
+        assert "NaN" not in str(e.value) and "\n" not in str(e.value)
+    far = _pts()
+    far[0] = 1e30
+    mask = np.ones((4, 5), bool)
+    mask[0] = False
+    assert PointMap(far, mask=mask).mask.sum() == 15  # outside the mask they are nobody's business
+    np.testing.assert_array_equal(PointMap(_pts() * np.float32(1e14)).points, _pts() * np.float32(1e14))
+    with pytest.raises(InputError, match=r"point map scan\.npz: .*out of range"):
+        PointMap(_pts() * np.float32(1e30), meta={"path": "scan.npz"})  # a map read from a file is named
+
+
+def test_non_numeric_points_are_refused():
+    with pytest.raises(InputError, match="numbers"):
+        PointMap(np.full((4, 5, 3), "x"))

@@ -104,8 +104,11 @@ def _add_foreground(sub: argparse._SubParsersAction) -> None:
 
 
 def run_foreground(args: argparse.Namespace) -> int:
+    from .options import GenerationOptions
     from .seen_side import build_seen_shell, shell_fidelity, write_seen_shell
 
+    GenerationOptions(band=args.band, shell=args.shell, conf_threshold=args.conf_threshold,
+                      drop_percent=args.drop_percent).validate()  # checked before anything is read
     pm = read_pointmap(args)
     fg = build_seen_shell(pm, resolution=args.resolution, band=args.band, shell=args.shell,
                           conf_threshold=args.conf_threshold, drop_percent=args.drop_percent)

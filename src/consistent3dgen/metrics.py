@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import InputError
 from .geometry.render import raycast
 from .pointmap import PointMap
 
@@ -107,13 +106,13 @@ def _difference(p: np.ndarray, m: np.ndarray, axis: int) -> tuple[np.ndarray, np
 def input_view_consistency(vertices: np.ndarray, faces: np.ndarray, pointmap: PointMap) -> ViewConsistency:
     """Score a mesh (in the point map's camera frame) against the point map: depth, normals, silhouette."""
     if pointmap.intrinsics is None:
-        raise InputError("input-view consistency needs the point map's intrinsics (K) to render the mesh")
+        raise ValueError("input-view consistency needs the point map's intrinsics (K) to render the mesh")
     h, w = pointmap.shape
     hits = raycast(vertices, faces, pointmap.intrinsics, w, h)
     valid_points = pointmap.valid_points().astype(np.float64)
     size = float(np.linalg.norm(valid_points.max(axis=0) - valid_points.min(axis=0)))
     if not size > 0:
-        raise InputError("the point map's valid points have zero extent: cannot normalise depth errors")
+        raise ValueError("the point map's valid points have zero extent: cannot normalise depth errors")
     inter = int(np.sum(hits.mask & pointmap.mask))
     union = int(np.sum(hits.mask | pointmap.mask))
     iou = inter / union if union else float("nan")
@@ -143,16 +142,16 @@ def sample_surface(vertices: np.ndarray, faces: np.ndarray, n_points: int, seed:
     v = np.asarray(vertices, np.float64)
     f = np.asarray(faces, np.int64)
     if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3 or len(f) == 0:
-        raise InputError(f"need a triangle mesh (V, 3) + (F, 3), got {v.shape} and {f.shape}")
+        raise ValueError(f"need a triangle mesh (V, 3) + (F, 3), got {v.shape} and {f.shape}")
     if f.min() < 0 or f.max() >= len(v):
-        raise InputError("face indices outside the vertex array")
+        raise ValueError("face indices outside the vertex array")
     if n_points < 1:
-        raise InputError(f"number of samples must be positive, got {n_points}")
+        raise ValueError(f"number of samples must be positive, got {n_points}")
     tri = v[f]
     area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
     total = area.sum()
     if not np.isfinite(total) or total <= 0:
-        raise InputError("mesh has zero surface area: cannot sample it")
+        raise ValueError("mesh has zero surface area: cannot sample it")
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(f), size=n_points, p=area / total)
     r1, r2 = rng.random(n_points), rng.random(n_points)
@@ -171,12 +170,12 @@ def point_cloud_distance(points: np.ndarray, reference: np.ndarray, tau: float =
     b = np.asarray(reference, np.float64)
     for name, x in (("points", a), ("reference", b)):
         if x.ndim != 2 or x.shape[1] != 3 or len(x) == 0 or not np.isfinite(x).all():
-            raise InputError(f"{name} must be a non-empty finite (N, 3) array, got shape {x.shape}")
+            raise ValueError(f"{name} must be a non-empty finite (N, 3) array, got shape {x.shape}")
     if not tau > 0:
-        raise InputError(f"F-score threshold must be positive, got {tau}")
+        raise ValueError(f"F-score threshold must be positive, got {tau}")
     scale = float(np.linalg.norm(b.max(axis=0) - b.min(axis=0)))
     if not scale > 0:
-        raise InputError("reference has zero extent: cannot normalise distances")
+        raise ValueError("reference has zero extent: cannot normalise distances")
     d_ab = cKDTree(b).query(a, workers=-1)[0] / scale
     d_ba = cKDTree(a).query(b, workers=-1)[0] / scale
     precision = float(np.mean(d_ab < tau))

@@ -88,10 +88,7 @@ class GenerationOptions:
         missing = [k for k in _RESOLVED if getattr(out, k) is None]
         if missing:
             raise ValueError(f"the generator brings no default for {', '.join(missing)}")
-        out = out.validate()
-        if out.shell >= out.band:
-            raise InputError(f"shell ({out.shell:g} voxels) must be thinner than the band ({out.band:g} voxels)")
-        return out
+        return out.validate()
 
     def validate(self) -> GenerationOptions:
         """Types, ranges and names of every set value; returns ``self``."""
@@ -103,7 +100,7 @@ class GenerationOptions:
         _number(self, "conf_threshold")
         _number(self, "drop_percent", lo=0.0, hi=100.0, hi_open=True)
         _number(self, "band", optional=True, lo=0.0, lo_open=True, hi=64.0)
-        _number(self, "shell", optional=True, lo=0.0, hi=64.0)
+        _number(self, "shell", optional=True, lo=0.0, hi=64.0, lo_open=True)
         _choice(self, "dense_start", DENSE_STARTS)
         _number(self, "dense_start_sigma", lo=0.0, hi=1.0, lo_open=True)
         _number(self, "dense_guidance", lo=0.0)
@@ -122,6 +119,8 @@ class GenerationOptions:
         _integer(self, "max_faces", optional=True, lo=4)
         _number(self, "min_component", lo=0.0, hi=1.0, hi_open=True)
         _integer(self, "seed", lo=0, hi=MAX_SEED)
+        if self.band is not None and self.shell is not None and self.shell >= self.band:
+            raise InputError(f"option shell ({self.shell:g} voxels) must be thinner than the band ({self.band:g})")
         return self
 
     def to_dict(self) -> dict:

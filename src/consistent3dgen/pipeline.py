@@ -159,7 +159,7 @@ class ConsistentPipeline:
             tokens = gen.conditioner(rgba).to(self.device)
             return Condition(tokens, torch.zeros_like(tokens), opts.cfg_scale)
         if gen.null_condition is None:
-            raise InputError(f"generator {gen.name} has neither an image conditioner nor a null condition")
+            raise ValueError(f"generator {gen.name} has neither an image conditioner nor a null condition")
         return Condition(gen.null_condition.to(self.device))
 
     def run_dense_stage(self, seen: SeenSide, condition: Condition, opts: GenerationOptions,

@@ -13,6 +13,10 @@ import numpy as np
 
 from .errors import InputError
 
+MAX_ABS_COORD = 1e15
+"""Largest |coordinate| a point map may hold. Far beyond any real object in any unit: coordinates past it are a
+wrong unit or a corrupt file, and their squared distances would overflow float32 (near 1.8e19)."""
+
 
 @dataclass
 class PointMap:
@@ -35,12 +39,18 @@ class PointMap:
     def __post_init__(self) -> None:
         pts = np.asarray(self.points)
         if pts.ndim != 3 or pts.shape[2] != 3:
-            raise InputError(f"point map must have shape (H, W, 3), got {tuple(pts.shape)}")
+            raise InputError(f"{self.describe()} must have shape (H, W, 3), got {tuple(pts.shape)}")
         h, w = pts.shape[:2]
         if h < 2 or w < 2:
-            raise InputError(f"point map is too small ({h}x{w}); need at least 2x2 pixels")
-        self.points = pts.astype(np.float32, copy=False)
-        finite = np.isfinite(self.points).all(axis=2)
+            raise InputError(f"{self.describe()} is too small ({h}x{w}); need at least 2x2 pixels")
+        if not np.issubdtype(pts.dtype, np.number):
+            raise InputError(f"{self.describe()}: points must be numbers, got dtype {pts.dtype}")
+        # range test before the float32 cast, so that 1e39 reads as "out of range" rather than "inf"
+        raw = pts if pts.dtype in (np.float32, np.float64) else pts.astype(np.float64)
+        finite = np.isfinite(raw).all(axis=2)
+        too_big = finite & (np.abs(raw).max(axis=2) > MAX_ABS_COORD)
+        with np.errstate(over="ignore"):  # beyond float32 only where too_big: refused below unless masked out
+            self.points = pts.astype(np.float32, copy=False)
         if self.conf is None:
             self.conf = np.ones((h, w), np.float32)
         self.conf = np.asarray(self.conf, np.float32)
@@ -51,11 +61,16 @@ class PointMap:
         self.mask = np.asarray(self.mask).astype(bool)
         if self.mask.shape != (h, w):
             raise InputError(f"mask must have shape {(h, w)}, got {self.mask.shape}")
+        if np.any(self.mask & too_big):
+            n = int(np.sum(self.mask & too_big))
+            big = float(np.abs(raw[self.mask & too_big]).max())
+            raise InputError(f"{self.describe()}: {n} points inside the mask are out of range (|coordinate| up to "
+                             f"{big:.3g}, above {MAX_ABS_COORD:.0e}): check the units, or mask them out")
         if np.any(self.mask & ~finite):
             n = int(np.sum(self.mask & ~finite))
-            raise InputError(f"point map has {n} NaN/inf points inside the mask")
+            raise InputError(f"{self.describe()} has {n} non-finite (NaN/inf) points inside the mask")
         if not self.mask.any():
-            raise InputError("mask is empty: no valid pixel in the point map")
+            raise InputError(f"mask is empty: no valid pixel in the {self.describe()}")
         if self.image is not None:
             img = np.asarray(self.image)
             if img.shape[:2] != (h, w) or img.ndim != 3 or img.shape[2] < 3:
@@ -68,6 +83,11 @@ class PointMap:
             if k.shape != (3, 3):
                 raise InputError(f"intrinsics must be a 3x3 matrix, got {k.shape}")
             self.intrinsics = k
+
+    def describe(self) -> str:
+        """``point map <path>`` when the map was read from a file (``meta["path"]``), else ``point map``."""
+        path = self.meta.get("path") if isinstance(self.meta, dict) else None
+        return f"point map {path}" if path else "point map"
 
     @property
     def shape(self) -> tuple[int, int]:

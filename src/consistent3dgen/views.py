@@ -32,8 +32,13 @@ def load_normalized_mesh(path: str | os.PathLike, size: float = 1.0) -> tuple[np
     if len(mesh.faces) == 0:
         raise InputError(f"mesh {p} has no faces")
     v = np.asarray(mesh.vertices, np.float64)
+    if not np.isfinite(v).all():
+        raise InputError(f"mesh {p} has non-finite (NaN/inf) vertex coordinates")
     lo, hi = v.min(0), v.max(0)
-    v = (v - (lo + hi) / 2) * (size / (hi - lo).max())
+    extent = float((hi - lo).max())
+    if not 0.0 < extent < np.inf:
+        raise InputError(f"mesh {p} has zero or overflowing extent ({extent:g}): cannot normalise it")
+    v = (v - (lo + hi) / 2) * (size / extent)
     return v, np.asarray(mesh.faces, np.int64)
 
 

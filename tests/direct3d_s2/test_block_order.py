@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from consistent3dgen.errors import InputError
 from consistent3dgen.generators.direct3d_s2.block_order import block_order, sort_block
 
 
@@ -40,5 +39,5 @@ def test_block_order_properties():
 
 
 def test_bad_input():
-    with pytest.raises(InputError):
+    with pytest.raises(ValueError):
         block_order(torch.zeros(5, 2, dtype=torch.long), 8)

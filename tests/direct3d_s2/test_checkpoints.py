@@ -269,7 +269,7 @@ def test_load_generator_with_sparse_stage(tmp_path):
     assert not torch.allclose(v, v_zero)  # the condition matters
     sdf = stage.decode_sdf(SparseLatent(coords, x, 4))
     assert sdf.resolution == 32 and len(sdf) == 512 * len(coords)
-    with pytest.raises(InputError, match="coords"):
+    with pytest.raises(ValueError, match="coords"):
         stage.velocity(x, coords[:, :2], torch.tensor([800.0]), cond)
 
 

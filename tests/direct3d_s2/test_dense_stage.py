@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from consistent3dgen.errors import InputError
 from consistent3dgen.generators.base import DenseStage
 from consistent3dgen.generators.direct3d_s2.adapters import Direct3DS2DenseStage, load_dense_stage
 from consistent3dgen.generators.direct3d_s2.dense_dit import DenseDiT
@@ -84,15 +83,15 @@ def test_fp16_velocity_dtype():
 
 def test_validation_errors():
     stage = _tiny()
-    with pytest.raises(InputError, match="occupancy must be"):
+    with pytest.raises(ValueError, match="occupancy must be"):
         stage.encode_occupancy(torch.zeros(1, 1, 4, 4, 4))
-    with pytest.raises(InputError, match="only 0 and 1"):
+    with pytest.raises(ValueError, match="only 0 and 1"):
         stage.encode_occupancy(torch.full((1, 1, 8, 8, 8), 0.5))
-    with pytest.raises(InputError, match="dense latent"):
+    with pytest.raises(ValueError, match="dense latent"):
         stage.decode_occupancy(torch.zeros(1, 3, 4, 4, 4))
-    with pytest.raises(InputError, match="timesteps for a batch"):
+    with pytest.raises(ValueError, match="timesteps for a batch"):
         stage.velocity(torch.zeros(2, 4, 4, 4, 4), torch.tensor([1.0, 2.0, 3.0]), torch.zeros(2, 1, 16))
-    with pytest.raises(InputError, match="condition"):
+    with pytest.raises(ValueError, match="condition"):
         stage.velocity(torch.zeros(1, 4, 4, 4, 4), torch.tensor([1.0]), None)
 
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from consistent3dgen.errors import InputError
 from consistent3dgen.generators.direct3d_s2 import ssa
 from consistent3dgen.generators.direct3d_s2.sparse_conv import SparseConv3d, SparseGroupNorm32, SparseSiLU
 from consistent3dgen.generators.direct3d_s2.sparse_dit import SparseDiT
@@ -272,18 +271,18 @@ def test_bfloat16_close_to_float32():
     assert (out - ref).abs().mean() < 0.03 * ref.abs().mean()
 
 
-def test_bad_inputs_raise_input_error():
+def test_bad_inputs_raise_value_error():
     model = _tiny("v1_1")
     gen = torch.Generator().manual_seed(2)
     x, t, cond = _inputs("v1_1", [30, 20], gen)
-    with pytest.raises(InputError, match="condition sets"):
+    with pytest.raises(ValueError, match="condition sets"):
         model(x, t, cond[:1])
-    with pytest.raises(InputError, match="timesteps"):
+    with pytest.raises(ValueError, match="timesteps"):
         model(x, torch.tensor([1.0, 2.0, 3.0]), cond)
     shuffled = SparseTensor(x.feats.flip(0), x.coords.flip(0))
-    with pytest.raises(InputError, match="grouped by batch"):
+    with pytest.raises(ValueError, match="grouped by batch"):
         model(shuffled, t, cond)
-    with pytest.raises(InputError, match="SparseTensor"):
+    with pytest.raises(ValueError, match="SparseTensor"):
         _tiny("v1_0")(x, t, torch.randn(2, 5, 64))
 
 

@@ -154,7 +154,6 @@ def _tiny_vae() -> SparseSDFVAE:
 def test_codec_roundtrip_and_bad_input():
     import numpy as np
 
-    from consistent3dgen.errors import InputError
     from consistent3dgen.generators.base import SparseLatent
     from consistent3dgen.generators.direct3d_s2.sparse_codec import decode_sdf, encode_sdf
     from consistent3dgen.geometry.voxels import SparseVoxels
@@ -179,11 +178,11 @@ def test_codec_roundtrip_and_bad_input():
     with torch.no_grad():
         direct = vae.decode(SparseTensor(z.feats, z.coords))
     np.testing.assert_allclose(rec.feats, direct.feats.numpy(), atol=1e-5)
-    with pytest.raises(InputError):
+    with pytest.raises(ValueError):
         encode_sdf(vae, SparseVoxels(xyz, 64, sdf.feats))  # wrong resolution
-    with pytest.raises(InputError):
+    with pytest.raises(ValueError):
         encode_sdf(vae, SparseVoxels(xyz, 32))  # no SDF values
-    with pytest.raises(InputError):
+    with pytest.raises(ValueError):
         decode_sdf(vae, SparseLatent(lat.coords, lat.feats[:, :2], 4))
 
 

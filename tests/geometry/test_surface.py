@@ -127,18 +127,62 @@ def test_shared_mesh_render(meshes_dir):
 
 
 @pytest.mark.parametrize(
-    "kwargs, msg",
+    "kwargs, msg, user_error",
     [
-        (dict(drop_percent=100.0), "drop_percent"),
-        (dict(max_stretch=0.5), "max_stretch"),
-        (dict(conf_threshold=9.0), "fewer"),
+        (dict(drop_percent=100.0), "drop_percent", False),  # parameters: the caller checks its options first
+        (dict(max_stretch=0.5), "max_stretch", False),
+        (dict(conf_threshold=9.0), "fail the confidence tests.*fewer than 3 valid pixels", True),  # the data
     ],
 )
-def test_bad_options(kwargs, msg):
+def test_bad_options(kwargs, msg, user_error):
     pm = depth_to_pointmap(np.full((H, W), 2.0), K)
-    with pytest.raises(InputError, match=msg) as e:
+    with pytest.raises(ValueError, match=msg) as e:
         surface.validity_mask(pm, **kwargs)
+    assert isinstance(e.value, InputError) == user_error
     assert "\n" not in str(e.value)
+
+
+def test_points_behind_the_camera_are_named_as_the_reason():
+    pm = depth_to_pointmap(np.full((H, W), 2.0), K)
+    behind = PointMap(pm.points * np.array([1, 1, -1], np.float32), intrinsics=K)  # mirrored: every z < 0
+    with pytest.raises(InputError, match=r"all 1920 masked points lie behind the camera \(z <= 0\)") as e:
+        surface.pointmap_to_mesh(behind)
+    assert "fewer than 3 valid pixels" in str(e.value) and "\n" not in str(e.value)
+    mostly = behind.points.copy()
+    mostly[0, :2, 2] *= -1  # two pixels back in front: still too few for a surface
+    with pytest.raises(InputError, match=r"1918 of 1920 masked points lie behind the camera"):
+        surface.pointmap_to_mesh(PointMap(mostly, intrinsics=K))
+
+
+def test_out_of_range_points_are_named_not_a_missing_neighbour():
+    pm = depth_to_pointmap(np.full((H, W), 2.0), K)
+    with pytest.raises(InputError, match=r"point map: .* out of range \(\|coordinate\| up to 2e\+30") as e:
+        PointMap(pm.points * np.float32(1e30))  # the constructor refuses them, before any surface work
+    assert "neighbouring" not in str(e.value)
+    # points beyond the limit outside the mask are no reason to fail, and never enter the surface
+    far = pm.points.copy()
+    far[0] = 1e30
+    mask = np.ones((H, W), bool)
+    mask[0] = False
+    mesh = surface.pointmap_to_mesh(PointMap(far, mask=mask, intrinsics=K))
+    assert np.abs(mesh.vertices).max() < 10
+    # a point map changed after construction (or not checked) still gets the range named, in both paths
+    for k in (K, None):
+        bad = PointMap(pm.points.copy(), intrinsics=k)
+        bad.points[...] = pm.points * np.float32(1e30)
+        with pytest.raises(InputError, match="non-finite or out of range"):
+            surface.pointmap_to_mesh(bad)
+    # ... and a caller's own validity mask that lets them through: the overflow is named, not a missing neighbour
+    with pytest.raises(InputError, match="overflow: the points are non-finite or out of range"):
+        surface.pointmap_to_mesh(bad, valid=np.ones((H, W), bool))
+
+
+def test_coincident_points_give_a_clear_error():
+    pm = PointMap(np.broadcast_to(np.float32([0.1, 0.2, 2.0]), (H, W, 3)).copy(), intrinsics=K)
+    with pytest.raises(InputError, match="all coincide"):
+        surface.pointmap_to_mesh(pm)
+    with pytest.raises(InputError, match="no two valid neighbouring pixels at distinct points"):
+        surface.pointmap_to_mesh(PointMap(pm.points))  # no intrinsics: the pixel angle needs distinct points
 
 
 def test_no_block_gives_error():

@@ -113,6 +113,8 @@ def _one_line(excinfo):
         (dict(intrinsics=(np.nan, 50.0, 16.0, 12.0)), "NaN"),
         (dict(intrinsics=K, fov_deg=60.0), "not both"),
         (dict(fov_deg=190.0), "field of view"),
+        (dict(fov_deg=float("nan")), "field of view"),
+        (dict(fov_deg="wide"), "field of view must be a number"),
         (dict(intrinsics=K, mask=np.zeros((24, 32))), "no valid pixel"),
         (dict(intrinsics=K, mask=np.ones((5, 5))), "mask must have shape"),
         (dict(intrinsics=K, image=np.ones((5, 5, 3))), "image must be"),
@@ -156,6 +158,36 @@ def test_bad_files(tmp_path):
     np.save(tmp_path / "empty.npy", np.zeros((0, 5)))
     with pytest.raises(InputError, match="too small") as e:
         pio.load_pointmap(tmp_path / "empty.npy", intrinsics=K)
+    _one_line(e)
+
+
+def test_a_file_that_is_not_an_npz_archive_is_named_so(tmp_path):
+    text = tmp_path / "points.npz"
+    text.write_text("x y z\n0 0 1\n")
+    with pytest.raises(InputError, match=r"points\.npz: not a valid \.npz archive \(it is a text file\)") as e:
+        pio.load_pointmap(text)
+    assert "allow_pickle" not in str(e.value) and "pickle" not in str(e.value)
+    _one_line(e)
+    np.save(tmp_path / "single.npy", np.ones((4, 4, 3)))
+    (tmp_path / "single.npz").write_bytes((tmp_path / "single.npy").read_bytes())
+    with pytest.raises(InputError, match=r"not a valid \.npz archive \(it is a single \.npy array\)"):
+        pio.load_pointmap(tmp_path / "single.npz")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(InputError, match=r"not a valid \.npz archive \(the file is empty\)"):
+        pio.load_pointmap(tmp_path / "empty.npz")
+    np.savez(tmp_path / "objects.npz", points=np.array([None, 1], dtype=object))
+    with pytest.raises(InputError, match="object \\(pickled\\) arrays, which are never loaded") as e:
+        pio.load_pointmap(tmp_path / "objects.npz")
+    assert "allow_pickle" not in str(e.value)
+
+
+def test_npz_with_absurd_coordinates_names_the_file(tmp_path):
+    pts = np.ones((4, 4, 3), np.float32)
+    pts[..., 2] = 1e30
+    np.savez(tmp_path / "huge.npz", points=pts)
+    with pytest.raises(InputError, match=r"point map .*huge\.npz: 16 points inside the mask are out of range") as e:
+        pio.load_pointmap(tmp_path / "huge.npz")
+    assert "neighbouring" not in str(e.value)
     _one_line(e)
 
 

@@ -128,8 +128,8 @@ def test_build_dataset_caches_and_reuses(small_config, tmp_path):
 
 
 def test_bad_sources_and_empty_shapes(small_config):
-    with pytest.raises(InputError):
+    with pytest.raises(ValueError):
         parse_source("coin")
     far = shapes.Shape("far", shapes.sphere((5.0, 5.0, 5.0), 0.5))
-    with pytest.raises(InputError):
+    with pytest.raises(ValueError):
         build_sample(far, small_config, "far")

@@ -126,7 +126,7 @@ def test_sigma_sampling_ranges_and_shift():
     s3 = sample_sigmas(20000, tc, torch.Generator().manual_seed(0))
     assert torch.allclose(s3, 3 * s / (1 + 2 * s))
     tc.timestep_sampling = "nope"
-    with pytest.raises(InputError):
+    with pytest.raises(ValueError):
         sample_sigmas(3, tc, g)
 
 
@@ -199,6 +199,10 @@ def test_default_config_fits_the_weight_budget_and_round_trips():
     )
     with pytest.raises(InputError):
         MiniPriorConfig.from_dict({"bogus": 1})
+    bad = json.loads(cfg.to_json())
+    bad["train_dense_dit"]["timestep_sampling"] = "nope"  # a config value: refused when the config is read
+    with pytest.raises(InputError, match="train_dense_dit.timestep_sampling must be one of logit_normal"):
+        MiniPriorConfig.from_dict(bad)
 
 
 def test_train_chain_end_to_end_resumes_and_exports(tmp_path):

@@ -16,8 +16,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..errors import InputError
-
 CAMERA_TO_CANONICAL_AXES = np.diag([1.0, -1.0, -1.0])
 
 
@@ -69,14 +67,14 @@ def fit_canonical_frame(points: np.ndarray, margin: float = 0.05, depth_ratio: f
     p = np.asarray(points, np.float64).reshape(-1, 3)
     p = p[np.isfinite(p).all(axis=1)]
     if len(p) == 0:
-        raise InputError("cannot place an empty point set in the canonical cube")
+        raise ValueError("cannot place an empty point set in the canonical cube")
     q = p @ CAMERA_TO_CANONICAL_AXES.T
     lo, hi = q.min(axis=0), q.max(axis=0)
     ext = hi - lo
     depth = max(ext[2], depth_ratio * max(ext[0], ext[1]))
     extent = max(ext[0], ext[1], depth)
     if not np.isfinite(extent) or extent <= 0:
-        raise InputError("seen points have zero extent: cannot normalise them")
+        raise ValueError("seen points have zero extent: cannot normalise them")
     center_q = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, hi[2] - depth / 2])
     center_cam = CAMERA_TO_CANONICAL_AXES.T @ center_q
     scale = 2.0 * (1.0 - margin) / extent

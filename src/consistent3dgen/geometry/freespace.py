@@ -10,14 +10,13 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import binary_dilation
 
-from ..errors import InputError
 from ..pointmap import PointMap
 from .frames import CanonicalFrame, canonical_to_camera
 
 
 def _project(points_canonical: np.ndarray, pointmap: PointMap, frame: CanonicalFrame):  # noqa: ANN202
     if pointmap.intrinsics is None:
-        raise InputError("free space needs the camera intrinsics of the point map")
+        raise ValueError("free space needs the camera intrinsics of the point map")
     p = canonical_to_camera(np.asarray(points_canonical, np.float64).reshape(-1, 3), frame)
     h, w = pointmap.shape
     z = p[:, 2]

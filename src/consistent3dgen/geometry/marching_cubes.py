@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError, NoSurfaceError
+from ..errors import NoSurfaceError
 from .voxels import SparseVoxels
 from .warp_runtime import mark_unavailable, warp_available, warp_kernels
 
@@ -57,21 +57,21 @@ def sparse_marching_cubes(
     edge. ``warp`` and ``numpy`` give identical meshes up to vertex/face order; ``skimage`` the same edge
     vertices, with different triangles (and interior vertices) only in cubes whose interior is ambiguous. The
     result does not depend on ``brick`` (up to order). Memory stays proportional to the number of occupied
-    bricks. Raises InputError on a bad SDF, NoSurfaceError when nothing crosses ``level``.
+    bricks. Raises ValueError on a bad SDF (a bug upstream), NoSurfaceError when nothing crosses ``level``.
     """
     if method not in MC_METHODS:
-        raise InputError(f"unknown marching-cubes method {method!r}; use one of {', '.join(MC_METHODS)}")
+        raise ValueError(f"unknown marching-cubes method {method!r}; use one of {', '.join(MC_METHODS)}")
     if sdf.feats is None or sdf.feats.ndim != 2 or sdf.feats.shape[1] != 1:
-        raise InputError("sparse marching cubes needs one SDF value per voxel (feats of shape (N, 1))")
+        raise ValueError("sparse marching cubes needs one SDF value per voxel (feats of shape (N, 1))")
     if brick is None:
         brick = 32 if method == "skimage" else 8
     if brick < 2:
-        raise InputError(f"brick size must be at least 2, got {brick}")
+        raise ValueError(f"brick size must be at least 2, got {brick}")
     values = np.asarray(sdf.feats[:, 0], np.float32)
     if not np.isfinite(values).all():
-        raise InputError("SDF values contain NaN or inf")
+        raise ValueError("SDF values contain NaN or inf")
     if not (fill > level):
-        raise InputError(f"fill value {fill} for absent voxels must be above the level {level} (outside)")
+        raise ValueError(f"fill value {fill} for absent voxels must be above the level {level} (outside)")
     if len(values) == 0 or not np.any(values < level):
         raise NoSurfaceError(f"the SDF has no voxel below the level {level}: no surface to extract")
 
@@ -86,11 +86,11 @@ def sparse_marching_cubes(
     else:
         try:
             verts, faces = _marching_cubes_warp(*args)
-        except (InputError, NoSurfaceError):
+        except NoSurfaceError:
             raise
         except Exception as e:  # noqa: BLE001 - a Warp compile/launch failure or 32-bit limit: NumPy instead
             if method == "warp":
-                raise InputError(f"the Warp marching-cubes path failed: {e}") from e
+                raise RuntimeError(f"the Warp marching-cubes path failed: {e}") from e
             if not isinstance(e, _TooLargeForWarp):
                 mark_unavailable("marching_cubes", e)  # remembered: later calls go straight to NumPy
             verts, faces = _marching_cubes_numpy(*args)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
-
 
 def _face_components(n_vertices: int, faces: np.ndarray) -> np.ndarray:
     """(F,) label of each face's connected piece (faces sharing a vertex are connected)."""
@@ -47,9 +45,9 @@ def mesh_pieces(vertices: np.ndarray, faces: np.ndarray) -> dict:
     v = np.asarray(vertices, np.float64)
     f = np.asarray(faces)
     if v.ndim != 2 or v.shape[1] != 3:
-        raise InputError(f"vertices must have shape (N, 3), got {v.shape}")
+        raise ValueError(f"vertices must have shape (N, 3), got {v.shape}")
     if f.ndim != 2 or f.shape[1] != 3 or (len(f) and (f.min() < 0 or f.max() >= len(v))):
-        raise InputError("faces must have shape (M, 3) with indices into the vertices")
+        raise ValueError("faces must have shape (M, 3) with indices into the vertices")
     if len(f) == 0:
         return {"pieces": 0, "largest_area_fraction": 0.0, "watertight": False}
     f = f.astype(np.int64)
@@ -76,7 +74,7 @@ def simplify_mesh(
     v = np.asarray(vertices, np.float64)
     f = np.asarray(faces, np.int64)
     if max_faces < 4:
-        raise InputError(f"face budget must be at least 4, got {max_faces}")
+        raise ValueError(f"face budget must be at least 4, got {max_faces}")
     if len(f) <= max_faces:
         return v.astype(np.float32), f
     import fast_simplification

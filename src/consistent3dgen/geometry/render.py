@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
 from ..pointmap import PointMap
 from .warp_runtime import warp_available, warp_kernels
 
@@ -45,7 +44,7 @@ def intrinsics_from_fov(fov_deg: float, width: int, height: int) -> np.ndarray:
     The principal point is ``((W - 1) / 2, (H - 1) / 2)`` because pixel centres sit on integer coordinates.
     """
     if not 0.0 < float(fov_deg) < 180.0:
-        raise InputError(f"field of view must be in (0, 180) degrees, got {fov_deg}")
+        raise ValueError(f"field of view must be in (0, 180) degrees, got {fov_deg}")
     width, height = _check_size(width, height)
     f = 0.5 * width / np.tan(np.radians(float(fov_deg)) / 2.0)
     return np.array([[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
@@ -56,11 +55,11 @@ def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = (0.0, 1.0, 0.0
     eye = np.asarray(eye, np.float64)
     forward = np.asarray(target, np.float64) - eye
     if np.linalg.norm(forward) < 1e-12:
-        raise InputError("look_at: eye and target coincide")
+        raise ValueError("look_at: eye and target coincide")
     z = forward / np.linalg.norm(forward)
     x = np.cross(z, np.asarray(up, np.float64))
     if np.linalg.norm(x) < 1e-9:
-        raise InputError("look_at: the up vector is parallel to the viewing direction")
+        raise ValueError("look_at: the up vector is parallel to the viewing direction")
     x /= np.linalg.norm(x)
     y = np.cross(z, x)  # points down in the image, completing a right-handed frame
     out = np.eye(4)
@@ -99,7 +98,7 @@ def raycast(
     dirs = rays / np.linalg.norm(rays, axis=-1, keepdims=True)
     flat_dirs = dirs.reshape(-1, 3)
     if backend not in ("auto", "warp", "numpy"):
-        raise InputError(f"unknown ray-cast backend {backend!r}; use auto, warp or numpy")
+        raise ValueError(f"unknown ray-cast backend {backend!r}; use auto, warp or numpy")
     use_warp = backend == "warp" or (backend == "auto" and warp_available("render"))
     if use_warp:
         dist, face = warp_kernels("render").cast_rays(verts_cam, tris, flat_dirs)
@@ -152,7 +151,7 @@ def render_pointmap(
     """The mesh's visible surface as a :class:`PointMap` (camera frame, mask = hits, NaN points on misses)."""
     hits = raycast(vertices, faces, K, width, height, cam_from_world)
     if not hits.mask.any():
-        raise InputError("the mesh is not visible from this camera: no pixel hits it")
+        raise ValueError("the mesh is not visible from this camera: no pixel hits it")
     return PointMap(points=hits.points, mask=hits.mask, intrinsics=np.asarray(K, np.float64))
 
 
@@ -162,41 +161,41 @@ def render_pointmap(
 
 def _check_size(width: int, height: int) -> tuple[int, int]:
     if int(width) != width or int(height) != height or width < 1 or height < 1:
-        raise InputError(f"image size must be positive integers, got {width}x{height}")
+        raise ValueError(f"image size must be positive integers, got {width}x{height}")
     return int(width), int(height)
 
 
 def _check_k(K: np.ndarray) -> np.ndarray:  # noqa: N803
     k = np.asarray(K, np.float64)
     if k.shape != (3, 3) or not np.isfinite(k).all():
-        raise InputError(f"intrinsics must be a finite 3x3 matrix, got shape {k.shape}")
+        raise ValueError(f"intrinsics must be a finite 3x3 matrix, got shape {k.shape}")
     if abs(np.linalg.det(k)) < 1e-12:
-        raise InputError("intrinsics matrix is singular")
+        raise ValueError("intrinsics matrix is singular")
     return k
 
 
 def _to_camera(vertices: np.ndarray, cam_from_world: np.ndarray | None) -> np.ndarray:
     v = np.asarray(vertices, np.float64)
     if v.ndim != 2 or v.shape[1] != 3 or len(v) == 0:
-        raise InputError(f"vertices must have shape (N, 3) with N > 0, got {v.shape}")
+        raise ValueError(f"vertices must have shape (N, 3) with N > 0, got {v.shape}")
     if not np.isfinite(v).all():
-        raise InputError("vertices contain NaN or inf")
+        raise ValueError("vertices contain NaN or inf")
     if cam_from_world is None:
         return v
     m = np.asarray(cam_from_world, np.float64)
     if m.shape != (4, 4) or not np.isfinite(m).all():
-        raise InputError(f"cam_from_world must be a finite 4x4 matrix, got shape {m.shape}")
+        raise ValueError(f"cam_from_world must be a finite 4x4 matrix, got shape {m.shape}")
     return np.einsum("nj,ij->ni", v, m[:3, :3]) + m[:3, 3]
 
 
 def _check_faces(faces: np.ndarray, n_vertices: int) -> np.ndarray:
     f = np.asarray(faces)
     if f.ndim != 2 or f.shape[1] != 3 or len(f) == 0:
-        raise InputError(f"faces must have shape (M, 3) with M > 0, got {f.shape}")
+        raise ValueError(f"faces must have shape (M, 3) with M > 0, got {f.shape}")
     if not np.issubdtype(f.dtype, np.integer):
-        raise InputError(f"faces must be integer indices, got dtype {f.dtype}")
+        raise ValueError(f"faces must be integer indices, got dtype {f.dtype}")
     if f.min() < 0 or f.max() >= n_vertices:
-        raise InputError(f"face indices outside [0, {n_vertices})")
+        raise ValueError(f"face indices outside [0, {n_vertices})")
     return f.astype(np.int64)
 
 

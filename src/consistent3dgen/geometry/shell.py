@@ -44,7 +44,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
 from .voxels import BITMAP_MAX_CELLS, SparseVoxels, cell_bitmap
 from .warp_runtime import default_threads, warp_available, warp_kernels
 
@@ -194,23 +193,23 @@ def _check_mesh(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np
     v = np.asarray(vertices, np.float64)
     f = np.asarray(faces)
     if v.ndim != 2 or v.shape[1] != 3 or len(v) == 0:
-        raise InputError(f"vertices must be (V, 3) with V > 0, got {v.shape}")
+        raise ValueError(f"vertices must be (V, 3) with V > 0, got {v.shape}")
     if f.ndim != 2 or f.shape[1] != 3 or len(f) == 0:
-        raise InputError(f"faces must be (F, 3) with F > 0, got {f.shape}")
+        raise ValueError(f"faces must be (F, 3) with F > 0, got {f.shape}")
     if not np.issubdtype(f.dtype, np.integer) or f.min() < 0 or f.max() >= len(v):
-        raise InputError("faces must be integer indices into the vertices")
+        raise ValueError("faces must be integer indices into the vertices")
     if not np.isfinite(v).all():
-        raise InputError("vertices contain NaN or inf")
+        raise ValueError("vertices contain NaN or inf")
     if np.abs(v).max() > 1.0 + 1e-6:
-        raise InputError(f"vertices must lie in the canonical cube [-1, 1]^3, max |coord| = {np.abs(v).max():.4g}")
+        raise ValueError(f"vertices must lie in the canonical cube [-1, 1]^3, max |coord| = {np.abs(v).max():.4g}")
     return v, f.astype(np.int64)
 
 
 def _check_params(resolution: int, band: float, shell: float) -> None:
     if int(resolution) != resolution or resolution < 8:
-        raise InputError(f"resolution must be an integer >= 8, got {resolution}")
+        raise ValueError(f"resolution must be an integer >= 8, got {resolution}")
     if not (0.0 < shell < band):
-        raise InputError(f"need 0 < shell < band (voxels), got shell={shell}, band={band}")
+        raise ValueError(f"need 0 < shell < band (voxels), got shell={shell}, band={band}")
 
 
 def to_voxel_units(vertices: np.ndarray, resolution: int) -> np.ndarray:
@@ -245,9 +244,9 @@ def thin_shell(
     """
     _check_params(resolution, band, shell)
     if backend not in ("auto", "warp", "numpy"):
-        raise InputError(f"backend must be auto, warp or numpy, got {backend!r}")
+        raise ValueError(f"backend must be auto, warp or numpy, got {backend!r}")
     if threads is not None and (int(threads) != threads or threads < 1):
-        raise InputError(f"threads must be a positive integer, got {threads}")
+        raise ValueError(f"threads must be a positive integer, got {threads}")
     v, f = _check_mesh(vertices, faces)
     tris = _Triangles.from_mesh(to_voxel_units(v, resolution), f)
     res = int(resolution)
@@ -373,9 +372,9 @@ def front_half_mask(
         return np.zeros(0, bool)
     if shell is not None or front_side is not None:
         if shell is None or front_side is None or len(front_side) != len(shell):
-            raise InputError("front_half_mask needs both the shell voxels and one front_side flag per voxel")
+            raise ValueError("front_half_mask needs both the shell voxels and one front_side flag per voxel")
         if shell.resolution != latent_cells.resolution * factor:
-            raise InputError(f"shell resolution {shell.resolution} != {latent_cells.resolution} x {factor}")
+            raise ValueError(f"shell resolution {shell.resolution} != {latent_cells.resolution} x {factor}")
         res = latent_cells.resolution
         front_cells = shell.coords[np.asarray(front_side, bool)] // factor
         if res**3 <= BITMAP_MAX_CELLS:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..pointmap import PointMap
+from ..pointmap import MAX_ABS_COORD, PointMap
 from .frames import CanonicalFrame, camera_to_canonical, fit_canonical_frame
 
 
@@ -59,13 +59,44 @@ def _pixel_angle(pm: PointMap, valid: np.ndarray) -> float:
         ((slice(None, -1),), (slice(1, None),)),
     ):
         m = valid[sl_a] & valid[sl_b]
-        length = np.linalg.norm(p[sl_a][m] - p[sl_b][m], axis=-1)
-        ratios.append(length / np.maximum(np.minimum(z[sl_a][m], z[sl_b][m]), 1e-12))
+        with np.errstate(over="ignore", invalid="ignore"):  # overflowing points are reported below
+            length = np.linalg.norm(p[sl_a][m] - p[sl_b][m], axis=-1)
+            ratios.append(length / np.maximum(np.minimum(z[sl_a][m], z[sl_b][m]), 1e-12))
     r = np.concatenate(ratios)
-    r = r[np.isfinite(r) & (r > 0)]
-    if len(r) == 0:
-        raise InputError("point map has no two valid neighbouring pixels: cannot build a surface")
-    return float(np.median(r))
+    ok = r[np.isfinite(r) & (r > 0)]
+    if len(ok) == 0:
+        if len(r) and not np.isfinite(r).all():
+            raise InputError(f"{pm.describe()}: distances between neighbouring points overflow: the points are "
+                             f"non-finite or out of range (|coordinate| up to {_max_abs(pm, valid):.3g})")
+        raise InputError(f"{pm.describe()} has no two valid neighbouring pixels at distinct points: "
+                         "cannot build a surface")
+    return float(np.median(ok))
+
+
+def _max_abs(pm: PointMap, pixels: np.ndarray) -> float:
+    p = np.abs(pm.points[pixels])
+    p = p[~np.isnan(p)]
+    return float(p.max()) if p.size else float("nan")
+
+
+def _why_too_few(pm: PointMap, candidates: np.ndarray, in_range: np.ndarray, in_front: np.ndarray, n_valid: int,
+                 conf_threshold: float, drop_percent: float, use_mask: bool) -> str:
+    """One line on why fewer than 3 pixels are valid, naming the test that removed the most."""
+    n = int(candidates.sum())
+    which = "masked " if use_mask else ""
+    left = f"leaving {n_valid} of {n} {which}pixels (fewer than 3 valid pixels): no surface to build"
+    bad = int(np.sum(candidates & ~in_range))
+    behind = int(np.sum(candidates & in_range & ~in_front))
+    low = int(np.sum(candidates & in_front)) - n_valid
+    if behind and behind >= max(bad, low):
+        every = f"all {n}" if behind == n else f"{behind} of {n}"
+        return (f"{pm.describe()}: {every} {which}points lie behind the camera (z <= 0), {left}; points must be "
+                "in the camera frame (OpenCV: x right, y down, z forward, away from the camera)")
+    if bad and bad >= low:
+        return (f"{pm.describe()}: {bad} of {n} {which}points are non-finite or out of range (|coordinate| above "
+                f"{MAX_ABS_COORD:.0e}), {left}")
+    return (f"{pm.describe()}: {low} of {n} {which}pixels fail the confidence tests (conf_threshold "
+            f"{conf_threshold:g}, drop_percent {drop_percent:g}), {left}")
 
 
 def _edge_stretch(pm: PointMap, valid: np.ndarray, pixel_angle: float) -> tuple[np.ndarray, ...]:
@@ -94,16 +125,21 @@ def validity_mask(
 ) -> np.ndarray:
     """(H, W) bool: pixels kept for the seen surface (see the module docstring for the criteria)."""
     if not 0.0 <= drop_percent < 100.0:
-        raise InputError(f"drop_percent must be in [0, 100), got {drop_percent}")
+        raise ValueError(f"drop_percent must be in [0, 100), got {drop_percent}")
     if not max_stretch > 1.0:
-        raise InputError(f"max_stretch must be > 1, got {max_stretch}")
-    finite = np.isfinite(pm.points).all(axis=-1) & (pm.points[..., 2] > 0)
-    valid = finite & (pm.mask if use_mask else True)
+        raise ValueError(f"max_stretch must be > 1, got {max_stretch}")
+    pts = pm.points
+    finite = np.isfinite(pts).all(axis=-1)
+    in_range = finite & (np.abs(np.where(finite[..., None], pts, 0.0)).max(axis=-1) <= MAX_ABS_COORD)
+    in_front = in_range & (pts[..., 2] > 0)
+    candidates = pm.mask if use_mask else np.ones(pm.shape, bool)
+    valid = in_front & candidates
     valid &= pm.conf > conf_threshold
     if drop_percent > 0 and valid.any():
         valid &= pm.conf >= np.percentile(pm.conf[valid], drop_percent)
     if valid.sum() < 3:
-        raise InputError("fewer than 3 valid pixels after the confidence and mask tests: no surface to build")
+        raise InputError(_why_too_few(pm, candidates, in_range, in_front, int(valid.sum()), conf_threshold,
+                                      drop_percent, use_mask))
     right, down, _ = _edge_stretch(pm, valid, _pixel_angle(pm, valid))
     z = np.where(valid, pm.points[..., 2], np.inf)
     far = np.zeros_like(valid)
@@ -130,13 +166,13 @@ def pointmap_to_mesh(
     valid = np.asarray(valid, bool)
     h, w = pm.shape
     if valid.shape != (h, w):
-        raise InputError(f"validity mask must have shape {(h, w)}, got {valid.shape}")
+        raise ValueError(f"validity mask must have shape {(h, w)}, got {valid.shape}")
     right, down, diag = _edge_stretch(pm, valid, _pixel_angle(pm, valid))
     ok_r, ok_d, ok_g = right <= max_stretch, down <= max_stretch, diag <= max_stretch
     block = ok_r[:-1] & ok_r[1:] & ok_d[:, :-1] & ok_d[:, 1:] & ok_g  # (H-1, W-1), all four pixels valid
     rows, cols = np.nonzero(block)
     if len(rows) == 0:
-        raise InputError("no 2x2 block of valid, continuous pixels: the seen surface is empty")
+        raise InputError(f"{pm.describe()} has no 2x2 block of valid, continuous pixels: the seen surface is empty")
     a = rows * w + cols  # top-left; b = a + 1 (right), c = a + w (below), d = a + w + 1
     b, c, d = a + 1, a + w, a + w + 1
     # image y points down, so (a, c, b) turns clockwise on screen: its normal points back at the camera
@@ -149,6 +185,8 @@ def pointmap_to_mesh(
     # interleave the two triangles of a block so the faces of one block stay adjacent
     faces = remap[faces_px].reshape(2, -1, 3).transpose(1, 0, 2).reshape(-1, 3).astype(np.int32)
     vertices = pm.points.reshape(-1, 3)[pix].astype(np.float32)
+    if not np.ptp(vertices, axis=0).max() > 0:
+        raise InputError(f"the valid points of the {pm.describe()} all coincide (zero extent): no surface to build")
     pixels = np.stack(np.divmod(pix, w), axis=1).astype(np.int32)
     return SeenMesh(vertices, faces, pixels, (h, w))
 

@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..errors import InputError
 from .warp_runtime import init_warp
 
 wp = init_warp()
@@ -256,7 +255,7 @@ def thin_shell_passes(tris, resolution: int, band: float, shell: float, threads:
     col_len = np.maximum(col_hi - col_lo + 1, 0).astype(np.int64)
     n_slots = int(col_len.sum())
     if n_slots >= 2**31:
-        raise InputError(f"{n_slots} band voxel slots at {res}^3: beyond the int32 indexing of the kernels")
+        raise RuntimeError(f"{n_slots} band voxel slots at {res}^3: beyond the int32 indexing of the kernels")
     col_off = np.zeros(n_col + 1, np.int32)
     np.cumsum(col_len, out=col_off[1:])
     best_d2 = np.full(n_slots, np.float32(band * band), np.float32)  # "not within the band yet"

@@ -41,14 +41,14 @@ def export_mesh(
     v = np.asarray(vertices, np.float64)
     f = np.asarray(faces)
     if v.ndim != 2 or v.shape[1] != 3 or not np.isfinite(v).all():
-        raise InputError(f"vertices must be finite with shape (N, 3), got {v.shape}")
+        raise ValueError(f"vertices must be finite with shape (N, 3), got {v.shape}")
     if f.ndim != 2 or f.shape[1] != 3 or (len(f) and (f.min() < 0 or f.max() >= len(v))):
-        raise InputError("faces must have shape (M, 3) with indices into the vertices")
+        raise ValueError("faces must have shape (M, 3) with indices into the vertices")
     colors = None
     if vertex_colors is not None:
         c = np.asarray(vertex_colors)
         if c.shape[0] != len(v) or c.ndim != 2 or c.shape[1] not in (3, 4):
-            raise InputError(f"vertex colours must have shape ({len(v)}, 3|4), got {c.shape}")
+            raise ValueError(f"vertex colours must have shape ({len(v)}, 3|4), got {c.shape}")
         if np.issubdtype(c.dtype, np.floating):
             c = np.clip(np.rint(c * 255.0), 0, 255)
         colors = c.astype(np.uint8)

@@ -50,8 +50,14 @@ def intrinsics_matrix(
             raise _fail("depth maps need intrinsics (3x3 or fx fy cx cy) or a field of view in degrees")
         from ..geometry.render import intrinsics_from_fov
 
+        try:
+            fov = float(fov_deg)
+        except (TypeError, ValueError):
+            raise _fail(f"field of view must be a number of degrees, got {fov_deg!r}") from None
+        if not 0.0 < fov < 180.0:  # NaN fails too
+            raise _fail(f"field of view must be in (0, 180) degrees, got {fov_deg}")
         # one FoV convention in the package: pixel centres on integer coordinates, axis at the image centre
-        k = intrinsics_from_fov(float(fov_deg), width, height)
+        k = intrinsics_from_fov(fov, width, height)
     else:
         arr = np.asarray(intrinsics, np.float64)
         if arr.shape == (4,):
@@ -227,16 +233,42 @@ def _read_intrinsics_file(path: str | os.PathLike) -> np.ndarray:
     raise _fail(f"intrinsics file {p} must hold 9 (3x3) or 4 (fx fy cx cy) numbers, got {arr.size}")
 
 
+def _what_it_is(p: Path) -> str:
+    """A few words on what a file that is not a zip archive looks like, for the error line."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        return f"unreadable: {e}"
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"\x93NUMPY"):
+        return "it is a single .npy array"
+    if head.startswith(b"PK"):
+        return "a truncated or corrupt zip archive"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not a zip archive"
+    return "it is a text file"
+
+
 def load_npz(path: str | os.PathLike) -> PointMap:
     """Read a ``.npz`` point map (keys: points, optional conf, mask, image, intrinsics)."""
     p = Path(path)
     if not p.is_file():
         raise _fail(f"point map file not found: {p}")
+    if not zipfile.is_zipfile(p):
+        raise _fail(f"cannot read point map {p}: not a valid .npz archive ({_what_it_is(p)}); write point maps "
+                    "with numpy.savez(path, points=..., mask=...)")
     try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {key: z[key] for key in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise _fail(f"cannot read point map {p}: {e}") from None
+        if "allow_pickle" in str(e):
+            raise _fail(f"cannot read point map {p}: it holds object (pickled) arrays, which are never loaded; "
+                        "save plain numeric arrays") from None
+        raise _fail(f"cannot read point map {p}: not a valid .npz archive ({e})") from None
     if "points" not in arrays:
         raise _fail(f"{p} has no 'points' array (keys: {sorted(arrays)})")
     pts = np.asarray(arrays["points"])
@@ -287,7 +319,7 @@ def save_ply(pm: PointMap, path: str | os.PathLike, points: np.ndarray | None = 
 
     src = pm.points if points is None else np.asarray(points)
     if src.shape != pm.points.shape:
-        raise _fail(f"points to write must have shape {pm.points.shape}, got {src.shape}")
+        raise ValueError(f"points to write must have shape {pm.points.shape}, got {src.shape}")
     xyz = src[pm.mask].astype(np.float64)
     if pm.image is not None:
         rgb = pm.image[pm.mask]

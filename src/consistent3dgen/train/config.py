@@ -47,6 +47,9 @@ class DataConfig:
         return self.sparse_resolution // self.latent_factor
 
 
+TIMESTEP_SAMPLINGS = ("logit_normal", "shifted_uniform")
+
+
 @dataclass
 class StageTraining:
     """Optimisation of one model."""
@@ -214,7 +217,13 @@ class MiniPriorConfig:
         for k in ("train_dense_vae", "train_dense_dit", "train_sparse_vae", "train_sparse_dit"):
             if k in d:
                 d[k] = StageTraining(**d[k])
-        return cls(**d)
+        cfg = cls(**d)
+        for k in ("train_dense_vae", "train_dense_dit", "train_sparse_vae", "train_sparse_dit"):
+            sampling = getattr(cfg, k).timestep_sampling
+            if sampling not in TIMESTEP_SAMPLINGS:
+                raise InputError(f"{k}.timestep_sampling must be one of {', '.join(TIMESTEP_SAMPLINGS)}, "
+                                 f"got {sampling!r}")
+        return cfg
 
     @classmethod
     def load(cls, path: str | Path) -> MiniPriorConfig:

@@ -158,7 +158,7 @@ def build_sample(shape: Shape | object, config: DataConfig, source: str = "") ->
     d_centre = np.asarray(shape(centres), np.float64)
     candidates = np.argwhere(np.abs(d_centre.reshape(d, d, d)) < reach * config.candidate_safety).astype(np.int32)
     if len(candidates) == 0:
-        raise InputError(f"shape {source or ''} has no surface inside the cube")
+        raise ValueError(f"shape {source or ''} has no surface inside the cube")
     off = np.stack(np.meshgrid(*[np.arange(f)] * 3, indexing="ij"), -1).reshape(-1, 3)
     coords = (candidates[:, None, :] * f + off[None]).reshape(-1, 3)
     points = -1.0 + (2.0 * coords + 1.0) / r
@@ -169,7 +169,7 @@ def build_sample(shape: Shape | object, config: DataConfig, source: str = "") ->
     values = values.reshape(len(candidates), f, f, f)
     keep = band_mask(values, config.convention).reshape(len(candidates), -1).any(axis=1)
     if not keep.any():
-        raise InputError(f"shape {source or ''} has no narrow-band voxel at resolution {r}")
+        raise ValueError(f"shape {source or ''} has no narrow-band voxel at resolution {r}")
     return ShapeSample(candidates[keep], values[keep].astype(np.float16), r, f, source, config.convention)
 
 
@@ -183,7 +183,7 @@ def parse_source(source: str, meshes_dir: str | Path | None = None) -> Shape:
         return mesh_shape(parts[1], float(parts[2]), meshes_dir)
     if len(parts) == 2:
         return make_shape(parts[0], int(parts[1]))
-    raise InputError(f"bad sample source {source!r}: expected 'family:seed' or 'mesh:name:yaw'")
+    raise ValueError(f"bad sample source {source!r}: expected 'family:seed' or 'mesh:name:yaw'")
 
 
 def default_sources(config: DataConfig) -> list[str]:
@@ -262,7 +262,7 @@ class SampleSet:
 
     def __init__(self, samples: list[ShapeSample]):
         if not samples:
-            raise InputError("no training samples")
+            raise ValueError("no training samples")
         self.samples = samples
 
     @classmethod

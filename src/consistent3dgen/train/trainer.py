@@ -206,7 +206,7 @@ def sample_sigmas(n: int, tc: StageTraining, gen: torch.Generator) -> torch.Tens
     elif tc.timestep_sampling == "shifted_uniform":
         sigma = torch.rand(n, generator=gen)
     else:
-        raise InputError(f"unknown timestep sampling {tc.timestep_sampling!r}")
+        raise ValueError(f"unknown timestep sampling {tc.timestep_sampling!r}")
     s = tc.shift
     return s * sigma / (1 + (s - 1) * sigma)
 
@@ -232,7 +232,7 @@ def _cond_channels(model: nn.Module) -> int:
     for name, m in model.named_modules():
         if name.endswith("cross_attn.to_kv") and isinstance(m, nn.Linear):
             return m.in_features
-    raise InputError("cannot find the cross-attention context width of the DiT")
+    raise ValueError("cannot find the cross-attention context width of the DiT")
 
 
 def sparse_dit_loss(dit: nn.Module, tokens: list[tuple[np.ndarray, np.ndarray]], tc, null_tokens: int, gen) -> dict:

@@ -53,17 +53,17 @@ class Direct3DS2DenseStage:
 
     def _check_latent(self, latent: torch.Tensor) -> None:
         if latent.ndim != 5 or tuple(latent.shape[1:]) != self.latent_shape:
-            raise InputError(f"dense latent must be (B, {self.latent_shape}), got {tuple(latent.shape)}")
+            raise ValueError(f"dense latent must be (B, {self.latent_shape}), got {tuple(latent.shape)}")
 
     @torch.no_grad()
     def encode_occupancy(self, occupancy: torch.Tensor) -> torch.Tensor:
         """(B, 1, R, R, R) {0, 1} occupancy → (B, 8, 16, 16, 16) float32 latent (posterior mean)."""
         r = self.occupancy_resolution
         if occupancy.ndim != 5 or tuple(occupancy.shape[1:]) != (1, r, r, r):
-            raise InputError(f"occupancy must be (B, 1, {r}, {r}, {r}), got {tuple(occupancy.shape)}")
+            raise ValueError(f"occupancy must be (B, 1, {r}, {r}, {r}), got {tuple(occupancy.shape)}")
         occ = occupancy.to(device=_model_device(self.vae), dtype=torch.float32)
         if not torch.all((occ == 0) | (occ == 1)):
-            raise InputError("occupancy must contain only 0 and 1")
+            raise ValueError("occupancy must contain only 0 and 1")
         mean = self.vae.encode(occ).float()
         return (mean - self.latents_shift) * self.latents_scale
 
@@ -84,9 +84,9 @@ class Direct3DS2DenseStage:
         if t.numel() == 1:
             t = t.expand(b)
         elif t.numel() != b:
-            raise InputError(f"{t.numel()} timesteps for a batch of {b}")
+            raise ValueError(f"{t.numel()} timesteps for a batch of {b}")
         if not torch.is_tensor(cond) or cond.ndim != 3:
-            raise InputError("dense stage condition must be a (B, L, C) tensor of image tokens")
+            raise ValueError("dense stage condition must be a (B, L, C) tensor of image tokens")
         cond = cond.to(device)
         if cond.shape[0] == 1 and b > 1:
             cond = cond.expand(b, -1, -1)
@@ -143,7 +143,7 @@ class Direct3DS2SparseStage:
 
     def __init__(self, vae: torch.nn.Module, dit: torch.nn.Module):
         if vae.resolution != dit.resolution:
-            raise InputError(f"sparse VAE latent grid {vae.resolution} != sparse DiT grid {dit.resolution}")
+            raise ValueError(f"sparse VAE latent grid {vae.resolution} != sparse DiT grid {dit.resolution}")
         self.vae = vae.eval()
         self.dit = dit.eval()
         self.resolution = int(vae.resolution) * self.latent_factor
@@ -175,7 +175,7 @@ class Direct3DS2SparseStage:
         from .sparse_tensor import SparseTensor
 
         if x.ndim != 2 or coords.ndim != 2 or coords.shape != (x.shape[0], 3):
-            raise InputError(f"tokens (N, C) with coords (N, 3) expected, got {tuple(x.shape)}, {tuple(coords.shape)}")
+            raise ValueError(f"tokens (N, C) with coords (N, 3) expected, got {tuple(x.shape)}, {tuple(coords.shape)}")
         device = self.device
         c = coords.to(device=device, dtype=torch.int32)
         c4 = torch.cat([torch.zeros(len(c), 1, dtype=torch.int32, device=device), c], dim=1)

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import torch
 
-from ...errors import InputError
-
 
 def block_order(coords: torch.Tensor, block_size: int) -> torch.Tensor:
     """Permutation (int64) putting ``coords`` ((N, 4) with a batch column, or (N, 3)) in block order."""
     if coords.ndim != 2 or coords.shape[1] not in (3, 4):
-        raise InputError(f"latent coords must be (N, 3) or (N, 4), got {tuple(coords.shape)}")
+        raise ValueError(f"latent coords must be (N, 3) or (N, 4), got {tuple(coords.shape)}")
     if block_size < 1:
-        raise InputError(f"block size must be positive, got {block_size}")
+        raise ValueError(f"block size must be positive, got {block_size}")
     xyz = coords[:, -3:].long()
     if xyz.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=coords.device)
     if (xyz < 0).any():
-        raise InputError("latent coords must be non-negative")
+        raise ValueError("latent coords must be non-negative")
     span = int(xyz.max()) // block_size + 1
     block = torch.div(xyz, block_size, rounding_mode="floor")
     inner = xyz % block_size

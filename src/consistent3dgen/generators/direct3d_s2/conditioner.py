@@ -52,7 +52,7 @@ def to_rgba(image: Any, segmenter: Segmenter | None = None) -> np.ndarray:
         )
     alpha = np.asarray(segmenter(arr))
     if alpha.shape != arr.shape[:2]:
-        raise InputError(f"segmenter returned a {alpha.shape} mask for a {arr.shape[:2]} image")
+        raise ValueError(f"segmenter returned a {alpha.shape} mask for a {arr.shape[:2]} image")
     return np.concatenate([arr, alpha.astype(np.uint8)[..., None]], axis=-1)
 
 
@@ -128,7 +128,7 @@ class DinoConditioner(nn.Module):
     ):
         super().__init__()
         if version != "dinov2_vitl14_reg":
-            raise InputError(f"unsupported DINOv2 version {version!r}; Direct3D-S2 uses dinov2_vitl14_reg")
+            raise ValueError(f"unsupported DINOv2 version {version!r}; Direct3D-S2 uses dinov2_vitl14_reg")
         self.size = size
         self.segmenter = segmenter
         if encoder is None:
@@ -157,7 +157,7 @@ class DinoConditioner(nn.Module):
     def encode(self, rgb: torch.Tensor) -> torch.Tensor:
         """(B, 3, size, size) RGB in [0, 1] → normalised pre-norm tokens (B, L, C) float32."""
         if rgb.ndim != 4 or rgb.shape[1] != 3:
-            raise InputError(f"expected (B, 3, H, W) RGB in [0, 1], got {tuple(rgb.shape)}")
+            raise ValueError(f"expected (B, 3, H, W) RGB in [0, 1], got {tuple(rgb.shape)}")
         if tuple(rgb.shape[-2:]) != (self.size, self.size):
             # the official Resize + CenterCrop; a no-op for preprocessed images
             scale = self.size / min(rgb.shape[-2:])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from ...errors import InputError
 from ...geometry.voxels import SparseVoxels
 from ..base import SparseLatent
 from .sparse_tensor import SparseTensor
@@ -28,14 +27,14 @@ def encode_sdf(vae: SparseSDFVAE, sdf: SparseVoxels, sample_posterior: bool = Fa
     """Narrow-band SDF voxels (feats (N, 1) in [-1, 1] at ``8 * vae.resolution``) → latent tokens."""
     expected = vae.resolution * LATENT_FACTOR
     if sdf.resolution != expected:
-        raise InputError(f"SDF voxels are at resolution {sdf.resolution}, this VAE encodes {expected}")
+        raise ValueError(f"SDF voxels are at resolution {sdf.resolution}, this VAE encodes {expected}")
     if len(sdf) == 0:
-        raise InputError("no SDF voxels to encode")
+        raise ValueError("no SDF voxels to encode")
     if sdf.feats is None or sdf.feats.shape[1] != 1:
-        raise InputError("SDF voxels need one feature channel (the signed/unsigned distance)")
+        raise ValueError("SDF voxels need one feature channel (the signed/unsigned distance)")
     feats = torch.as_tensor(sdf.feats, dtype=torch.float32)
     if not torch.isfinite(feats).all():
-        raise InputError("SDF values contain NaN or infinity")
+        raise ValueError("SDF values contain NaN or infinity")
     device = _device(vae)
     xyz = torch.as_tensor(sdf.coords, dtype=torch.int32)
     coords = torch.cat([torch.zeros(len(xyz), 1, dtype=torch.int32), xyz], dim=1).to(device)
@@ -48,15 +47,15 @@ def encode_sdf(vae: SparseSDFVAE, sdf: SparseVoxels, sample_posterior: bool = Fa
 def decode_sdf(vae: SparseSDFVAE, latent: SparseLatent, chunk_size: int | None = None) -> SparseVoxels:
     """Latent tokens → tanh SDF voxels at ``8 * vae.resolution`` (``chunk_size`` overrides the VAE's split)."""
     if latent.resolution != vae.resolution:
-        raise InputError(f"latent grid is {latent.resolution}, this VAE decodes a {vae.resolution} grid")
+        raise ValueError(f"latent grid is {latent.resolution}, this VAE decodes a {vae.resolution} grid")
     if len(latent) == 0:
-        raise InputError("no latent tokens to decode")
+        raise ValueError("no latent tokens to decode")
     if latent.feats.ndim != 2 or latent.feats.shape[1] != vae.embed_dim:
-        raise InputError(f"latent features must be (N, {vae.embed_dim}), got {tuple(latent.feats.shape)}")
+        raise ValueError(f"latent features must be (N, {vae.embed_dim}), got {tuple(latent.feats.shape)}")
     device = _device(vae)
     xyz = latent.coords.to(torch.int32)
     if xyz.min() < 0 or xyz.max() >= vae.resolution:
-        raise InputError(f"latent coords outside [0, {vae.resolution})")
+        raise ValueError(f"latent coords outside [0, {vae.resolution})")
     coords = torch.cat([torch.zeros(len(xyz), 1, dtype=torch.int32), xyz.cpu()], dim=1).to(device)
     z = latent.feats.float().to(device) / vae.latents_scale + vae.latents_shift
     out = vae.decode(SparseTensor(z, coords), factor=1.0, chunk_size=chunk_size)

@@ -23,7 +23,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...errors import InputError
 from .attention import FeedForwardNet, LayerNorm32, MultiHeadAttention, convert_module_dtype
 from .embedders import AbsolutePositionEmbedder, TimestepEmbedder
 from .sparse_conv import TorchsparseConv3d
@@ -38,17 +37,17 @@ def _check_tokens(x: SparseTensor) -> list[slice]:
     """Validate coords (int, non-negative, rows grouped by increasing batch) and return the batch slices."""
     coords = x.coords
     if coords.dtype.is_floating_point:
-        raise InputError(f"sparse DiT coords must be integers, got {coords.dtype}")
+        raise ValueError(f"sparse DiT coords must be integers, got {coords.dtype}")
     if coords.shape[0] == 0:
-        raise InputError("sparse DiT got no tokens")
+        raise ValueError("sparse DiT got no tokens")
     if (coords < 0).any():
-        raise InputError("sparse DiT coords must be non-negative")
+        raise ValueError("sparse DiT coords must be non-negative")
     batch = coords[:, 0]
     if (batch[1:] < batch[:-1]).any():
-        raise InputError("sparse DiT rows must be grouped by batch index in increasing order")
+        raise ValueError("sparse DiT rows must be grouped by batch index in increasing order")
     slices = batch_slices(batch)
     if any(s.stop == s.start for s in slices):
-        raise InputError("sparse DiT batch indices must be 0..B-1 with tokens for every element")
+        raise ValueError("sparse DiT batch indices must be 0..B-1 with tokens for every element")
     return slices
 
 
@@ -234,19 +233,19 @@ class SparseDiT(nn.Module):
         """Per batch element condition tokens (L_b, C) in the compute dtype."""
         if isinstance(cond, SparseTensor):
             if not self.sparse_conditions:
-                raise InputError("this sparse DiT takes dense condition tokens (B, L, C), got a SparseTensor")
+                raise ValueError("this sparse DiT takes dense condition tokens (B, L, C), got a SparseTensor")
             feats = self.cond_proj(cond.feats.to(self.dtype))
             feats = feats + self.pos_embedder_cond(cond.coords[:, 1:]).to(self.dtype)
             slices = batch_slices(cond.coords[:, 0])
             tokens = [feats[s] for s in slices]
         else:
             if self.sparse_conditions:
-                raise InputError("this sparse DiT (sparse_conditions) takes condition tokens as a SparseTensor")
+                raise ValueError("this sparse DiT (sparse_conditions) takes condition tokens as a SparseTensor")
             if cond.ndim != 3 or cond.shape[-1] != self.cond_channels:
-                raise InputError(f"condition tokens must be (B, L, {self.cond_channels}), got {tuple(cond.shape)}")
+                raise ValueError(f"condition tokens must be (B, L, {self.cond_channels}), got {tuple(cond.shape)}")
             tokens = list(cond.to(self.dtype).unbind(0))
         if len(tokens) != batch_size:
-            raise InputError(f"{len(tokens)} condition sets for {batch_size} batch elements of tokens")
+            raise ValueError(f"{len(tokens)} condition sets for {batch_size} batch elements of tokens")
         return tokens
 
     def forward(self, x: SparseTensor, t: torch.Tensor, cond: torch.Tensor | SparseTensor) -> SparseTensor:
@@ -254,13 +253,13 @@ class SparseDiT(nn.Module):
         condition tokens cond (B, L, Cc) (or a SparseTensor with ``sparse_conditions``)."""
         slices = _check_tokens(x)
         if x.feats.ndim != 2 or x.feats.shape[1] != self.in_channels:
-            raise InputError(f"sparse DiT tokens must be (N, {self.in_channels}), got {tuple(x.feats.shape)}")
+            raise ValueError(f"sparse DiT tokens must be (N, {self.in_channels}), got {tuple(x.feats.shape)}")
         batch_size = len(slices)
         t = torch.as_tensor(t, device=x.feats.device).reshape(-1)
         if t.shape[0] == 1:
             t = t.expand(batch_size)
         if t.shape[0] != batch_size:
-            raise InputError(f"{t.shape[0]} timesteps for {batch_size} batch elements")
+            raise ValueError(f"{t.shape[0]} timesteps for {batch_size} batch elements")
         context = self._conditions(cond, batch_size)
 
         h = self.input_layer(x.feats.to(self.input_layer.weight.dtype)).type(self.dtype)

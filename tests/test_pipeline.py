@@ -113,3 +113,12 @@ def test_compose_frame_is_the_similarity_after_the_frame():
     sim = Similarity(1.3, (0.1, -0.2, 0.05))
     np.testing.assert_allclose(camera_to_canonical(p, compose_frame(frame, sim)),
                                sim.apply(camera_to_canonical(p, frame)), atol=1e-5)
+
+
+@pytest.mark.parametrize(("inputs", "match"), [
+    (5, "type int"), ({"points": 1}, "type dict"), (np.zeros((8, 8, 3), np.float32), "not an image.*PointMap"),
+    (np.zeros((8, 8, 5), np.uint8), "uint8 image"), ([], "no input"),
+])
+def test_inputs_of_the_wrong_type_are_named(pipe, inputs, match):
+    with pytest.raises(InputError, match=match):
+        pipe(inputs, **FAST)

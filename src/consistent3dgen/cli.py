@@ -16,13 +16,20 @@ GUIDANCE_VARIANTS = ("paper", "noised", "x0", "replace")  # sampling.guidance re
 TRAIN_STAGES = ("dense_vae", "sparse_vae", "dense_dit", "sparse_dit")  # train.config.STAGES
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (the usage itself is one ``--help`` away)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="consistent3dgen",
         description="One image / RGB-D / point map of an object → a 3D mesh whose seen side matches the input.",
     )
     p.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
     for add in (_add_demo, _add_generate, _add_foreground, _add_eval, _add_train):
         add(sub)
     return p

@@ -76,6 +76,16 @@ def test_registry_knows_every_config_target(fixture_file):
             assert cfg[part]["target"].strip() in targets.TARGETS, (version, part)
 
 
-def test_unknown_target_is_a_clear_error():
-    with pytest.raises(NotImplementedError, match="no implementation"):
+def test_unknown_target_or_keyword_is_a_clear_error():
+    from consistent3dgen.errors import InputError
+
+    with pytest.raises(InputError, match="'somewhere.Else': no implementation"):
         targets.build({"target": "somewhere.Else", "params": {}})
+    params = dict(resolution=4, in_channels=8, model_channels=32, cond_channels=16, out_channels=8, num_blocks=1,
+                  num_heads=2, patch_size=1)
+    entry = {"target": "direct3d_s2.models.transformers.dense_dit.DenseDiT", "params": params}
+    assert targets.build(entry, device="meta") is not None
+    with pytest.raises(InputError, match="unexpected keyword argument 'bogus_width'"):
+        targets.build({**entry, "params": {**params, "bogus_width": 3}})
+    with pytest.raises(InputError, match="missing a required argument: 'resolution'"):
+        targets.build({**entry, "params": {k: v for k, v in params.items() if k != "resolution"}})

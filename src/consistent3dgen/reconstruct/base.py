@@ -50,7 +50,8 @@ def infer_reconstructor(inputs: Sequence[Any] | Any) -> str:
             kinds.add("pointmap")
             continue
         if not isinstance(item, (str, os.PathLike)):
-            kinds.add("vggt")  # in-memory images (PIL / arrays)
+            _check_in_memory_image(item)
+            kinds.add("vggt")  # in-memory images (PIL / uint8 arrays)
             continue
         p = Path(item)
         suffix = p.suffix.lower()
@@ -63,9 +64,30 @@ def infer_reconstructor(inputs: Sequence[Any] | Any) -> str:
         else:
             raise InputError(f"cannot tell what {p} is from its extension {suffix!r}; pass --reconstructor "
                              f"{'|'.join(RECONSTRUCTORS)}")
+    if not kinds:
+        raise InputError("no input given: pass an image, a depth map, a point map .npz or a PointMap")
     if len(kinds) != 1:
         raise InputError(f"inputs mix kinds ({', '.join(sorted(kinds))}); give one kind or pass --reconstructor")
     return kinds.pop()
+
+
+def _check_in_memory_image(item: Any) -> None:
+    """An input that is not a path must be an image: a PIL image or a uint8 (H, W[, 1|3|4]) array."""
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(item, Image.Image):
+        return
+    if isinstance(item, np.ndarray):
+        if item.dtype == np.uint8 and (item.ndim == 2 or (item.ndim == 3 and item.shape[2] in (1, 3, 4))):
+            return
+        if item.ndim == 3 and item.shape[2] == 3 and np.issubdtype(item.dtype, np.floating):
+            raise InputError(f"a {item.dtype} (H, W, 3) array is not an image (images are uint8); for 3D points "
+                             "pass PointMap(points=..., mask=..., intrinsics=...)")
+        raise InputError(f"an input array must be a uint8 image (H, W), (H, W, 3) or (H, W, 4), got "
+                         f"{item.dtype} {item.shape}")
+    raise InputError(f"cannot read an input of type {type(item).__name__}: give a PointMap, an image / depth map / "
+                     ".npz path, a PIL image or a uint8 array, or a list of those")
 
 
 def get_reconstructor(name: str | None = None, inputs: Sequence[Any] | Any = None, **options: Any) -> Reconstructor:

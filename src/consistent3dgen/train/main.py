@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..generators.mini import build_component
 from ..io.atomic import atomic_write_text
 from .config import STAGES, MiniPriorConfig, smoke_config
 from .data import SampleSet, band_mask, build_dataset, default_sources
@@ -43,6 +44,8 @@ def train_main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = MiniPriorConfig.load(args.config) if args.config else (smoke_config() if args.smoke else MiniPriorConfig())
+    for part in STAGES:  # every model entry builds (targets, keywords) before hours of data and training
+        build_component(getattr(cfg, part), device="meta")
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in stages if s not in STAGES]
     if unknown:

@@ -10,7 +10,9 @@ linear/conv parameters to float16 in ``__init__`` when ``use_fp16`` is true.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -96,10 +98,16 @@ def build(entry: Mapping[str, Any], device: torch.device | str | None = None, **
         raise InputError(f"config entry has no target: {dict(entry)}")
     cls = resolve(target.strip())
     if cls is None:
-        raise NotImplementedError(f"no implementation registered for {target}")
+        raise InputError(f"config target {target!r}: no implementation registered (known: "
+                         f"{', '.join(sorted(t for t in TARGETS if resolve(t) is not None))})")
     params = dict(entry.get("params") or {})
     params.update(overrides)
-    if device is None:
-        return cls(**params)
-    with torch.device(device):
-        return cls(**params)
+    try:  # a config file is user input: parameters the class does not take are named, not a traceback
+        inspect.signature(cls).bind(**params)
+    except TypeError as e:
+        raise InputError(f"config target {target!r}: {e}") from None
+    try:
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            return cls(**params)
+    except NotImplementedError as e:  # a mode the class does not implement (e.g. an attention variant)
+        raise InputError(f"config target {target!r}: {e}") from None

@@ -138,27 +138,36 @@ def align_target(token_coords: np.ndarray, target: SparseLatent) -> tuple[torch.
 
 
 def mesh_to_cells(
-    vertices: np.ndarray, faces: np.ndarray, resolution: int, latent_factor: int, distance: float = 4.0
+    vertices: np.ndarray, faces: np.ndarray, resolution: int, latent_factor: int, distance: float = 4.0,
+    max_memory_gb: float | None = None,
 ) -> SparseVoxels:
     """Latent cells of the voxels (at ``resolution``) within ``distance`` voxels of the mesh surface.
 
     Direct3D-S2's ``mesh2index`` uses 4 voxels at 1024. The mesh must already be in the stage's canonical frame.
+    The band's memory is estimated first and refused (one line) above ``max_memory_gb`` (:mod:`.limits`).
     """
     from .geometry.shell import thin_shell
+    from .geometry.warp_runtime import warp_available
+    from .limits import check_memory, shell_voxel_bound
 
+    est = shell_voxel_bound(vertices, faces, resolution, distance)
+    check_memory(f"the next stage's cells at {resolution}^3", est.bytes("warp" if warp_available("shell") else "numpy"),
+                 max_memory_gb, detail=f"at most {est.voxels:,} voxels within {distance:g} voxels of the "
+                 f"previous stage's mesh")
     voxels = thin_shell(vertices, faces, resolution, band=distance, shell=min(1.0, distance / 2)).sdf
     return SparseVoxels(voxels.coords, resolution).downsample(latent_factor)
 
 
-def next_stage_cells(sdf: SparseVoxels, stage: SparseStage, mc_level: float, distance: float = 4.0
-                     ) -> tuple[SparseVoxels, Similarity]:
+def next_stage_cells(sdf: SparseVoxels, stage: SparseStage, mc_level: float, distance: float = 4.0,
+                     max_memory_gb: float | None = None) -> tuple[SparseVoxels, Similarity]:
     """Hand-off between sparse stages: the previous stage's mesh, re-normalised into the cube, gives the next
     stage's cells (within ``distance`` voxels of it) and the similarity that re-normalised it."""
     from .geometry.marching_cubes import sparse_marching_cubes
 
     vertices, faces = sparse_marching_cubes(sdf, level=mc_level)
     renorm = normalize_to_cube(vertices)
-    cells = mesh_to_cells(renorm.apply(vertices), faces, stage.resolution, stage.latent_factor, distance)
+    cells = mesh_to_cells(renorm.apply(vertices), faces, stage.resolution, stage.latent_factor, distance,
+                          max_memory_gb=max_memory_gb)
     return cells, renorm
 
 
@@ -269,19 +278,31 @@ def run_sparse_stages(
     *,
     generator: torch.Generator | None = None,
     progress: bool = True,
+    max_memory_gb: float | None = None,
 ) -> StagesResult:
-    """Run the sparse stages coarse to fine; see the module docstring for the hand-offs."""
+    """Run the sparse stages coarse to fine; see the module docstring for the hand-offs.
+
+    Before each stage samples, its memory is estimated from its tokens and the stage's widths
+    (:func:`consistent3dgen.limits.sparse_stage_bytes`) and refused (one ``InputError`` line) above
+    ``max_memory_gb`` (None: 80 % of the memory available then).
+    """
+    from .limits import check_memory, sparse_stage_bytes
+
     if len(stages) != len(configs) or not stages:
         raise ValueError(f"{len(stages)} sparse stages for {len(configs)} configs")
     frame, cells = Similarity(), first_cells
     result = StagesResult(sdf=None, frame=frame)  # type: ignore[arg-type]
     for k, (stage, cfg) in enumerate(zip(stages, configs, strict=True)):
         if k > 0:
-            cells, renorm = next_stage_cells(result.sdf, stage, configs[k - 1].mc_level, configs[k - 1].cell_distance)
+            limit = {} if max_memory_gb is None else {"max_memory_gb": max_memory_gb}  # None: its own default
+            cells, renorm = next_stage_cells(result.sdf, stage, configs[k - 1].mc_level, configs[k - 1].cell_distance,
+                                             **limit)
             frame = frame.then(renorm)
         target = seen.target(k, frame)
         if k > 0 and target is not None:  # the seen surface's cells are always tokens
             cells = cells.union(SparseVoxels(target.coords.cpu().numpy(), cells.resolution))
+        check_memory(f"sparse stage {k} ({stage.resolution}^3)", sparse_stage_bytes(stage, len(cells)),
+                     max_memory_gb, detail=f"{len(cells):,} tokens", device=getattr(stage, "device", None))
         cells = order_tokens(stage, cells)
         latent = run_sparse_stage(stage, cells, condition, cfg.schedule, target=target,
                                   guidance_strength=cfg.guidance_strength, guidance_variant=cfg.guidance_variant,

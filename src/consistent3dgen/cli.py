@@ -7,13 +7,17 @@ imports what it needs when it runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 from .errors import InputError, UserError
 
 GUIDANCE_VARIANTS = ("paper", "noised", "x0", "replace")  # sampling.guidance registers the same names
 TRAIN_STAGES = ("dense_vae", "sparse_vae", "dense_dit", "sparse_dit")  # train.config.STAGES
+EVAL_SIZES = (32, 1024)  # eval --size: the input view's side in pixels, smallest and largest
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -35,6 +39,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where SIGINT raises ``KeyboardInterrupt``: the same clean-up (temporary files removed by
+    the writers' ``except BaseException``), then exit code 143."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While a subcommand runs, SIGTERM raises :class:`Terminated` (only the main thread can set handlers)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -48,13 +74,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(run(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(run(args) or 0)
     except (InputError, FileNotFoundError) as e:  # bad input, missing weights or files: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except UserError as e:  # e.g. the generated field holds no surface: one line, a failed run
+    except UserError as e:  # e.g. no surface, an output that could not be written: one line, a failed run
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -75,6 +105,21 @@ def _add_input_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vggt-weights", help="VGGT: local folder/file or hub id (default facebook/VGGT-1B)")
     p.add_argument("--conf-threshold", type=float, default=0.0, help="drop pixels with confidence at or below this")
     p.add_argument("--drop-percent", type=float, default=0.0, help="drop the lowest-confidence x %% of pixels")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="point maps above this many pixels are downscaled by an integer stride (default 2048x2048)")
+    p.add_argument("--max-input-pixels", type=int, default=None,
+                   help="refuse files whose header says more pixels than this, unread (default 8192x8192)")
+    p.add_argument("--max-memory-gb", type=float, default=None,
+                   help="refuse a step whose memory estimate is above this (default: 80%% of the memory available)")
+
+
+# limit arguments → GenerationOptions fields (and the readers' keywords); unset = the package's defaults
+_LIMIT_ARGUMENTS = ("max_pixels", "max_input_pixels", "max_memory_gb")
+
+
+def limit_overrides(args: argparse.Namespace) -> dict:
+    """The limits the arguments set (``max_pixels``, ``max_input_pixels``, ``max_memory_gb``)."""
+    return {k: getattr(args, k) for k in _LIMIT_ARGUMENTS if getattr(args, k, None) is not None}
 
 
 def read_pointmap(args: argparse.Namespace):  # noqa: ANN201 - a PointMap (imported lazily)
@@ -94,6 +139,8 @@ def read_pointmap(args: argparse.Namespace):  # noqa: ANN201 - a PointMap (impor
         options = dict(intrinsics=intr, fov_deg=args.fov, image=args.image, mask=args.mask)
     elif name == "vggt" and args.vggt_weights:
         options = dict(weights=args.vggt_weights)
+    if name in ("depth", "pointmap"):  # the pixel limits (VGGT's own preprocessing sizes its input)
+        options.update({k: v for k, v in limit_overrides(args).items() if k != "max_memory_gb"})
     return get_reconstructor(name, args.input, **options)(args.input)[0]
 
 
@@ -111,14 +158,20 @@ def _add_foreground(sub: argparse._SubParsersAction) -> None:
 
 
 def run_foreground(args: argparse.Namespace) -> int:
+    from .io.atomic import check_output_folder
     from .options import GenerationOptions
-    from .seen_side import build_seen_shell, shell_fidelity, write_seen_shell
 
-    GenerationOptions(band=args.band, shell=args.shell, conf_threshold=args.conf_threshold,
-                      drop_percent=args.drop_percent).validate()  # checked before anything is read
+    check_output_folder(args.out)  # the output folder first: at once, before torch loads
+    limits = GenerationOptions(band=args.band, shell=args.shell, conf_threshold=args.conf_threshold,
+                               drop_percent=args.drop_percent, **limit_overrides(args)
+                               ).validate()  # checked before anything is read
+    from .seen_side import build_seen_shell, seen_shell_paths, shell_fidelity, write_seen_shell
+
+    check_output_folder(args.out, [p.name for p in seen_shell_paths(args.out, args.resolution).values()])
     pm = read_pointmap(args)
     fg = build_seen_shell(pm, resolution=args.resolution, band=args.band, shell=args.shell,
-                          conf_threshold=args.conf_threshold, drop_percent=args.drop_percent)
+                          conf_threshold=args.conf_threshold, drop_percent=args.drop_percent,
+                          max_pixels=limits.max_pixels, max_memory_gb=limits.max_memory_gb)
     fid = shell_fidelity(fg)
     paths = write_seen_shell(fg, args.out, fid)
     print(f"seen surface: {len(fg.seen.vertices)} vertices, {len(fg.seen.faces)} triangles")
@@ -166,6 +219,7 @@ def generation_overrides(args: argparse.Namespace) -> dict:
         value = getattr(args, name)
         if value is not None:
             over[key] = value
+    over.update(limit_overrides(args))  # --max-pixels, --max-input-pixels, --max-memory-gb (input arguments)
     return over
 
 
@@ -184,36 +238,47 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
+    from .io.atomic import atomic_write_text, check_output_file, output_set
     from .io.meshes import EXPORT_FORMATS
     from .options import GenerationOptions
-    from .pipeline import ConsistentPipeline
+    from .preview import IMAGE_FORMATS
 
-    if Path(args.out).suffix.lower() not in EXPORT_FORMATS:
-        raise InputError(f"unknown mesh format for {args.out}; use one of {', '.join(EXPORT_FORMATS)}")
+    check_output_file(args.out, EXPORT_FORMATS, "--out")  # outputs first: at once, before torch loads
+    if args.report:
+        check_output_file(args.report, (".json",), "--report")
+    if args.preview:
+        check_output_file(args.preview, IMAGE_FORMATS, "--preview")
     options = GenerationOptions(conf_threshold=args.conf_threshold, drop_percent=args.drop_percent
                                 ).with_changes(**generation_overrides(args))  # checked before anything is read
+    from .pipeline import ConsistentPipeline
+
     pm = read_pointmap(args)
     pipe = ConsistentPipeline.from_pretrained(args.generator)
     res = pipe(pm, options)
-    path = res.export(args.out, frame=args.frame)
     metrics = res.metrics() if pm.intrinsics is not None else {}
+    panel = None
+    if args.preview:
+        from .preview import preview_panel
+
+        panel = preview_panel(*res.mesh("camera"), pm)
+    with output_set():  # the mesh, the preview and the report appear together, or none of them
+        path = res.export(args.out, frame=args.frame)
+        if panel is not None:
+            from .preview import save_image
+
+            save_image(panel, args.preview)
+        if args.report:
+            rep = {"input": args.input, "generator": pipe.generator.name, "metrics": metrics, **res.report()}
+            atomic_write_text(args.report, json.dumps(rep, indent=2, default=float))
     print(f"wrote {path} ({len(res.faces)} faces, {args.frame} frame) in {res.timings['total']:.1f} s")
     if metrics:
         print(f"input view: depth error mean {metrics['depth_error_mean']:.4f} p90 {metrics['depth_error_p90']:.4f} "
               f"(x object size), normal error {metrics['normal_error_deg_mean']:.1f} deg, "
               f"silhouette IoU {metrics['silhouette_iou']:.3f}")
-    if args.preview:
-        from .preview import preview_panel, save_png
-
-        v, f = res.mesh("camera")
-        save_png(preview_panel(v, f, pm), args.preview)
-    if args.report:
-        from .io.atomic import atomic_write_text
-
-        rep = {"input": args.input, "generator": pipe.generator.name, "metrics": metrics, **res.report()}
-        atomic_write_text(args.report, json.dumps(rep, indent=2, default=float))
+    for extra in (args.preview, args.report):
+        if extra:
+            print(f"wrote {extra}")
     return 0
 
 
@@ -232,8 +297,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from .demo import check_examples, demo_outputs
     from .demo import run_demo as demo
+    from .io.atomic import check_output_folder
 
+    check_output_folder(args.out, demo_outputs(check_examples(args.examples), args.compare))
     demo(args.out, args.generator, args.examples, seed=args.seed, compare=args.compare, progress=not args.quiet)
     return 0
 
@@ -251,15 +319,23 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--no-ablations", action="store_true")
     p.add_argument("--ablation-seeds", type=int, default=1)
-    p.add_argument("--size", type=int, default=160, help="input view size in pixels")
+    p.add_argument("--size", type=int, default=160,
+                   help=f"input view size in pixels ({EVAL_SIZES[0]} to {EVAL_SIZES[1]})")
     p.set_defaults(run=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .evaluate import EVAL_MESHES, evaluate
+    from .evaluate import EVAL_MESHES, evaluate, report_files
+    from .io.atomic import check_output_folder
 
+    for name in ("seeds", "ablation_seeds"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not EVAL_SIZES[0] <= args.size <= EVAL_SIZES[1]:
+        raise InputError(f"--size must be between {EVAL_SIZES[0]} and {EVAL_SIZES[1]} pixels, got {args.size}")
+    check_output_folder(args.out, report_files())
     paths = [Path(m) for m in args.meshes]
     if not paths:
         folder = Path(args.meshes_dir) if args.meshes_dir else Path.cwd().parent / "shared" / "data" / "meshes"

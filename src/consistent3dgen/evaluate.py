@@ -6,7 +6,7 @@ error, silhouette IoU), Chamfer-L1 and F-score to the full mesh (camera frame, n
 bounding-box diagonal, see :mod:`consistent3dgen.metrics`), and the spread across seeds of the rendered depth
 over the seen pixels (the paper's "stochastic" problem: guided results should barely vary there).
 Ablations: λ sweep, with/without the back-half cut, guidance variants, fusion on/off, free space on/off,
-dense-stage start. Writes ``report.json``, ``report.md`` and PNG plots.
+dense-stage start. Writes ``report.json``, ``report.md`` and PNG plots at the end, together (an output set).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def run_setting(pipe, case: EvalCase, seeds: list[int], options: dict) -> dict:
 def evaluate(mesh_paths: list[str | Path], out_dir: str | Path, generator: str = "mini", seeds: int = 3,
              ablations: bool = True, ablation_seeds: int = 1, size: int = 160) -> dict:
     """Guided vs unguided over ``seeds`` seeds on each mesh, then the ablations; writes the reports."""
-    from .io.atomic import atomic_write_text
+    from .io.atomic import atomic_write_text, output_set
     from .pipeline import ConsistentPipeline
 
     out = Path(out_dir)
@@ -142,10 +142,10 @@ def evaluate(mesh_paths: list[str | Path], out_dir: str | Path, generator: str =
                 print(f"[{group}] {label:>24s}: " + _fmt(res[label]["mean"]), flush=True)
             report["ablations"][group] = res
     report["seconds"] = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=float))
-    atomic_write_text(out / "report.md", markdown(report))
-    plots(report, out)
+    with output_set():  # report.json, report.md and the plots appear together, or none of them
+        atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=float))
+        atomic_write_text(out / "report.md", markdown(report))
+        plots(report, out)
     return report
 
 
@@ -236,6 +236,14 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+PLOT_KEYS = ("depth_error_mean", "chamfer_l1", "silhouette_iou")  # one λ-sweep plot each
+
+
+def report_files() -> list[str]:
+    """The files :func:`evaluate` writes into its folder (at the end, together; the plots with ablations only)."""
+    return ["report.json", "report.md"] + [f"lambda_sweep_{k}.png" for k in PLOT_KEYS]
+
+
 def plots(report: dict, out: Path) -> None:
     """λ sweep curves (depth error and Chamfer vs λ) as PNG."""
     from .preview import line_plot
@@ -244,6 +252,6 @@ def plots(report: dict, out: Path) -> None:
     if not sweep:
         return
     lams = [float(k.split("=")[1]) for k in sweep]
-    for key in ("depth_error_mean", "chamfer_l1", "silhouette_iou"):
+    for key in PLOT_KEYS:
         line_plot(lams, [v["mean"][key] for v in sweep.values()], out / f"lambda_sweep_{key}.png", title=key,
                   x_label="guidance strength λ")

@@ -66,8 +66,9 @@ def pointmap_normals(pointmap: PointMap) -> tuple[np.ndarray, np.ndarray]:
     Finite differences along image columns and rows: central where both neighbours are valid, one-sided where
     only one is; a pixel needs a difference in both directions.
     """
-    p = pointmap.points.astype(np.float64)
     m = pointmap.mask
+    # points outside the mask may be anything (NaN, inf): they never enter a difference, so blank them first
+    p = np.where(m[..., None], pointmap.points.astype(np.float64), np.nan)
     du, ok_u = _difference(p, m, axis=1)
     dv, ok_v = _difference(p, m, axis=0)
     n = np.cross(du, dv)

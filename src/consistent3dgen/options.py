@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from .errors import InputError
+from .limits import DEFAULT_MAX_INPUT_PIXELS, DEFAULT_MAX_PIXELS
 
 # the baseline: the prior alone (fusion, left unset, follows λ and is off)
 BASELINE: dict[str, Any] = {"guidance": 0.0}
@@ -56,6 +57,10 @@ class GenerationOptions:
     # at 0.01 the mini prior's specks went, but Chamfer rose on all four eval meshes (suzanne 0.0284 → 0.0339)
     # and teapot's IoU fell below 0.95, so those specks are mostly real surface cut loose at 128³
     min_component: float = 0.0
+    # --- limits (consistent3dgen.limits): nothing a run takes is unbounded
+    max_pixels: int = DEFAULT_MAX_PIXELS  # point maps above this many pixels are downscaled (integer stride)
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS  # files whose header says more are refused before decoding
+    max_memory_gb: float | None = None  # refuse a step estimated above this; None = 80 % of the memory available
     # --- run
     seed: int = 0
     progress: bool = True
@@ -119,6 +124,9 @@ class GenerationOptions:
         _integer(self, "max_faces", optional=True, lo=4)
         _number(self, "min_component", lo=0.0, hi=1.0, hi_open=True)
         _integer(self, "seed", lo=0, hi=MAX_SEED)
+        _integer(self, "max_pixels", lo=4)
+        _integer(self, "max_input_pixels", lo=4)
+        _number(self, "max_memory_gb", optional=True, lo=0.0, lo_open=True)
         if self.band is not None and self.shell is not None and self.shell >= self.band:
             raise InputError(f"option shell ({self.shell:g} voxels) must be thinner than the band ({self.band:g})")
         return self

@@ -82,6 +82,7 @@ class PipelineResult:
             "stages": self.stages,
             "vertices": len(self.vertices),
             "faces": len(self.faces),
+            "input_downscale": self.pointmap.meta.get("downscale"),
         }
 
 
@@ -124,8 +125,9 @@ class ConsistentPipeline:
                    "tokens": len(cells)}]
         stages += [{"stage": f"sparse{s.resolution}", "tokens": len(z)}
                    for s, z in zip(self.generator.sparse, sparse.latents, strict=True)]
-        return PipelineResult(vertices, faces, compose_frame(seen.frame, sparse.frame), pointmap, opts, timings,
-                              stages, seen, sparse.latents, sparse.targets)
+        # the point map as used (downscaled when it was larger than max_pixels)
+        return PipelineResult(vertices, faces, compose_frame(seen.frame, sparse.frame), seen.pointmap, opts,
+                              timings, stages, seen, sparse.latents, sparse.targets)
 
     # ------------------------------------------------------------------------------------------- steps
 
@@ -147,7 +149,8 @@ class ConsistentPipeline:
     def build_seen_side(self, pointmap: PointMap, opts: GenerationOptions) -> SeenSide:
         return SeenSide(pointmap, self.generator.sparse, band=opts.band, shell=opts.shell,
                         conf_threshold=opts.conf_threshold, drop_percent=opts.drop_percent,
-                        front_cut=opts.front_cut, free_space=opts.free_space)
+                        front_cut=opts.front_cut, free_space=opts.free_space, max_pixels=opts.max_pixels,
+                        max_memory_gb=opts.max_memory_gb)
 
     def encode_condition(self, pointmap: PointMap, opts: GenerationOptions) -> Condition:
         """Image tokens with a zero negative for CFG, or the prior's null condition and no negative branch."""
@@ -191,7 +194,7 @@ class ConsistentPipeline:
                                      opts.guidance_variant, fusion=opts.fusion, mc_level=opts.mc_level)
                    for steps, sampler in zip(opts.sparse_steps, self.generator.sparse_samplers, strict=True)]
         return run_sparse_stages(self.generator.sparse, configs, cells, condition, seen, generator=rng,
-                                 progress=opts.progress)
+                                 progress=opts.progress, max_memory_gb=opts.max_memory_gb)
 
     def extract(self, sdf: SparseVoxels, opts: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
         """Marching cubes at the generator's level, loose pieces below ``min_component`` dropped, simplified."""

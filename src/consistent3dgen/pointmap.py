@@ -96,3 +96,82 @@ class PointMap:
     def valid_points(self) -> np.ndarray:
         """(N, 3) points inside the mask."""
         return self.points[self.mask]
+
+
+# --------------------------------------------------------------------------- downscaling
+
+
+def stride_offset(stride: int) -> int:
+    """The kept pixel of each ``stride``×``stride`` block: the one nearest its centre (top-left of the middle)."""
+    return (int(stride) - 1) // 2
+
+
+def downscaled_size(height: int, width: int, stride: int) -> tuple[int, int]:
+    """(H', W') after keeping pixels ``offset + stride·i`` (see :func:`stride_offset`)."""
+    o = stride_offset(stride)
+    return len(range(o, int(height), int(stride))), len(range(o, int(width), int(stride)))
+
+
+def pixel_stride(height: int, width: int, max_pixels: int) -> int:
+    """The smallest integer stride that brings an ``height``×``width`` map to at most ``max_pixels`` pixels."""
+    if height * width <= max_pixels:
+        return 1
+    stride = max(2, int(np.floor(np.sqrt(height * width / max_pixels))))
+    while np.prod(downscaled_size(height, width, stride)) > max_pixels:
+        stride += 1
+    h, w = downscaled_size(height, width, stride)
+    if h < 2 or w < 2:
+        raise InputError(f"a {width}x{height} point map cannot be downscaled to at most {max_pixels:,} pixels and "
+                         f"keep 2x2 pixels; raise --max-pixels (max_pixels)")
+    return stride
+
+
+def downscale_intrinsics(k: np.ndarray, stride: int) -> np.ndarray:
+    """K of the downscaled map: pixel ``(u, v)`` of the original is ``((u − o) / s, (v − o) / s)`` of the new one.
+
+    Pixel centres sit on integer coordinates (the package's convention, ``geometry/render.py``), and new pixel
+    ``i`` is old pixel ``o + s·i``: so ``K' = S·K`` with ``S = [[1/s, 0, −o/s], [0, 1/s, −o/s], [0, 0, 1]]``, i.e.
+    ``fx/s, fy/s`` (and the skew /s), ``(cx − o)/s, (cy − o)/s``. Exact: K' projects every kept point onto its new
+    pixel centre. For an odd stride this is the usual ``(c + ½)/s − ½``.
+    """
+    s, o = float(stride), float(stride_offset(stride))
+    scale = np.array([[1.0 / s, 0.0, -o / s], [0.0, 1.0 / s, -o / s], [0.0, 0.0, 1.0]])
+    return scale @ np.asarray(k, np.float64)
+
+
+def stride_pixels(array: np.ndarray | None, stride: int) -> np.ndarray | None:
+    """The kept pixels (rows and columns ``offset + stride·i``) of an (H, W, ...) array, as a compact copy."""
+    if array is None or stride == 1:
+        return array
+    o = stride_offset(stride)
+    return np.ascontiguousarray(np.asarray(array)[o::stride, o::stride])
+
+
+def downscale_record(height: int, width: int, stride: int, previous: dict | None = None) -> dict:
+    """What ``meta["downscale"]`` records: stride and offset from the original pixels, original and new (H, W)."""
+    new = list(downscaled_size(height, width, stride))
+    if previous:  # downscaled twice: one stride and offset from the original pixels
+        s0, o0 = int(previous["stride"]), int(previous["offset"])
+        return {"stride": s0 * int(stride), "offset": o0 + s0 * stride_offset(stride),
+                "from": list(previous["from"]), "to": new}
+    return {"stride": int(stride), "offset": stride_offset(stride), "from": [int(height), int(width)], "to": new}
+
+
+def downscale_pointmap(pm: PointMap, stride: int) -> PointMap:
+    """``pm`` at every ``stride``-th pixel (nearest pixel: points, confidence, mask and colours of the kept pixels,
+    unchanged; intrinsics by :func:`downscale_intrinsics`), recorded in ``meta["downscale"]``."""
+    if stride == 1:
+        return pm
+    meta = dict(pm.meta)
+    meta["downscale"] = downscale_record(*pm.shape, stride, meta.get("downscale"))
+    k = None if pm.intrinsics is None else downscale_intrinsics(pm.intrinsics, stride)
+    return PointMap(stride_pixels(pm.points, stride), conf=stride_pixels(pm.conf, stride),
+                    mask=stride_pixels(pm.mask, stride), image=stride_pixels(pm.image, stride), intrinsics=k,
+                    meta=meta)
+
+
+def limit_pixels(pm: PointMap, max_pixels: int | None) -> PointMap:
+    """``pm`` itself when it has at most ``max_pixels`` pixels (None: no limit), else downscaled to fit."""
+    if max_pixels is None:
+        return pm
+    return downscale_pointmap(pm, pixel_stride(*pm.shape, int(max_pixels)))

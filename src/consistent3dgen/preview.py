@@ -54,14 +54,30 @@ def preview_panel(vertices_cam: np.ndarray, faces: np.ndarray, pointmap: PointMa
     return np.concatenate(tiles, axis=1)
 
 
-def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
+# extension -> PIL format of the images we write (previews, plots)
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a uint8 image atomically in the format its extension names (.png, .jpg/.jpeg); others refused."""
     from PIL import Image
 
+    from .errors import InputError
     from .io.atomic import atomic_path
 
-    with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
-    return Path(path)
+    target = Path(path)
+    fmt = IMAGE_FORMATS.get(target.suffix.lower())
+    if fmt is None:
+        raise InputError(f"unknown image format {target.suffix!r} for {target}; use {' '.join(IMAGE_FORMATS)}")
+    img = Image.fromarray(image)
+    if fmt == "JPEG" and img.mode not in ("RGB", "L"):
+        img = img.convert("RGB")
+    with atomic_path(target) as tmp:
+        img.save(tmp, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
+    return target
+
+
+save_png = save_image  # the former name (it wrote PNG whatever the extension)
 
 
 def line_plot(steps, values, path: str | os.PathLike, title: str = "", x_label: str = "step",  # noqa: ANN001
@@ -94,7 +110,10 @@ def line_plot(steps, values, path: str | os.PathLike, title: str = "", x_label: 
     smooth = np.convolve(y, np.ones(k) / k, mode="valid")
     draw.line([to_px(a, b) for a, b in zip(x[k - 1 :], smooth, strict=True)], fill=(20, 60, 160), width=2)
     draw.text((left, 8), f"{title} (log10 scale) vs {x_label}", fill="black")
-    img.save(path, format="PNG")
+    from .io.atomic import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:
+        img.save(tmp, format="PNG")
 
 
 # --------------------------------------------------------------------------------------------- batching

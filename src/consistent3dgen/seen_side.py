@@ -25,7 +25,8 @@ from .geometry.freespace import free_space_mask
 from .geometry.shell import ShellResult, exact_distance, front_half_mask, thin_shell
 from .geometry.surface import SeenMesh, pointmap_to_mesh, to_canonical
 from .geometry.voxels import SparseVoxels, all_voxels, cells_to_occupancy, latent_cells, voxel_centers
-from .pointmap import PointMap
+from .limits import DEFAULT_MAX_PIXELS, check_memory, encode_bytes, shell_voxel_bound, surface_bytes
+from .pointmap import PointMap, limit_pixels
 
 
 @dataclass
@@ -73,15 +74,38 @@ def build_seen_shell(
     margin: float = 0.05,
     depth_ratio: float = 1.0,
     frame: CanonicalFrame | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_memory_gb: float | None = None,
 ) -> SeenShell:
-    """Point map → canonical seen mesh → thin shell at ``resolution``³ → latent cells and their front half."""
+    """Point map → canonical seen mesh → thin shell at ``resolution``³ → latent cells and their front half.
+
+    Bounded (:mod:`consistent3dgen.limits`): a point map above ``max_pixels`` is downscaled first (the returned
+    shell's ``pointmap`` is the one used); the seen surface's and the thin shell's memory are estimated before each
+    is built and refused (one ``InputError`` line) above ``max_memory_gb`` (None: 80 % of the memory available).
+    """
+    pointmap = limit_pixels(pointmap, max_pixels)
+    h, w = pointmap.shape
+    check_memory("the seen surface", surface_bytes(h, w), max_memory_gb, detail=f"a {w}x{h} point map",
+                 hint="lower --max-pixels (max_pixels)")
     mesh_cam = pointmap_to_mesh(pointmap, conf_threshold=conf_threshold, drop_percent=drop_percent,
                                 max_stretch=max_stretch)
     seen, frame = to_canonical(mesh_cam, margin=margin, depth_ratio=depth_ratio, frame=frame)
+    check_shell_memory(seen, resolution, band, max_memory_gb)
     result = thin_shell(seen.vertices, seen.faces, resolution, band=band, shell=shell)
     cells = latent_cells(result.sdf, factor)
     front = front_half_mask(cells, result.sdf, result.front_side, factor=factor)
     return SeenShell(pointmap, frame, seen, result, cells, front, resolution, factor, band, shell)
+
+
+def check_shell_memory(seen: SeenMesh, resolution: int, band: float, max_memory_gb: float | None = None) -> None:
+    """Refuse (one line) a thin shell whose estimated memory is above the limit, before it is allocated."""
+    from .geometry.warp_runtime import warp_available
+
+    est = shell_voxel_bound(seen.vertices, seen.faces, resolution, band, pixels=seen.pixels, shape=seen.shape)
+    backend = "warp" if warp_available("shell") else "numpy"
+    check_memory(f"the thin shell at {resolution}^3", est.bytes(backend), max_memory_gb,
+                 detail=f"at most {est.voxels:,} voxels within {band:g} voxels of the seen surface",
+                 hint="lower the band or the stage resolution")
 
 
 class SeenSide:
@@ -94,13 +118,17 @@ class SeenSide:
 
     def __init__(self, pointmap: PointMap, stages: list[SparseStage], *, band: float, shell: float,
                  conf_threshold: float = 0.0, drop_percent: float = 0.0, front_cut: bool = True,
-                 free_space: bool = True) -> None:
-        self.pointmap = pointmap
+                 free_space: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 max_memory_gb: float | None = None) -> None:
+        # above max_pixels the point map is downscaled once, here: every stage's shell and free space use it
+        self.pointmap = pointmap = limit_pixels(pointmap, max_pixels)
         self.stages = stages
         self.front_cut = front_cut
         # free space needs the camera to project into; without intrinsics nothing is known to be empty
         self.free_space = free_space and pointmap.intrinsics is not None
-        self._shell_kw = dict(band=band, shell=shell, conf_threshold=conf_threshold, drop_percent=drop_percent)
+        self.max_memory_gb = max_memory_gb
+        self._shell_kw = dict(band=band, shell=shell, conf_threshold=conf_threshold, drop_percent=drop_percent,
+                              max_pixels=None, max_memory_gb=max_memory_gb)
         first = build_seen_shell(pointmap, stages[0].resolution, factor=stages[0].latent_factor, **self._shell_kw)
         self.frame: CanonicalFrame = first.frame
         self._shells: dict[int, SeenShell] = {0: first}
@@ -150,7 +178,10 @@ class SeenSide:
     def target(self, index: int, sim: Similarity) -> SparseLatent:
         """``x_fg`` of stage ``index``: its shell encoded by the stage's own VAE, tokens in camera-side cells."""
         shell = self.shell(index, sim)
-        latent = self.stages[index].encode_sdf(shell.sdf)
+        stage = self.stages[index]
+        check_memory(f"encoding the seen shell at {stage.resolution}^3", encode_bytes(stage, len(shell.sdf)),
+                     self.max_memory_gb, detail=f"{len(shell.sdf):,} voxels", device=getattr(stage, "device", None))
+        latent = stage.encode_sdf(shell.sdf)
         if not self.front_cut:
             return latent
         keep = shell.front_cells().lookup(latent.coords.numpy()) >= 0
@@ -203,36 +234,45 @@ def shell_fidelity(fg: SeenShell) -> dict:
     }
 
 
+def seen_shell_paths(out_dir: str | Path, resolution: int) -> dict[str, Path]:
+    """The files :func:`write_seen_shell` writes into ``out_dir`` (the CLI checks them before the work)."""
+    out = Path(out_dir)
+    return {
+        "seen_mesh": out / "seen_surface.ply",
+        "shell": out / f"thin_shell_{resolution}.npz",
+        "shell_mesh": out / f"thin_shell_{resolution}.ply",
+        "report": out / "foreground.json",
+    }
+
+
 def write_seen_shell(fg: SeenShell, out_dir: str | Path, fidelity: dict | None = None) -> dict[str, Path]:
-    """Write the seen mesh, the thin-shell voxels and the extracted shell mesh (camera frame) + a JSON report."""
-    from .io.atomic import atomic_write_text
+    """Write the seen mesh, the thin-shell voxels and the extracted shell mesh (camera frame) + a JSON report.
+
+    The four files appear together (:func:`~consistent3dgen.io.atomic.output_set`): all of them, or none.
+    """
+    from .io.atomic import atomic_write_text, output_set
     from .io.meshes import export_mesh
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     fidelity = fidelity if fidelity is not None else shell_fidelity(fg)
-    paths = {
-        "seen_mesh": out / "seen_surface.ply",
-        "shell": out / f"thin_shell_{fg.resolution}.npz",
-        "shell_mesh": out / f"thin_shell_{fg.resolution}.ply",
-        "report": out / "foreground.json",
-    }
+    paths = seen_shell_paths(out, fg.resolution)
     seen_cam = canonical_to_camera(fg.seen.vertices.astype(np.float64), fg.frame)
     colors = None
     if fg.pointmap.image is not None:
         colors = fg.pointmap.image.reshape(-1, 3)[fg.seen.pixel_index]
-    export_mesh(seen_cam, fg.seen.faces, paths["seen_mesh"], vertex_colors=colors)
-    fg.sdf.save_npz(
-        str(paths["shell"]),
-        udf=fg.shell.udf,
-        front_side=fg.shell.front_side,
-        cells=fg.cells.coords,
-        front_cells=fg.front,
-        frame=np.array(json.dumps(fg.frame.to_dict())),
-    )
     verts, faces = fidelity["_mesh"]
-    export_mesh(canonical_to_camera(verts.astype(np.float64), fg.frame), faces, paths["shell_mesh"])
     report = {k: v for k, v in fidelity.items() if not k.startswith("_")}
     report["frame"] = fg.frame.to_dict()
-    atomic_write_text(paths["report"], json.dumps(report, indent=2))
+    with output_set():
+        export_mesh(seen_cam, fg.seen.faces, paths["seen_mesh"], vertex_colors=colors)
+        fg.sdf.save_npz(
+            str(paths["shell"]),
+            udf=fg.shell.udf,
+            front_side=fg.shell.front_side,
+            cells=fg.cells.coords,
+            front_cells=fg.front,
+            frame=np.array(json.dumps(fg.frame.to_dict())),
+        )
+        export_mesh(canonical_to_camera(verts.astype(np.float64), fg.frame), faces, paths["shell_mesh"])
+        atomic_write_text(paths["report"], json.dumps(report, indent=2))
     return paths

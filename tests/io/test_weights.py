@@ -243,23 +243,73 @@ def test_hub_cache_offline(tmp_path, offline_hub, hub_cache):
     assert files[entry].name == "model.pt" and files[entry].read_bytes() == b"pt"
     assert set(files) == {entry, "config.json"}
     with pytest.raises(WeightsNotFoundError) as e:
-        W.resolve_source("org/model", ["config.json", "weights.ckpt"], subfolder="v1", cache_dir=tmp_path / "cache",
-                         what="X weights")
+        W.resolve_source("org/model", ["config.json", "weights.ckpt", "more.ckpt"], subfolder="v1",
+                         cache_dir=tmp_path / "cache", what="X weights", hint="--x-weights DIR")
     text = _one_line(e)
-    assert "X weights not found in the local hub cache (HF_HUB_OFFLINE is set): org/model/v1/weights.ckpt" in text
-    with pytest.raises(WeightsNotFoundError, match="org/other/a.pt or b.pt"):
+    # every missing file at once, where they were looked for, and both ways to provide them
+    assert text.startswith("X weights not found: org/model/v1/weights.ckpt, more.ckpt are not in the local hub cache "
+                           f"{tmp_path / 'cache'} and HF_HUB_OFFLINE is set; give a local copy (--x-weights DIR)")
+    assert "download org/model --include 'v1/*'` on a machine with network" in text
+    with pytest.raises(WeightsNotFoundError, match="org/other/a.pt or b.pt is not in the local hub cache") as e:
         W.resolve_source("org/other", [("a.pt", "b.pt")], cache_dir=tmp_path / "cache")
+    assert "pass a local file or folder" in _one_line(e)
 
 
-def test_unreachable_hub_switches_to_the_cache(tmp_path, monkeypatch):
-    """After the first file the hub could not be reached for, the remaining files come from the cache only."""
-    import huggingface_hub
+@pytest.fixture
+def hub_env(monkeypatch):
+    """HF_HUB_OFFLINE unset and a fresh probe cache; returns the list of URLs the probe was asked about."""
     import huggingface_hub.constants as hfc
-    from huggingface_hub.errors import LocalEntryNotFoundError
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(W, "_probed", {})
+    return monkeypatch
+
+
+def _probe_says(monkeypatch, reachable: bool) -> list[str]:
+    asked: list[str] = []
+
+    def answers(url, timeout):
+        asked.append(url)
+        return reachable
+
+    monkeypatch.setattr(W, "_answers", answers)
+    return asked
+
+
+def test_unreachable_hub_is_probed_once_and_uses_the_cache(tmp_path, hub_env, hub_cache):
+    """HF_HUB_OFFLINE unset, no hub: one probe per process, then cache-only lookups (hits and one-line misses)."""
+    import huggingface_hub
+
+    asked = _probe_says(hub_env, False)
+    calls = []
+
+    def download(*args, **kw):  # hf_hub_download reaches for the network even with local_files_only=True
+        calls.append(kw)
+        raise AssertionError("no download call when the hub is not reachable")
+
+    hub_env.setattr(huggingface_hub, "hf_hub_download", download)
+    cache = hub_cache(tmp_path / "cache", "org/model", {"model.pt": b"pt"})
+    files = W.resolve_source("org/model", [("model.safetensors", "model.pt")], cache_dir=cache)
+    assert files[("model.safetensors", "model.pt")].read_bytes() == b"pt"
+    with pytest.raises(WeightsNotFoundError) as e:
+        W.resolve_source("org/model", ["w.ckpt"], cache_dir=cache, what="X weights", hint="--x DIR")
+    text = _one_line(e)
+    assert f"X weights not found: org/model/w.ckpt is not in the local hub cache {cache} and the hub" in text
+    assert "is not reachable (offline); give a local copy (--x DIR)" in text
+    assert asked == [W._hub_endpoint() + "/"]  # one probe for both calls
+    assert calls == []  # the cache folder only
+    assert not W.hub_reachable() and len(asked) == 1
+
+
+def test_reachable_hub_downloads_and_an_unreachable_one_is_not_waited_for_twice(tmp_path, hub_env):
+    """The probe passed but a request then fails for want of a connection: the remaining files (and later
+    resolves) come from the cache only."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    _probe_says(hub_env, True)
     calls = []
 
     def fake_download(repo_id, filename, local_files_only=False, **kw):
@@ -268,12 +318,71 @@ def test_unreachable_hub_switches_to_the_cache(tmp_path, monkeypatch):
             return str(tmp_path / "cached.json")
         raise LocalEntryNotFoundError("connection error and not in the cache")
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    hub_env.setattr(huggingface_hub, "hf_hub_download", fake_download)
     files = W.resolve_source("org/model", ["cached.json"], optional=["a.json", "b.json"])
     assert files == {"cached.json": tmp_path / "cached.json"}
-    assert calls == [("cached.json", False), ("a.json", False), ("b.json", True)]
+    assert calls == [("cached.json", False), ("a.json", False)]  # then b.json: the cache folder only
     calls.clear()
-    with pytest.raises(WeightsNotFoundError, match="the hub was not reachable") as e:
+    with pytest.raises(WeightsNotFoundError, match=r"x.ckpt, y.ckpt are not .* the hub \(.*\) is not reachable") as e:
         W.resolve_source("org/model", ["x.ckpt", "y.ckpt"])
     _one_line(e)
-    assert calls == [("x.ckpt", False)]
+    assert calls == []  # marked unreachable for the rest of the process
+
+
+def test_a_file_missing_on_a_reachable_hub_is_one_line(hub_env):
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    _probe_says(hub_env, True)
+
+    def fake_download(repo_id, filename, local_files_only=False, **kw):
+        raise EntryNotFoundError(f"404 {filename}\nmore lines")
+
+    hub_env.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    with pytest.raises(WeightsNotFoundError) as e:
+        W.resolve_source("org/model", [("a.pt", "b.pt"), "c.pt"], what="X weights", hint="--x DIR")
+    assert _one_line(e) == ("X weights not found on the hub: org/model/a.pt or b.pt (a.pt: EntryNotFoundError, "
+                            "b.pt: EntryNotFoundError); check the name and your access to org/model, or give a "
+                            "local copy (--x DIR)")
+
+
+def test_probe_is_bounded_in_time(hub_env):
+    """A hub that never answers (a name lookup or connection that hangs) costs the probe timeout, no more."""
+    import threading
+    import time
+
+    import huggingface_hub.utils
+
+    release = threading.Event()
+
+    class Hanging:
+        def head(self, url, timeout):
+            release.wait(30)
+            raise OSError("never answered")
+
+    hub_env.setattr(huggingface_hub.utils, "get_session", lambda: Hanging())
+    hub_env.setattr(W, "HUB_PROBE_TIMEOUT", 0.2)
+    t0 = time.perf_counter()
+    try:
+        assert W.hub_reachable() is False
+        assert time.perf_counter() - t0 < 2.0
+    finally:
+        release.set()
+
+
+def test_probe_answers(hub_env):
+    import huggingface_hub.utils
+
+    seen = []
+
+    class Answering:
+        def head(self, url, timeout):
+            seen.append((url, timeout))
+            return object()  # any HTTP answer, even an error status, means the hub is there
+
+    hub_env.setattr(huggingface_hub.utils, "get_session", lambda: Answering())
+    assert W.hub_reachable() is True
+    assert seen == [(W._hub_endpoint() + "/", W.HUB_PROBE_TIMEOUT)]
+    assert W.hub_reachable() is True and len(seen) == 1
+    hub_env.setenv("HF_HUB_OFFLINE", "1")
+    assert W.hub_reachable() is False and len(seen) == 1  # HF_HUB_OFFLINE: no probe at all

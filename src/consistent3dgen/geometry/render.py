@@ -19,6 +19,10 @@ import numpy as np
 from ..pointmap import PointMap
 from .warp_runtime import warp_available, warp_kernels
 
+# Largest |coordinate| rendered: products of two stay inside float32 (the Warp ray caster's arithmetic); point
+# maps are refused beyond 1e15 (``pointmap.MAX_ABS_COORD``), so meshes made from them are far inside.
+MAX_RENDER_COORD = 1e18
+
 
 @dataclass
 class RayCast:
@@ -180,12 +184,15 @@ def _to_camera(vertices: np.ndarray, cam_from_world: np.ndarray | None) -> np.nd
         raise ValueError(f"vertices must have shape (N, 3) with N > 0, got {v.shape}")
     if not np.isfinite(v).all():
         raise ValueError("vertices contain NaN or inf")
-    if cam_from_world is None:
-        return v
-    m = np.asarray(cam_from_world, np.float64)
-    if m.shape != (4, 4) or not np.isfinite(m).all():
-        raise ValueError(f"cam_from_world must be a finite 4x4 matrix, got shape {m.shape}")
-    return np.einsum("nj,ij->ni", v, m[:3, :3]) + m[:3, 3]
+    if cam_from_world is not None:
+        m = np.asarray(cam_from_world, np.float64)
+        if m.shape != (4, 4) or not np.isfinite(m).all():
+            raise ValueError(f"cam_from_world must be a finite 4x4 matrix, got shape {m.shape}")
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported just below
+            v = np.einsum("nj,ij->ni", v, m[:3, :3]) + m[:3, 3]
+    if not np.abs(v).max() <= MAX_RENDER_COORD:  # the ray caster and its float32 arithmetic would overflow
+        raise ValueError(f"vertices are out of range for rendering (|coordinate| above {MAX_RENDER_COORD:.0e})")
+    return v
 
 
 def _check_faces(faces: np.ndarray, n_vertices: int) -> np.ndarray:

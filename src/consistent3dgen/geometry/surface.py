@@ -51,7 +51,9 @@ class SeenMesh:
 def _pixel_angle(pm: PointMap, valid: np.ndarray) -> float:
     """Angle subtended by one pixel (radians): 1/f from K, else the median relative edge length."""
     if pm.intrinsics is not None:
-        return float(2.0 / (pm.intrinsics[0, 0] + pm.intrinsics[1, 1]))
+        focal = float(pm.intrinsics[0, 0] + pm.intrinsics[1, 1]) / 2.0
+        if np.isfinite(focal) and focal > 1e-12:  # else (a K without focal lengths): measured from the points
+            return 1.0 / focal
     p, z = pm.points, np.abs(pm.points[..., 2])
     ratios = []
     for sl_a, sl_b in (
@@ -136,7 +138,10 @@ def validity_mask(
     valid = in_front & candidates
     valid &= pm.conf > conf_threshold
     if drop_percent > 0 and valid.any():
-        valid &= pm.conf >= np.percentile(pm.conf[valid], drop_percent)
+        conf = pm.conf[valid]
+        # the lower of the two neighbouring values where interpolating would take inf - inf
+        method = "linear" if np.isfinite(conf).all() else "lower"
+        valid &= pm.conf >= np.percentile(conf, drop_percent, method=method)
     if valid.sum() < 3:
         raise InputError(_why_too_few(pm, candidates, in_range, in_front, int(valid.sum()), conf_threshold,
                                       drop_percent, use_mask))

@@ -1,9 +1,10 @@
 """The package's one place for model weights: find them, read them, put them into a model.
 
 * :func:`resolve_source`: a local file, a local folder or a Hugging Face hub id (``owner/name``, downloaded and
-  cached by ``huggingface_hub``) → local paths of the files a model needs. With ``HF_HUB_OFFLINE`` set, or once
-  the hub cannot be reached, only the local cache is searched; a miss is one :class:`WeightsNotFoundError` line
-  naming what was tried.
+  cached by ``huggingface_hub``) → local paths of the files a model needs. With ``HF_HUB_OFFLINE`` set, or when
+  one short connection probe per process (:func:`hub_reachable`) finds no hub, only the local cache is searched,
+  silently and at once; a miss is one :class:`WeightsNotFoundError` line naming the repository and files, the
+  cache searched, and how to provide them (the caller's local-folder option, or a download elsewhere).
 * :func:`read_state_dict`: ``.safetensors`` through the ``safetensors`` library (tensors are views of a private
   memory map of the file: nothing is read before it is used, and the file is never written), anything else
   (``.pt``/``.pth``/``.ckpt``/``.bin``) through ``torch.load(weights_only=True)``, memory-mapped for the zip
@@ -22,6 +23,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import threading
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -105,6 +107,100 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or env in ("1", "ON", "YES", "TRUE")
 
 
+# Seconds the one probe of the hub may take: DNS + TCP + TLS + one HEAD, about 4 round trips (well under a second
+# on any working link). A machine without network fails it at once (no route, no DNS, a proxy or TLS
+# interception refusing it) or after this long (packets dropped); then only the local cache is used, instead of
+# huggingface_hub's retries with back-off (~25 s and a dozen log lines per file).
+HUB_PROBE_TIMEOUT = 1.0
+_probed: dict[str, bool] = {}  # endpoint -> reachable: one probe per endpoint and process
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _hub_host() -> str:
+    import urllib.parse
+
+    return urllib.parse.urlsplit(_hub_endpoint()).hostname or _hub_endpoint()
+
+
+def _answers(url: str, timeout: float) -> bool:
+    """True when one HEAD request to ``url``, through huggingface_hub's own HTTP session (its proxies, TLS
+    settings and headers), gets any HTTP answer within ``timeout`` seconds (the name lookup included: the request
+    runs in a daemon thread that is abandoned when it takes longer)."""
+    result: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            from huggingface_hub.utils import get_session
+
+            get_session().head(url, timeout=timeout)
+            result.append(True)
+        except Exception:  # noqa: BLE001 - no route, no DNS, TLS or proxy failure, timeout: not reachable
+            result.append(False)
+
+    thread = threading.Thread(target=attempt, name="hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def hub_reachable() -> bool:
+    """False when ``HF_HUB_OFFLINE`` is set or the hub (``huggingface_hub.constants.ENDPOINT``) gives no HTTP
+    answer within :data:`HUB_PROBE_TIMEOUT` seconds.
+
+    The probe runs once per process (per endpoint); a hub request that later fails for want of a connection marks
+    the hub unreachable too (:func:`_mark_unreachable`), so no later file waits for it again.
+    """
+    if hub_offline():
+        return False
+    endpoint = _hub_endpoint()
+    if endpoint not in _probed:
+        _probed[endpoint] = _answers(endpoint + "/", HUB_PROBE_TIMEOUT)
+    return _probed[endpoint]
+
+
+def _mark_unreachable() -> None:
+    _probed[_hub_endpoint()] = False
+
+
+def _hub_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
+    from huggingface_hub import constants
+
+    return Path(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE).expanduser()
+
+
+def _download_command(repo_id: str, subfolder: str | None) -> str:
+    try:
+        from huggingface_hub import __version__ as version
+
+        modern = int(version.split(".")[0]) >= 1
+    except (ImportError, ValueError):  # pragma: no cover
+        modern = True
+    cli = "hf download" if modern else "huggingface-cli download"
+    return f"{cli} {repo_id}" + (f" --include '{subfolder}/*'" if subfolder else "")
+
+
+@contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """Silence huggingface_hub's own log lines and warnings (retries, cache notes) for one cache-only lookup:
+    what is missing is reported once, in the caller's error line."""
+    import logging
+
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hub_logger.setLevel(level)
+
+
 def _names(entry: FileEntry) -> tuple[str, ...]:
     return (entry,) if isinstance(entry, str) else tuple(entry)
 
@@ -123,6 +219,7 @@ def resolve_source(
     revision: str | None = None,
     local_files_only: bool | None = None,
     what: str = "weights",
+    hint: str | None = None,
 ) -> dict[FileEntry, Path]:
     """Local paths of the files a model needs, from a local file, a local folder or a hub id.
 
@@ -133,16 +230,19 @@ def resolve_source(
       entries are looked up beside it;
     * a local **folder**: the files directly inside it, or inside ``<folder>/<subfolder>`` when that exists;
     * a **hub id** ``owner/name``: ``huggingface_hub.hf_hub_download`` of ``<subfolder>/<name>`` (cached).
-      ``local_files_only=None`` means: only the local cache when ``HF_HUB_OFFLINE`` is set, and from the first
-      file the hub could not be reached for on (then ``huggingface_hub`` falls back to its cache by itself).
+      ``local_files_only=None`` means: only the local cache when ``HF_HUB_OFFLINE`` is set or the hub is not
+      reachable (:func:`hub_reachable`: one short connection probe per process), so a machine without network
+      gets its answer at once instead of after huggingface_hub's retries.
 
-    ``what`` names the model in errors, e.g. ``"VGGT weights"``.
+    ``what`` names the model in errors, e.g. ``"VGGT weights"``; ``hint`` says how to give a local copy instead
+    (e.g. ``"--vggt-weights DIR"``); a miss on the hub is one :class:`WeightsNotFoundError` line naming the
+    repository and files, the cache searched, and both ways to provide them.
     """
     required = list(filenames)
     extra = list(optional)
     located = local_or_hub_id(source, what)
     if isinstance(located, str):
-        return _from_hub(located, required, extra, subfolder, cache_dir, revision, local_files_only, what)
+        return _from_hub(located, required, extra, subfolder, cache_dir, revision, local_files_only, what, hint)
     out: dict[FileEntry, Path] = {}
     if located.is_file():
         if len(required) != 1:
@@ -177,20 +277,50 @@ def _from_hub(
     revision: str | None,
     local_files_only: bool | None,
     what: str,
+    hint: str | None = None,
 ) -> dict[FileEntry, Path]:
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
         from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError:  # pragma: no cover - a declared dependency
         raise WeightsNotFoundError(f"{what}: huggingface_hub is not installed; cannot fetch {repo_id}") from None
-    offline_env = hub_offline()
-    cache_only = offline_env if local_files_only is None else bool(local_files_only)
+    if local_files_only is not None:
+        cache_only = bool(local_files_only)
+        why = "local_files_only=True" if cache_only else ""
+    elif hub_offline():
+        cache_only, why = True, "HF_HUB_OFFLINE is set"
+    elif not hub_reachable():
+        cache_only, why = True, f"the hub ({_hub_host()}) is not reachable (offline)"
+    else:
+        cache_only, why = False, ""
     prefix = f"{repo_id}/{subfolder}/" if subfolder else f"{repo_id}/"
 
+    def cached(name: str) -> Path | None:
+        # a pure look at the cache folder: hf_hub_download(local_files_only=True) may still reach for the network
+        # (its user-agent detection fetches a registry from the endpoint), which costs seconds when offline
+        try:
+            with _quiet_hub():
+                found = try_to_load_from_cache(
+                    repo_id,
+                    f"{subfolder}/{name}" if subfolder else name,
+                    cache_dir=cache_dir,
+                    revision=revision,
+                    repo_type="model",
+                )
+        except Exception:  # noqa: BLE001 - e.g. a repo id huggingface_hub does not accept: not cached either
+            return None
+        return Path(found) if isinstance(found, str) else None
+
     def fetch(entry: FileEntry) -> tuple[Path | None, list[str]]:
-        nonlocal cache_only
+        nonlocal cache_only, why
         errors = []
         for name in _names(entry):
+            if cache_only:
+                path = cached(name)
+                if path is not None:
+                    return path, errors
+                errors.append(f"{name}: not in the cache")
+                continue
             try:
                 path = hf_hub_download(
                     repo_id=repo_id,
@@ -199,30 +329,43 @@ def _from_hub(
                     repo_type="model",
                     revision=revision,
                     cache_dir=cache_dir,
-                    local_files_only=cache_only,
                 )
                 return Path(path), errors
-            except Exception as e:  # noqa: BLE001 - offline, missing file, gated repo, bad id: all one message
+            except Exception as e:  # noqa: BLE001 - missing file, gated repo, bad id, no connection: one message
                 errors.append(f"{name}: {type(e).__name__}")
-                if isinstance(e, LocalEntryNotFoundError) and not cache_only and local_files_only is None:
-                    cache_only = True  # the hub could not be reached: do not wait for it again
+                if isinstance(e, LocalEntryNotFoundError) and local_files_only is None:
+                    # the hub could not be reached after all (and the file is not cached): do not wait for it
+                    # again in this process
+                    cache_only, why = True, "the hub could not be reached"
+                    _mark_unreachable()
         return None, errors
 
     out: dict[FileEntry, Path] = {}
+    missing: list[str] = []
+    online_errors: list[str] = []
     for entry in required:
         path, errors = fetch(entry)
-        if path is None:
-            if offline_env and local_files_only is None:
-                where = "in the local hub cache (HF_HUB_OFFLINE is set)"
-            elif cache_only:
-                where = "in the local hub cache (the hub was not reachable or local_files_only=True)"
-            else:
-                where = "on the hub"
+        if path is not None:
+            out[entry] = path
+            continue
+        missing.append(" or ".join(_names(entry)))
+        if not cache_only:  # the hub answered, and the file is not there (or not for us): report it now
+            online_errors = errors
+            break
+    if missing:
+        files = prefix + ", ".join(missing)
+        give = f"give a local copy ({hint})" if hint else "pass a local file or folder"
+        if online_errors:
             raise WeightsNotFoundError(
-                f"{what} not found {where}: {prefix}{' or '.join(_names(entry))} ({', '.join(errors)}); "
-                "download them or pass a local file or folder"
+                f"{what} not found on the hub: {files} ({', '.join(online_errors)}); check the name and your "
+                f"access to {repo_id}, or {give}"
             )
-        out[entry] = path
+        raise WeightsNotFoundError(
+            f"{what} not found: {files} {'is' if len(missing) == 1 else 'are'} not in the local hub cache "
+            f"{_hub_cache_dir(cache_dir)} and {why}; "
+            f"{give}, or run `{_download_command(repo_id, subfolder)}` on a machine with network and bring the "
+            "files here"
+        )
     for entry in optional:
         path, _ = fetch(entry)
         if path is not None:
@@ -257,6 +400,41 @@ def _read_safetensors(p: Path, device: str | torch.device) -> dict[str, torch.Te
 _GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
+_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # the first thing a legacy-format torch.save pickles
+
+
+def _pickle_kind(p: Path) -> tuple[int | None, bool]:
+    """(pickle protocol or None when no pickle starts there, written by torch.save) of a checkpoint file; reads
+    a few header bytes only (``pickletools`` parses, it never unpickles)."""
+    import io
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                if name is None:
+                    return None, False
+                with z.open(name) as f:
+                    head = f.read(2)
+            return (head[1] if len(head) == 2 and head[0] == 0x80 else None), True
+        with open(p, "rb") as f:
+            head = f.read(64)
+    except (OSError, zipfile.BadZipFile):
+        return None, False
+    if len(head) < 2 or head[0] != 0x80:  # the PROTO opcode that starts every pickle of protocol >= 2
+        return None, False
+    by_torch = False
+    try:
+        for op, arg, _ in pickletools.genops(io.BytesIO(head)):
+            if op.name not in ("PROTO", "FRAME"):
+                by_torch = arg == _TORCH_MAGIC
+                break
+    except Exception:  # noqa: BLE001 - a header cut short or not a pickle after all
+        pass
+    return head[1], by_torch
+
+
 def _torch_load_error(p: Path, e: Exception) -> InputError:
     text = str(e)
     if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in text:
@@ -264,10 +442,15 @@ def _torch_load_error(p: Path, e: Exception) -> InputError:
         if found:
             what = f"a Python object ({found.group(1)})"
         elif "Unsupported operand" in text:
-            with open(p, "rb") as f:
-                pickled = f.read(1) == b"\x80"  # the PROTO opcode that starts every pickle of protocol >= 2
-            if not pickled:
+            protocol, by_torch = _pickle_kind(p)
+            if protocol is None:
                 return InputError(f"cannot read checkpoint {p}: corrupt or not a PyTorch checkpoint")
+            if by_torch and protocol >= 4:  # torch's weights-only unpickler knows no FRAME opcode (protocol 4+)
+                return InputError(
+                    f"cannot read checkpoint {p}: it was saved with pickle protocol {protocol}, which "
+                    "torch.load(weights_only=True) does not read; re-save it with torch.save's default protocol "
+                    "or as .safetensors"
+                )
             what = "a plain Python pickle, not a torch.save'd state dict"
         else:
             what = "Python objects besides tensors"

@@ -8,6 +8,7 @@ pipeline decodes ``z / latents_scale + latents_shift``).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -195,11 +196,17 @@ def load_direct3d_s2(
     with_conditioner: bool = True,
     **kwargs: Any,
 ):
-    """The full Direct3D-S2 prior as a ``Generator``: dense stage, sparse stages, DINOv2 conditioner."""
+    """The full Direct3D-S2 prior as a ``Generator``: dense stage, sparse stages, DINOv2 conditioner.
+
+    Every file is found before any is read, so missing weights (offline: not in the hub cache) are one line at
+    once. DINOv2 comes from ``dino_weights`` (a transformers folder or hub id), else from the folder
+    ``<source>/dinov2-with-registers-large`` when ``source`` is a local folder holding one, else from the hub
+    id ``facebook/dinov2-with-registers-large``.
+    """
     from ...sampling.schedule import DIRECT3D_S2_SCHEDULES
     from ..base import Generator, SamplerSettings
     from . import checkpoints
-    from .conditioner import DinoConditioner
+    from .conditioner import DEFAULT_DINO, DINO_HINT, DINO_SUBFOLDER, DINO_WHAT, DinoConditioner, resolve_model_folder
 
     bad = [r for r in sparse_resolutions if r not in (512, 1024)]
     if bad:
@@ -208,13 +215,21 @@ def load_direct3d_s2(
     for r in sparse_resolutions:
         names += [f"sparse_vae_{r}", f"sparse_dit_{r}"]
     sub = subfolder if subfolder is not None else checkpoints.DEFAULT_SUBFOLDER
-    parts = checkpoints.load_parts(
-        source if source is not None else checkpoints.HUB_ID, parts=names, subfolder=sub, dtype=dtype, device=device,
-        **kwargs,
-    )  # fmt: skip
+    src = source if source is not None else checkpoints.HUB_ID
+    resolve_keys = ("cache_dir", "local_files_only", "revision")
+    files = checkpoints.resolve_files(src, names, sub, with_config=kwargs.get("config") is None,
+                                      **{k: kwargs[k] for k in resolve_keys if k in kwargs})
+    dino = None
+    if with_conditioner:
+        if dino_weights is None:
+            local = Path(src).expanduser() / DINO_SUBFOLDER  # (a hub id is no local folder: the default)
+            dino_weights = local if Path(src).expanduser().is_dir() and local.is_dir() else DEFAULT_DINO
+        dino = resolve_model_folder(dino_weights, DINO_WHAT, DINO_HINT)
+    load_kwargs = {k: v for k, v in kwargs.items() if k not in resolve_keys}
+    parts = checkpoints.load_parts(parts=names, dtype=dtype, device=device, files=files, **load_kwargs)
     dense = Direct3DS2DenseStage(parts["dense_vae"], parts["dense_dit"])
     sparse = [Direct3DS2SparseStage(parts[f"sparse_vae_{r}"], parts[f"sparse_dit_{r}"]) for r in sparse_resolutions]
-    conditioner = DinoConditioner(weights=dino_weights).to(device) if with_conditioner else None
+    conditioner = DinoConditioner(weights=dino).to(device) if dino is not None else None
     shift, steps = DIRECT3D_S2_SCHEDULES["dense"]
     samplers = [SamplerSettings(DIRECT3D_S2_SCHEDULES[f"sparse{r}"][1], DIRECT3D_S2_SCHEDULES[f"sparse{r}"][0])
                 for r in sparse_resolutions]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +31,8 @@ SUBFOLDERS = {"v1.1": "direct3d-s2-v-1-1", "v1.0": "direct3d-s2-v-1-0"}
 DEFAULT_SUBFOLDER = SUBFOLDERS["v1.1"]
 CONFIG_FILE = "config.yaml"
 WHAT = "Direct3D-S2 weights"
+# How to give a local copy instead of the hub id (the CLI option, and the Python call).
+HINT = "--generator DIR, the folder holding config.yaml and the .ckpt files; in Python load_generator(DIR)"
 
 
 def build_part(entry: Mapping[str, Any], dtype: torch.dtype | None = None, device: str = "meta") -> nn.Module:
@@ -52,6 +55,38 @@ def build_part(entry: Mapping[str, Any], dtype: torch.dtype | None = None, devic
     return model
 
 
+def _check_parts(parts: Iterable[str]) -> list[str]:
+    parts = list(parts)
+    unknown = [p for p in parts if p not in targets.PARTS]
+    if unknown:
+        raise InputError(f"unknown Direct3D-S2 parts {unknown}; known: {sorted(targets.PARTS)}")
+    return parts
+
+
+def resolve_files(
+    source: str | os.PathLike = HUB_ID,
+    parts: Iterable[str] = ("dense_vae", "dense_dit"),
+    subfolder: str = DEFAULT_SUBFOLDER,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool | None = None,
+    with_config: bool = True,
+    revision: str | None = None,
+) -> dict[str, Path]:
+    """Local paths of ``config.yaml`` (when ``with_config``) and the checkpoints holding ``parts``, from a folder
+    or the hub (cache only when offline: one line naming what is missing, without reading anything)."""
+    ckpt_names = sorted({targets.PARTS[p][0] for p in _check_parts(parts)})
+    return resolve_source(
+        source,
+        ([CONFIG_FILE] if with_config else []) + ckpt_names,
+        subfolder=subfolder,
+        cache_dir=cache_dir,
+        revision=revision,
+        local_files_only=local_files_only,
+        what=WHAT,
+        hint=HINT,
+    )
+
+
 def load_parts(
     source: str | os.PathLike = HUB_ID,
     parts: Iterable[str] = ("dense_vae", "dense_dit"),
@@ -62,26 +97,19 @@ def load_parts(
     local_files_only: bool | None = None,
     config: Mapping[str, Any] | None = None,
     revision: str | None = None,
+    files: Mapping[str, Path] | None = None,
 ) -> dict[str, nn.Module]:
     """Load model parts (config keys, e.g. ``dense_vae``, ``sparse_dit_512``) from a folder or hub id.
 
-    ``local_files_only=None``: the hub cache only when ``HF_HUB_OFFLINE`` is set (see ``io.weights``).
+    ``local_files_only=None``: the hub cache only when ``HF_HUB_OFFLINE`` is set or the hub is not reachable
+    (see ``io.weights``). ``files``: what :func:`resolve_files` returned for these parts (then ``source``,
+    ``subfolder``, ``cache_dir``, ``local_files_only`` and ``revision`` are not used).
     """
-    parts = list(parts)
-    unknown = [p for p in parts if p not in targets.PARTS]
-    if unknown:
-        raise InputError(f"unknown Direct3D-S2 parts {unknown}; known: {sorted(targets.PARTS)}")
+    parts = _check_parts(parts)
     torch_dtype = parse_dtype(dtype)
     ckpt_names = sorted({targets.PARTS[p][0] for p in parts})
-    files = resolve_source(
-        source,
-        ([] if config is not None else [CONFIG_FILE]) + ckpt_names,
-        subfolder=subfolder,
-        cache_dir=cache_dir,
-        revision=revision,
-        local_files_only=local_files_only,
-        what=WHAT,
-    )
+    if files is None:
+        files = resolve_files(source, parts, subfolder, cache_dir, local_files_only, config is None, revision)
     cfg = dict(config) if config is not None else targets.load_config(files[CONFIG_FILE])
     out: dict[str, nn.Module] = {}
     for ckpt_name in ckpt_names:

@@ -16,7 +16,8 @@ weights); without one it is an :class:`InputError`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 from ...errors import InputError, WeightsNotFoundError
 from ...io.images import read_image
-from ...io.weights import local_or_hub_id
+from ...io.weights import local_or_hub_id, resolve_source
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -98,23 +99,82 @@ def patch_mask(mask: torch.Tensor, patch_size: int = 14) -> torch.Tensor:
     return F.max_pool2d(mask, kernel_size=patch_size, stride=patch_size).squeeze(1) > 0
 
 
-def _load_pretrained(loader: Callable[..., Any], source: str | os.PathLike, what: str, **kwargs: Any) -> Any:
-    """transformers ``from_pretrained`` on a local folder or an already cached hub id (never downloads)."""
-    located = local_or_hub_id(source, f"{what} weights")
+# A transformers model folder: its config and its weights (safetensors preferred).
+MODEL_FILES = ("config.json", ("model.safetensors", "pytorch_model.bin"))
+DINO_WHAT = "DINOv2 (ViT-L/14 with registers) weights"
+# Where load_direct3d_s2 looks for DINOv2 inside a local Direct3D-S2 folder (``--generator DIR``).
+DINO_SUBFOLDER = "dinov2-with-registers-large"
+DINO_HINT = (
+    f"a transformers Dinov2WithRegistersModel folder as DIR/{DINO_SUBFOLDER} beside the Direct3D-S2 files "
+    "with --generator DIR; in Python dino_weights=DIR"
+)
+
+
+def resolve_model_folder(
+    source: str | os.PathLike,
+    what: str,
+    hint: str | None = None,
+    local_files_only: bool | None = None,
+    files: tuple = MODEL_FILES,
+) -> Path:
+    """A transformers model (local folder or hub id) → the local folder holding its files.
+
+    Through :func:`~consistent3dgen.io.weights.resolve_source`: a hub id is looked up in the hub cache (and
+    downloaded when the hub is reachable, unless ``local_files_only``); offline, a miss is one line naming the
+    repository, the cache and ``hint``, before transformers is even imported.
+    """
+    located = local_or_hub_id(source, what)
     if isinstance(located, Path) and not located.is_dir():
-        raise WeightsNotFoundError(f"{what} weights folder not found: {source} is a file")
+        raise WeightsNotFoundError(f"{what} folder not found: {source} is a file; give the model's folder")
+    found = resolve_source(located, files, what=what, hint=hint, local_files_only=local_files_only)
+    return found["config.json"].parent
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No progress bar and no log lines from transformers while it loads a model (the caller checks the result)."""
+    from transformers.utils import logging as tlog
+
+    bar, verbosity = tlog.is_progress_bar_enabled(), tlog.get_verbosity()
+    tlog.disable_progress_bar()
+    tlog.set_verbosity_error()
     try:
-        return loader(str(located), local_files_only=True, **kwargs)
+        yield
+    finally:
+        tlog.set_verbosity(verbosity)
+        if bar:
+            tlog.enable_progress_bar()
+
+
+def _load_pretrained(loader: Callable[..., Any], folder: Path, what: str, strict: bool = False, **kwargs: Any) -> Any:
+    """transformers ``from_pretrained`` on a local folder (never the network), quietly; ``strict``: weights the
+    model expects but the folder lacks (or holds in another shape) are an error, not a log line."""
+    try:
+        with _quiet_transformers():
+            model, info = loader(str(folder), local_files_only=True, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as e:
-        raise WeightsNotFoundError(f"{what} weights not found locally: {source} ({type(e).__name__})") from e
+        raise WeightsNotFoundError(f"{what} cannot be loaded from {folder}: {_one_line(e)}") from None
+    bad = [*(info.get("missing_keys") or []), *(info.get("mismatched_keys") or [])] if strict else []
+    if bad:
+        names = [k if isinstance(k, str) else str(k[0]) for k in bad]
+        raise InputError(
+            f"{what} in {folder} do not match the model: {len(names)} missing or mismatched tensors {sorted(names)[:3]}"
+        )
+    return model
+
+
+def _one_line(text: Any, limit: int = 200) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 class DinoConditioner(nn.Module):
     """Image → (B, 5 + (size/14)², 1024) DINOv2-reg tokens, as the official ``DinoEncoder``.
 
-    ``weights``: a local folder or a cached hub id of a transformers ``Dinov2WithRegistersModel``
-    (default ``facebook/dinov2-with-registers-large``); or pass a built ``encoder``. ``model``/``version`` are
-    the official config's torch.hub names, accepted for config compatibility (only ViT-L/14-reg is supported).
+    ``weights``: a local folder or a hub id of a transformers ``Dinov2WithRegistersModel`` (default
+    ``facebook/dinov2-with-registers-large``; from the hub cache, downloaded when the hub is reachable), loaded
+    strict; or pass a built ``encoder``. ``model``/``version`` are the official config's torch.hub names,
+    accepted for config compatibility (only ViT-L/14-reg is supported).
     """
 
     def __init__(
@@ -132,13 +192,12 @@ class DinoConditioner(nn.Module):
         self.size = size
         self.segmenter = segmenter
         if encoder is None:
+            folder = resolve_model_folder(weights or DEFAULT_DINO, DINO_WHAT, DINO_HINT)  # fails fast, offline too
             try:
                 from transformers import Dinov2WithRegistersModel
             except ImportError as e:
                 raise ImportError("the DINOv2 conditioner needs transformers (pip install 'transformers>=4.40')") from e
-            encoder = _load_pretrained(
-                Dinov2WithRegistersModel.from_pretrained, weights or DEFAULT_DINO, "DINOv2 (ViT-L/14 with registers)"
-            )
+            encoder = _load_pretrained(Dinov2WithRegistersModel.from_pretrained, folder, DINO_WHAT, strict=True)
         self.encoder = encoder.eval()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -194,13 +253,17 @@ class BiRefNetSegmenter:
             from transformers import AutoModelForImageSegmentation
         except ImportError as e:
             raise ImportError("background removal needs transformers (pip install 'transformers>=4.40')") from e
+        what = "BiRefNet (background removal) weights"
+        # never downloaded: BiRefNet's model code comes with its weights
+        folder = resolve_model_folder(
+            weights,
+            what,
+            "a local BiRefNet folder; in Python BiRefNetSegmenter(DIR)",
+            local_files_only=True,
+            files=("config.json",),
+        )
         self.model = (
-            _load_pretrained(
-                AutoModelForImageSegmentation.from_pretrained,
-                weights,
-                "BiRefNet (background removal)",
-                trust_remote_code=True,
-            )
+            _load_pretrained(AutoModelForImageSegmentation.from_pretrained, folder, what, trust_remote_code=True)
             .to(device)
             .eval()
         )

@@ -24,12 +24,14 @@ DEFAULT_HUB_ID = "facebook/VGGT-1B"
 WEIGHT_FILES = ("model.safetensors", "model.pt")
 CONFIG_FILE = "config.json"
 WHAT = "VGGT weights"
+# How to give a local copy instead of the hub id (the CLI option, and the Python call).
+HINT = "--vggt-weights DIR or FILE; in Python load_vggt(DIR)"
 
 
 def resolve_weights(source: str | os.PathLike | None = None) -> tuple[Path, dict]:
     """Local file / local folder / hub id → (weights file, config dict from a ``config.json`` beside it or {})."""
     files = resolve_source(DEFAULT_HUB_ID if source is None else source, [WEIGHT_FILES], optional=[CONFIG_FILE],
-                           what=WHAT)
+                           what=WHAT, hint=HINT)
     return files[WEIGHT_FILES], _read_config(files.get(CONFIG_FILE))
 
 

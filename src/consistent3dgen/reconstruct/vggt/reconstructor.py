@@ -83,7 +83,8 @@ def reference_from_camera(extrinsics: np.ndarray, ref: int = 0) -> np.ndarray:
 def transform_points(points: np.ndarray, transform: np.ndarray) -> np.ndarray:
     """Apply a 4x4 rigid transform to (..., 3) points (float64 math)."""
     p = points.astype(np.float64)
-    return (p @ transform[:3, :3].T + transform[:3, 3]).astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32: inf, which the callers mask out as non-finite
+        return (p @ transform[:3, :3].T + transform[:3, 3]).astype(np.float32)
 
 
 class VGGTReconstructor(Reconstructor):
@@ -156,21 +157,26 @@ class VGGTReconstructor(Reconstructor):
         if self.points_from == "depth":
             depth = sample_to_original(preds["depth"][i, ..., 0].float().cpu(), geom).numpy()
             conf = sample_to_original(preds["depth_conf"][i].float().cpu(), geom, mode="bilinear").numpy()
-            points = transform_points(depth_to_points(depth, k), cam_to_ref)
             valid = np.isfinite(depth) & (depth > 0)
+            # no inf/NaN enters the arithmetic: those pixels are dropped (``valid``) and their points blanked below
+            points = transform_points(depth_to_points(np.where(valid, depth, 0.0), k), cam_to_ref)
         else:
             world = sample_to_original(preds["world_points"][i].float().cpu(), geom).numpy()
             conf = sample_to_original(preds["world_points_conf"][i].float().cpu(), geom, mode="bilinear").numpy()
             w2ref = np.eye(4)
             w2ref[:3, :4] = extr[0]
-            points = transform_points(world, w2ref)
-            valid = np.isfinite(points).all(axis=2)
+            valid = np.isfinite(world).all(axis=2)
+            points = transform_points(np.where(valid[..., None], world, 0.0), w2ref)
+            valid &= np.isfinite(points).all(axis=2)
         # Crop mode cuts rows off: those input pixels were never seen by the network.
         gx, gy = original_pixel_grid(geom)
         in_view = (gx >= -0.5) & (gx <= geom.net_w - 0.5) & (gy >= -0.5) & (gy <= geom.net_h - 0.5)
         mask = object_mask(rgb, split_alpha(img)[1], self.mask_mode) & valid & in_view & np.isfinite(points).all(axis=2)
         if self.conf_percentile and mask.any():
-            mask &= conf >= np.percentile(conf[mask], self.conf_percentile)
+            kept = conf[mask]
+            # the lower of the two neighbouring values where interpolating would take inf - inf
+            method = "linear" if np.isfinite(kept).all() else "lower"
+            mask &= conf >= np.percentile(kept, self.conf_percentile, method=method)
         if not mask.any():
             raise InputError(f"view {i}: no pixel left after masking (mask mode {self.mask_mode!r})")
         points = np.where(mask[..., None], points, np.nan).astype(np.float32)

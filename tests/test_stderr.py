@@ -3,7 +3,7 @@
 Every probe runs with all warnings shown (``simplefilter("always")``, numpy's default ``errstate`` of "warn")
 and asserts that none was raised: the fixes are at the source (``np.errstate`` around the one computation,
 blanking invalid values before arithmetic, ``warnings.catch_warnings`` around the one library call), never a
-global filter. Probes whose source lies in modules owned elsewhere are marked ``xfail`` with the fix to make.
+global filter.
 """
 
 from __future__ import annotations
@@ -64,15 +64,24 @@ def test_metrics_with_anything_outside_the_mask(outside):
     assert scores.silhouette_iou > 0 and np.isfinite(scores.depth_error_mean)
 
 
-@pytest.mark.parametrize("focal", [0.0, -30.0, 1e-320, np.nan])
-def test_surface_with_intrinsics_without_a_focal_length(focal):
+def test_surface_with_intrinsics_of_a_vanishing_focal_length():
     from consistent3dgen.geometry import surface
 
     k = K.copy()
-    k[0, 0] = k[1, 1] = focal
+    k[0, 0] = k[1, 1] = 1e-320
     with no_warnings():
         mesh = surface.pointmap_to_mesh(_disc(intrinsics=k))
     assert len(mesh.faces) > 0  # the pixel angle is measured from the points instead
+
+
+@pytest.mark.parametrize("focal", [0.0, -30.0, np.nan])
+def test_a_point_map_with_unusable_intrinsics_is_refused_in_one_line(focal):
+    from consistent3dgen.errors import InputError
+
+    k = K.copy()
+    k[0, 0] = k[1, 1] = focal
+    with no_warnings(), pytest.raises(InputError, match="focal lengths must be positive|NaN or inf"):
+        _disc(intrinsics=k)
 
 
 def test_surface_percentile_of_infinite_confidences():
@@ -258,11 +267,6 @@ def test_cli_generate_with_non_finite_points_outside_the_mask_is_silent(tmp_path
     assert (tmp_path / "x.glb").is_file()
 
 
-OUTSIDE = "in a module owned elsewhere (see the report to the lead)"
-
-
-@pytest.mark.xfail(reason="pointmap.py:49/53 casts complex points to float (ComplexWarning); fix: refuse complex "
-                   "dtypes with an InputError before the cast. " + OUTSIDE)
 def test_cli_complex_points(tmp_path):
     points = _disc().points.astype(np.complex128)
     np.savez(tmp_path / "c.npz", points=points, mask=np.isfinite(points.real).all(-1))
@@ -270,16 +274,12 @@ def test_cli_complex_points(tmp_path):
     assert "Warning" not in out.stderr
 
 
-@pytest.mark.xfail(reason="io/pointmap_io.py:109 depth.astype(np.float64) of a complex .npy (ComplexWarning); fix: "
-                   "refuse complex dtypes (np.iscomplexobj) with an InputError. " + OUTSIDE)
 def test_cli_complex_depth(tmp_path):
     np.save(tmp_path / "d.npy", np.full((H, W), 2.0, np.complex128))
     out = run_cli("foreground", "d.npy", "--fov", "50", "--resolution", "512", "--out", "fg", cwd=tmp_path)
     assert "Warning" not in out.stderr
 
 
-@pytest.mark.xfail(reason="io/pointmap_io.py:88 .astype(np.float32) of depths beyond float32 (overflow in cast); "
-                   "fix: np.errstate(over='ignore') around the cast (PointMap reports the range). " + OUTSIDE)
 def test_cli_depth_beyond_float32(tmp_path):
     d = np.full((H, W), 2.0)
     d[5, 5] = 1e300

@@ -43,8 +43,8 @@ class PointMap:
         h, w = pts.shape[:2]
         if h < 2 or w < 2:
             raise InputError(f"{self.describe()} is too small ({h}x{w}); need at least 2x2 pixels")
-        if not np.issubdtype(pts.dtype, np.number):
-            raise InputError(f"{self.describe()}: points must be numbers, got dtype {pts.dtype}")
+        if not np.issubdtype(pts.dtype, np.number) or np.iscomplexobj(pts):
+            raise InputError(f"{self.describe()}: points must be real numbers, got dtype {pts.dtype}")
         # range test before the float32 cast, so that 1e39 reads as "out of range" rather than "inf"
         raw = pts if pts.dtype in (np.float32, np.float64) else pts.astype(np.float64)
         finite = np.isfinite(raw).all(axis=2)
@@ -53,7 +53,10 @@ class PointMap:
             self.points = pts.astype(np.float32, copy=False)
         if self.conf is None:
             self.conf = np.ones((h, w), np.float32)
-        self.conf = np.asarray(self.conf, np.float32)
+        conf = np.asarray(self.conf)
+        if not np.issubdtype(conf.dtype, np.number) or np.iscomplexobj(conf):
+            raise InputError(f"{self.describe()}: confidence must be real numbers, got dtype {conf.dtype}")
+        self.conf = conf.astype(np.float32)
         if self.conf.shape != (h, w):
             raise InputError(f"confidence must have shape {(h, w)}, got {self.conf.shape}")
         if self.mask is None:
@@ -79,10 +82,12 @@ class PointMap:
                 img = np.clip(img * (255.0 if img.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
             self.image = img[..., :3]
         if self.intrinsics is not None:
-            k = np.asarray(self.intrinsics, np.float64)
+            from .io.pointmap_io import intrinsics_matrix  # the one check of a pinhole K
+
+            k = np.asarray(self.intrinsics)
             if k.shape != (3, 3):
-                raise InputError(f"intrinsics must be a 3x3 matrix, got {k.shape}")
-            self.intrinsics = k
+                raise InputError(f"{self.describe()}: intrinsics must be a 3x3 matrix, got {k.shape}")
+            self.intrinsics = intrinsics_matrix(k, w, h)
 
     def describe(self) -> str:
         """``point map <path>`` when the map was read from a file (``meta["path"]``), else ``point map``."""

@@ -92,7 +92,8 @@ def depth_to_points(depth: np.ndarray, k: np.ndarray) -> np.ndarray:
     # ray = K^-1 (u, v, 1); the last row of K is (0, 0, 1), so the ray's z is 1 and point = z * ray
     x = (kinv[0, 0] * u + kinv[0, 1] * v + kinv[0, 2]) * z
     y = (kinv[1, 1] * v + kinv[1, 2]) * z
-    return np.stack([x, y, z], axis=-1).astype(np.float32)
+    with np.errstate(over="ignore"):  # depths beyond float32 become inf: PointMap names them in one line
+        return np.stack([x, y, z], axis=-1).astype(np.float32)
 
 
 def _read_depth(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -120,8 +121,8 @@ def _read_depth(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PI
             raise _fail(f"cannot read depth {p}: {e}") from None
         if depth.ndim == 3 and depth.shape[-1] == 1:
             depth = depth[..., 0]
-        if not np.issubdtype(depth.dtype, np.number):
-            raise _fail(f"depth {p} must be numeric, got {depth.dtype}")
+        if not np.issubdtype(depth.dtype, np.number) or np.iscomplexobj(depth):
+            raise _fail(f"depth {p} must hold real numbers, got {depth.dtype}")
         depth = np.array(stride_pixels(depth, stride), np.float64)
     else:
         depth = _read_exr(p)

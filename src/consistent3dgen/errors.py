@@ -6,6 +6,13 @@ ordinary ``ValueError``/``RuntimeError``: they are bugs, and eval must not count
 """
 
 
+def one_line(text: object, limit: int | None = None) -> str:
+    """``text`` with its whitespace runs (newlines included) made single spaces, cut to ``limit`` characters:
+    a library's multi-line message fit for the one-line contract."""
+    line = " ".join(str(text).split())
+    return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."
+
+
 class UserError(Exception):
     """Base of the errors the CLI prints as one line."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, one_line
 from .geometry.render import intrinsics_from_fov, look_at, raycast
 from .pointmap import PointMap
 
@@ -28,7 +28,7 @@ def load_normalized_mesh(path: str | os.PathLike, size: float = 1.0) -> tuple[np
     try:
         mesh = trimesh.load(p, force="mesh", process=False)
     except Exception as e:  # trimesh raises many types for broken files
-        raise InputError(f"cannot read mesh {p}: {' '.join(str(e).split())}") from None
+        raise InputError(f"cannot read mesh {p}: {one_line(e)}") from None
     if len(mesh.faces) == 0:
         raise InputError(f"mesh {p} has no faces")
     v = np.asarray(mesh.vertices, np.float64)

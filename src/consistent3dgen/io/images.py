@@ -17,22 +17,17 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
 _ORIENTATION = 0x0112  # EXIF tag
 
 ImageSource = str | os.PathLike | Image.Image | np.ndarray
-
-
-def _one_line(text: Any) -> str:
-    return " ".join(str(text).split())
 
 
 def _open(path: str | os.PathLike, what: str = "image") -> Image.Image:
@@ -54,7 +49,7 @@ def _open(path: str | os.PathLike, what: str = "image") -> Image.Image:
                 "(decompression-bomb guard; raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted)"
             ) from None
         except Exception as e:  # noqa: BLE001 - PIL raises many unrelated types for truncated / malformed files
-            raise InputError(f"cannot read {what} {name}: {_one_line(e) or type(e).__name__}") from None
+            raise InputError(f"cannot read {what} {name}: {one_line(e) or type(e).__name__}") from None
 
 
 def _oriented(img: Image.Image) -> Image.Image:
@@ -74,7 +69,7 @@ def _to_array(img: Image.Image) -> np.ndarray:
     try:
         arr = np.asarray(img if img.mode == target else img.convert(target))
     except (OSError, ValueError) as e:
-        raise InputError(f"cannot convert a {img.mode} image to {target}: {_one_line(e)}") from None
+        raise InputError(f"cannot convert a {img.mode} image to {target}: {one_line(e)}") from None
     return arr
 
 

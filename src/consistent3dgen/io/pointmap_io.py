@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 from ..limits import DEFAULT_MAX_INPUT_PIXELS, DEFAULT_MAX_PIXELS, check_input_pixels
 from ..pointmap import PointMap, downscale_intrinsics, downscale_record, pixel_stride, stride_offset, stride_pixels
 from .atomic import atomic_path, atomic_write_npz
@@ -40,7 +40,7 @@ DEPTH_SUFFIXES = (".png", ".npy", ".exr")
 
 def _fail(msg: str) -> InputError:
     """One-line InputError (newlines in wrapped messages would break the CLI's one-line contract)."""
-    return InputError(" ".join(str(msg).split()))
+    return InputError(one_line(msg))
 
 
 # --------------------------------------------------------------------------- intrinsics

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InputError, WeightsNotFoundError
+from ..errors import InputError, WeightsNotFoundError, one_line
 
 DTYPES = {
     "fp32": torch.float32,
@@ -49,11 +49,6 @@ TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 # A file name, or alternatives of which the first one present is taken (e.g. ("model.safetensors", "model.pt")).
 FileEntry = str | tuple[str, ...]
-
-
-def _one_line(text: Any, limit: int = 200) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- dtypes
@@ -384,7 +379,7 @@ def _check_file(path: str | os.PathLike) -> Path:
 
 
 def _safetensors_error(p: Path, e: Exception) -> InputError:
-    return InputError(f"cannot read checkpoint {p}: corrupt or not a safetensors file ({_one_line(e)})")
+    return InputError(f"cannot read checkpoint {p}: corrupt or not a safetensors file ({one_line(e, 200)})")
 
 
 def _read_safetensors(p: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
@@ -460,9 +455,9 @@ def _torch_load_error(p: Path, e: Exception) -> InputError:
         )
     if isinstance(e, EOFError):
         return InputError(f"cannot read checkpoint {p}: the file is empty or truncated")
-    first = re.split(r"(?<=\.)\s", _one_line(text, 1000), maxsplit=1)[0]  # torch's first sentence only
+    first = re.split(r"(?<=\.)\s", one_line(text, 1000), maxsplit=1)[0]  # torch's first sentence only
     return InputError(
-        f"cannot read checkpoint {p}: corrupt or not a PyTorch checkpoint ({type(e).__name__}: {_one_line(first, 160)})"
+        f"cannot read checkpoint {p}: corrupt or not a PyTorch checkpoint ({type(e).__name__}: {one_line(first, 160)})"
     )
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...errors import InputError, WeightsNotFoundError
+from ...errors import InputError, WeightsNotFoundError, one_line
 from ...io.images import read_image
 from ...io.weights import local_or_hub_id, resolve_source
 
@@ -153,7 +153,7 @@ def _load_pretrained(loader: Callable[..., Any], folder: Path, what: str, strict
         with _quiet_transformers():
             model, info = loader(str(folder), local_files_only=True, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as e:
-        raise WeightsNotFoundError(f"{what} cannot be loaded from {folder}: {_one_line(e)}") from None
+        raise WeightsNotFoundError(f"{what} cannot be loaded from {folder}: {one_line(e, 200)}") from None
     bad = [*(info.get("missing_keys") or []), *(info.get("mismatched_keys") or [])] if strict else []
     if bad:
         names = [k if isinstance(k, str) else str(k[0]) for k in bad]
@@ -161,11 +161,6 @@ def _load_pretrained(loader: Callable[..., Any], folder: Path, what: str, strict
             f"{what} in {folder} do not match the model: {len(names)} missing or mismatched tensors {sorted(names)[:3]}"
         )
     return model
-
-
-def _one_line(text: Any, limit: int = 200) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 class DinoConditioner(nn.Module):

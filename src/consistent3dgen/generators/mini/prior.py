@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import InputError, WeightsNotFoundError
+from ...errors import InputError, WeightsNotFoundError, one_line
 from ..base import Generator, SamplerSettings
 
 BUNDLED_DIR = Path(__file__).resolve().parent
@@ -123,7 +123,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"cannot read {path}: {' '.join(str(e).split())}") from None
+        raise InputError(f"cannot read {path}: {one_line(e)}") from None
     if not isinstance(data, dict):
         raise InputError(f"{path} does not hold a JSON object")
     return data

@@ -1,10 +1,13 @@
-"""Offline: missing hub weights are one ``error:`` line within seconds, through the CLI in a fresh process.
+"""Offline: missing hub weights are one ``error:`` line and exit 2, through the CLI in a fresh process.
 
 Each run is ``python -m consistent3dgen generate ...`` with an empty ``HF_HOME``. "No network" is simulated
 three ways, so the tests mean the same on a machine with network (and never download anything there): the hub
 endpoint on a local port that refuses connections, one that accepts them but never answers (a dropped
 connection: the probe's timeout), and ``HF_HUB_OFFLINE=1``. The real endpoint is tried too where this machine
 cannot reach it (the situation of issue 13).
+
+How long that takes is measured by ``benchmarks/bench_offline.py`` (against the CLI's own start-up, in the same
+process), not asserted here; that the hub is probed once and never retried is tested in ``tests/io/test_weights.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,6 @@ from PIL import Image
 from consistent3dgen.io import weights as W
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "consistent3dgen" / "examples"
-LIMIT_S = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def silent_endpoint():
 
 
 def run_cli(args: list, tmp_path: Path, endpoint: str | None = None, offline: bool = False
-            ) -> tuple[subprocess.CompletedProcess, float]:
+            ) -> subprocess.CompletedProcess:
     drop = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HF_ENDPOINT", "HUGGINGFACE_HUB_CACHE")
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env["HF_HOME"] = str(tmp_path / "hf_home")  # an empty cache
@@ -67,10 +68,8 @@ def run_cli(args: list, tmp_path: Path, endpoint: str | None = None, offline: bo
         env["HF_ENDPOINT"] = endpoint
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "consistent3dgen", *map(str, args)], capture_output=True, text=True,
-                         env=env, cwd=tmp_path, timeout=120)
-    return out, time.perf_counter() - t0
+    return subprocess.run([sys.executable, "-m", "consistent3dgen", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120)
 
 
 def _the_one_line(out: subprocess.CompletedProcess) -> str:
@@ -94,10 +93,9 @@ def _network(request, name: str) -> dict:
 @pytest.mark.parametrize("network", NETWORKS)
 @pytest.mark.parametrize("image", ["rgba", "rgb"])
 def test_photo_without_vggt_weights_fails_fast_in_one_line(tmp_path, inputs, request, network, image):
-    out, wall = run_cli(["generate", inputs[image], "--out", "x.glb"], tmp_path, **_network(request, network))
+    out = run_cli(["generate", inputs[image], "--out", "x.glb"], tmp_path, **_network(request, network))
     line = _the_one_line(out)
     assert out.returncode == 2
-    assert wall < LIMIT_S, f"{wall:.1f} s"
     assert "VGGT weights not found: facebook/VGGT-1B/model.safetensors or model.pt" in line
     assert f"not in the local hub cache {tmp_path / 'hf_home' / 'hub'}" in line
     assert "--vggt-weights DIR" in line and "download facebook/VGGT-1B" in line
@@ -107,11 +105,10 @@ def test_photo_without_vggt_weights_fails_fast_in_one_line(tmp_path, inputs, req
 
 @pytest.mark.parametrize("network", NETWORKS)
 def test_direct3d_s2_without_weights_fails_fast_in_one_line(tmp_path, inputs, request, network):
-    out, wall = run_cli(["generate", inputs["npz"], "--generator", "direct3d-s2", "--out", "x.glb"], tmp_path,
+    out = run_cli(["generate", inputs["npz"], "--generator", "direct3d-s2", "--out", "x.glb"], tmp_path,
                         **_network(request, network))
     line = _the_one_line(out)
     assert out.returncode == 2
-    assert wall < LIMIT_S, f"{wall:.1f} s"
     assert ("Direct3D-S2 weights not found: wushuang98/Direct3D-S2/direct3d-s2-v-1-1/config.yaml, model_dense.ckpt, "
             "model_sparse_1024.ckpt, model_sparse_512.ckpt are not in the local hub cache") in line
     assert "--generator DIR" in line and "download wushuang98/Direct3D-S2 --include 'direct3d-s2-v-1-1/*'" in line
@@ -123,16 +120,16 @@ def test_direct3d_s2_without_dino_weights_fails_fast_in_one_line(tmp_path, input
     folder.mkdir()
     for name in ("config.yaml", "model_dense.ckpt", "model_sparse_512.ckpt", "model_sparse_1024.ckpt"):
         (folder / name).write_bytes(b"")
-    out, wall = run_cli(["generate", inputs["npz"], "--generator", folder, "--out", "x.glb"], tmp_path,
+    out = run_cli(["generate", inputs["npz"], "--generator", folder, "--out", "x.glb"], tmp_path,
                         endpoint=refusing_endpoint)
     line = _the_one_line(out)
-    assert out.returncode == 2 and wall < LIMIT_S, (out.returncode, wall)
+    assert out.returncode == 2, out.stderr
     assert "DINOv2 (ViT-L/14 with registers) weights not found: facebook/dinov2-with-registers-large/config.json" \
         in line
     assert "DIR/dinov2-with-registers-large beside the Direct3D-S2 files with --generator DIR" in line
     # the folder named there is where it is looked for
     (folder / "dinov2-with-registers-large").mkdir()
-    out, _ = run_cli(["generate", inputs["npz"], "--generator", folder, "--out", "x.glb"], tmp_path,
+    out = run_cli(["generate", inputs["npz"], "--generator", folder, "--out", "x.glb"], tmp_path,
                      endpoint=refusing_endpoint)
     assert "weights not found in folder" in _the_one_line(out) and "dinov2-with-registers-large" in out.stderr
 
@@ -141,9 +138,9 @@ def test_real_endpoint_when_this_machine_is_offline(tmp_path, inputs):
     """HF_HUB_OFFLINE unset, the default endpoint: issue 13's own case (only meaningful without network)."""
     if W._answers(W._hub_endpoint() + "/", W.HUB_PROBE_TIMEOUT):
         pytest.skip("the hub is reachable from here: this is the offline case")
-    out, wall = run_cli(["generate", inputs["rgb"], "--out", "x.glb"], tmp_path)
+    out = run_cli(["generate", inputs["rgb"], "--out", "x.glb"], tmp_path)
     line = _the_one_line(out)
-    assert out.returncode == 2 and wall < LIMIT_S, (out.returncode, wall)
+    assert out.returncode == 2, out.stderr
     assert "facebook/VGGT-1B" in line and "--vggt-weights DIR" in line
 
 
@@ -175,7 +172,7 @@ def pickled_vggt(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("as_folder", [False, True])
 def test_pickled_vggt_model_pt_is_one_line(tmp_path, inputs, pickled_vggt, fmt, as_folder, refusing_endpoint):
     weights = pickled_vggt[fmt].parent if as_folder else pickled_vggt[fmt]
-    out, _ = run_cli(["generate", inputs["rgb"], "--vggt-weights", weights, "--out", "x.glb"], tmp_path,
+    out = run_cli(["generate", inputs["rgb"], "--vggt-weights", weights, "--out", "x.glb"], tmp_path,
                      endpoint=refusing_endpoint)
     line = _the_one_line(out)
     assert out.returncode == 2

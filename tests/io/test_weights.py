@@ -346,26 +346,29 @@ def test_a_file_missing_on_a_reachable_hub_is_one_line(hub_env):
                             "local copy (--x DIR)")
 
 
-def test_probe_is_bounded_in_time(hub_env):
-    """A hub that never answers (a name lookup or connection that hangs) costs the probe timeout, no more."""
+def test_probe_abandons_a_hanging_request(hub_env):
+    """A hub that never answers (a name lookup or connection that hangs) costs the probe timeout, no more: the
+    probe returns while the request still hangs, and is not repeated."""
     import threading
-    import time
 
     import huggingface_hub.utils
 
     release = threading.Event()
+    finished = threading.Event()
 
     class Hanging:
         def head(self, url, timeout):
-            release.wait(30)
+            release.wait(60)
+            finished.set()
             raise OSError("never answered")
 
     hub_env.setattr(huggingface_hub.utils, "get_session", lambda: Hanging())
     hub_env.setattr(W, "HUB_PROBE_TIMEOUT", 0.2)
-    t0 = time.perf_counter()
     try:
         assert W.hub_reachable() is False
-        assert time.perf_counter() - t0 < 2.0
+        # it returned while the request still hangs: the request was abandoned, not waited for
+        assert not finished.is_set()
+        assert W.hub_reachable() is False  # and it is not asked again
     finally:
         release.set()
 

@@ -57,14 +57,14 @@ def test_guidance_pulls_the_seen_tokens_to_the_target_and_seeds_repeat(pipe, poi
 
 def test_result_frames_and_bad_options(pipe, pointmap):
     res = pipe(pointmap, guidance=5.0, fusion=True, **FAST)
-    v_cam, _ = res.mesh("camera")
-    v_can, _ = res.mesh("canonical")
+    v_cam, _ = res.arrays("camera")
+    v_can, _ = res.arrays("canonical")
     assert np.abs(v_can).max() <= 1.0
     # the camera-frame mesh sits where the seen points are (same depth range, roughly)
     z = pointmap.points[pointmap.mask][:, 2]
     assert z.min() - 0.2 < np.median(v_cam[:, 2]) < z.max() + 1.0
     with pytest.raises(InputError):
-        res.mesh("world")
+        res.arrays("world")
 
 
 @pytest.mark.parametrize(("option", "value"), [

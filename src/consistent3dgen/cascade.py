@@ -14,6 +14,7 @@ Written against :mod:`consistent3dgen.generators.base` and a seen side (:class:`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,7 +24,7 @@ import torch
 from .generators.base import DenseStage, SparseLatent, SparseStage
 from .geometry.frames import Similarity, normalize_to_cube
 from .geometry.voxels import SparseVoxels, pool_occupancy
-from .sampling import FlowMatchSchedule, FrontGuidance, initial_noise, sample
+from .sampling import FlowMatchSchedule, FrontGuidance, StepInfo, initial_noise, sample
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def run_dense_stage(
     guidance_variant: str = "paper",
     free_space: np.ndarray | None = None,
     generator: torch.Generator | None = None,
-    progress: bool = True,
+    progress: bool | dict = True,
     **sample_kw: Any,
 ) -> DenseResult:
     """Dense stage from the seen occupancy ``start`` (R³ bool, index [x, y, z]).
@@ -184,7 +185,7 @@ def run_sparse_stage(
     guidance_strength: float = 0.0,
     guidance_variant: str = "paper",
     generator: torch.Generator | None = None,
-    progress: bool = True,
+    progress: bool | dict = True,
     **sample_kw: Any,
 ) -> SparseLatent:
     """Sample the latent tokens of ``cells`` (already ordered), guided towards ``target`` where it has tokens."""
@@ -277,8 +278,9 @@ def run_sparse_stages(
     seen: SeenView,
     *,
     generator: torch.Generator | None = None,
-    progress: bool = True,
+    progress: bool | dict = True,
     max_memory_gb: float | None = None,
+    callback: Callable[[StepInfo], None] | None = None,
 ) -> StagesResult:
     """Run the sparse stages coarse to fine; see the module docstring for the hand-offs.
 
@@ -306,7 +308,7 @@ def run_sparse_stages(
         cells = order_tokens(stage, cells)
         latent = run_sparse_stage(stage, cells, condition, cfg.schedule, target=target,
                                   guidance_strength=cfg.guidance_strength, guidance_variant=cfg.guidance_variant,
-                                  generator=generator, progress=progress)
+                                  generator=generator, progress=progress, callback=callback)
         sdf = stage.decode_sdf(latent)
         if cfg.fusion:
             seen_sdf = seen.fusion_sdf(k, frame)

@@ -261,7 +261,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.preview:
         from .preview import preview_panel
 
-        panel = preview_panel(*res.mesh("camera"), pm)
+        panel = preview_panel(*res.arrays("camera"), pm)
     with output_set():  # the mesh, the preview and the report appear together, or none of them
         path = res.export(args.out, frame=args.frame)
         if panel is not None:

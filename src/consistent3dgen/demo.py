@@ -73,7 +73,7 @@ def run_demo(out_dir: str | Path, generator: str = "mini", examples: list[str] |
             pm = load_example(name)
             for label, extra in runs:
                 res = pipe(pm, seed=seed, progress=progress, **{**options, **extra})
-                v, f = res.mesh("camera")
+                v, f = res.arrays("camera")
                 panel = preview_panel(v, f, pm)
                 with output_set():
                     mesh_path = res.export(out / f"{name}_{label}.glb", frame="camera")

@@ -103,7 +103,7 @@ def run_setting(pipe, case: EvalCase, seeds: list[int], options: dict) -> dict:
         except NoSurfaceError as e:
             failed.append(str(e))
             continue
-        meshes.append(res.mesh("camera"))
+        meshes.append(res.arrays("camera"))
         seconds.append(res.timings["total"])
     out = score_runs(case, meshes) if meshes else {k: float("nan") for k in METRIC_KEYS}
     out["seconds"] = float(np.mean(seconds)) if seconds else float("nan")

@@ -19,10 +19,11 @@ a reader can open alone:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +37,11 @@ from .options import GenerationOptions
 from .pointmap import PointMap
 from .sampling import FlowMatchSchedule
 from .seen_side import SeenSide
+
+if TYPE_CHECKING:
+    import trimesh
+
+    from .sampling import StepInfo
 
 
 @dataclass
@@ -53,7 +59,7 @@ class PipelineResult:
     latents: list[SparseLatent] = field(default_factory=list)  # final tokens of each sparse stage
     targets: list[SparseLatent | None] = field(default_factory=list)  # the guidance target x_fg of each stage
 
-    def mesh(self, frame: str = "camera") -> tuple[np.ndarray, np.ndarray]:
+    def arrays(self, frame: str = "camera") -> tuple[np.ndarray, np.ndarray]:
         """``(vertices, faces)`` in ``camera`` (input camera, its units) or ``canonical`` (generator cube) frame."""
         if frame == "canonical":
             return self.vertices, self.faces
@@ -61,17 +67,30 @@ class PipelineResult:
             return canonical_to_camera(self.vertices.astype(np.float64), self.frame).astype(np.float32), self.faces
         raise InputError(f"unknown frame {frame!r}; use camera or canonical")
 
+    def to_trimesh(self, frame: str = "camera") -> trimesh.Trimesh:
+        """The mesh as a :class:`trimesh.Trimesh` in ``frame`` (vertices kept as they are: no merging)."""
+        import trimesh
+
+        v, f = self.arrays(frame)
+        return trimesh.Trimesh(v, f, process=False)
+
+    @property
+    def mesh(self) -> trimesh.Trimesh:
+        """The mesh in the input camera's frame (OpenCV: x right, y down, z forward; the input's units)."""
+        return self.to_trimesh("camera")
+
     def export(self, path: str | Path, frame: str = "camera") -> Path:
+        """Write the mesh; the format follows the extension (.glb .obj .ply .stl)."""
         from .io.meshes import export_mesh
 
-        v, f = self.mesh(frame)
+        v, f = self.arrays(frame)
         return export_mesh(v, f, path)
 
     def metrics(self) -> dict:
         """Input-view consistency of the camera-frame mesh against the input point map."""
         from .metrics import input_view_consistency
 
-        v, f = self.mesh("camera")
+        v, f = self.arrays("camera")
         return input_view_consistency(v, f, self.pointmap).to_dict()
 
     def report(self) -> dict:
@@ -92,6 +111,11 @@ class ConsistentPipeline:
     def __init__(self, generator: Generator, device: str | torch.device = "cpu"):
         self.generator = generator
         self.device = torch.device(device)
+        self._progress_bar: dict = {}  # tqdm keyword arguments for the sampler's bars
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """tqdm keyword arguments for the sampling bars (as diffusers), e.g. ``disable=True`` or ``position=1``."""
+        self._progress_bar = dict(kwargs)
 
     @classmethod
     def from_pretrained(cls, name: str | Path = "mini", device: str | torch.device = "cpu", **kwargs: Any
@@ -101,10 +125,15 @@ class ConsistentPipeline:
         return cls(load_generator(name, device=device, **kwargs), device=device)
 
     @torch.no_grad()
-    def __call__(self, inputs: PointMap | Any, options: GenerationOptions | None = None, **overrides: Any
-                 ) -> PipelineResult:
-        """Generate a mesh for ``inputs`` (a PointMap, or anything a reconstructor reads); ``overrides`` are
-        :class:`GenerationOptions` fields."""
+    def __call__(self, inputs: PointMap | Any, options: GenerationOptions | None = None, *,
+                 callback: Callable[[StepInfo], None] | None = None, **overrides: Any) -> PipelineResult:
+        """Generate a mesh for ``inputs``: a :class:`PointMap`, or what a reconstructor reads (an image path,
+        PIL image or uint8 array; a depth map or point-map ``.npz`` path; a list of those).
+
+        ``overrides`` are :class:`GenerationOptions` fields (``seed=1, guidance=0``). ``callback`` is called after
+        every sampling step with a :class:`~consistent3dgen.sampling.StepInfo` (``stage`` "dense", "sparse128",
+        ...; ``index`` of ``total``; the latent before and after the step; clone tensors to keep them).
+        """
         opts = self.resolve_options(options, **overrides)
         timings: dict[str, float] = {}
         rng = torch.Generator().manual_seed(opts.seed)
@@ -114,10 +143,10 @@ class ConsistentPipeline:
             seen = self.build_seen_side(pointmap, opts)
             condition = self.encode_condition(pointmap, opts)
         with _timed(timings, "dense"):
-            dense = self.run_dense_stage(seen, condition, opts, rng)
+            dense = self.run_dense_stage(seen, condition, opts, rng, callback)
             cells = self.first_tokens(dense, seen, opts)
         with _timed(timings, "sparse"):
-            sparse = self.run_sparse_stages(cells, seen, condition, opts, rng)
+            sparse = self.run_sparse_stages(cells, seen, condition, opts, rng, callback)
         with _timed(timings, "extract"):
             vertices, faces = self.extract(sparse.sdf, opts)
         timings["total"] = sum(timings.values())
@@ -166,7 +195,7 @@ class ConsistentPipeline:
         return Condition(gen.null_condition.to(self.device))
 
     def run_dense_stage(self, seen: SeenSide, condition: Condition, opts: GenerationOptions,
-                        rng: torch.Generator) -> DenseResult:
+                        rng: torch.Generator, callback: Callable[[StepInfo], None] | None = None) -> DenseResult:
         from .cascade import run_dense_stage
 
         stage = self.generator.dense
@@ -176,7 +205,8 @@ class ConsistentPipeline:
             stage, condition, schedule, start=seen.dense_start(r),
             sdedit_strength=opts.dense_start_sigma if opts.dense_start == "sdedit" else 1.0,
             guidance_strength=opts.dense_guidance, guidance_variant=opts.guidance_variant,
-            free_space=seen.dense_free_space(r), generator=rng, progress=opts.progress)
+            free_space=seen.dense_free_space(r), generator=rng, progress=self._progress(opts),
+            callback=callback)
 
     def first_tokens(self, dense: DenseResult, seen: SeenSide, opts: GenerationOptions) -> SparseVoxels:
         """The first sparse stage's cells: dense occupancy ∪ the seen cells, minus free cells."""
@@ -187,14 +217,20 @@ class ConsistentPipeline:
                                   first.resolution // first.latent_factor, seen.seen_cells(), seen.free_cells())
 
     def run_sparse_stages(self, cells: SparseVoxels, seen: SeenSide, condition: Condition, opts: GenerationOptions,
-                          rng: torch.Generator) -> StagesResult:
+                          rng: torch.Generator, callback: Callable[[StepInfo], None] | None = None
+                          ) -> StagesResult:
         from .cascade import run_sparse_stages
 
         configs = [SparseStageConfig(FlowMatchSchedule.shifted(steps, sampler.shift), opts.guidance,
                                      opts.guidance_variant, fusion=opts.fusion, mc_level=opts.mc_level)
                    for steps, sampler in zip(opts.sparse_steps, self.generator.sparse_samplers, strict=True)]
         return run_sparse_stages(self.generator.sparse, configs, cells, condition, seen, generator=rng,
-                                 progress=opts.progress, max_memory_gb=opts.max_memory_gb)
+                                 progress=self._progress(opts), max_memory_gb=opts.max_memory_gb,
+                                 callback=callback)
+
+    def _progress(self, opts: GenerationOptions) -> bool | dict:
+        """False when ``opts.progress`` is off, else the bar settings of :meth:`set_progress_bar_config`."""
+        return (self._progress_bar or True) if opts.progress else False
 
     def extract(self, sdf: SparseVoxels, opts: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
         """Marching cubes at the generator's level, loose pieces below ``min_component`` dropped, simplified."""

@@ -32,6 +32,8 @@ class StepInfo:
     velocity: torch.Tensor  # after CFG, before front guidance
     x0_pred: torch.Tensor  # x − σ·v
     x_next: torch.Tensor  # after the step and the guidance
+    stage: str = ""  # the sampler's ``desc``: "dense", "sparse512", ...
+    total: int = 0  # index of the last step + 1 (steps run: total − start_index)
 
 
 @dataclass
@@ -100,7 +102,7 @@ def sample(
     start_index: int = 0,
     generator: torch.Generator | None = None,
     timestep_dtype: torch.dtype = torch.float32,
-    progress: bool = True,
+    progress: bool | dict = True,
     desc: str = "sampling",
     callback: Callable[[StepInfo], None] | None = None,
     return_trajectory: bool = False,
@@ -114,6 +116,7 @@ def sample(
     guidance: front-partial guidance (None or strength 0 = plain sampler).
     x_start, start_index: SDEdit start, ``x = (1 − σ_s)·x_start + σ_s·noise``; noise is also the guidance's ε.
     timestep_dtype: dtype of the timestep given to the model (the official pipeline uses the latent dtype).
+    progress: show a tqdm bar; a dict is tqdm keyword arguments for it (``{"disable": True}``, ``{"position": 1}``).
     callback: called with a :class:`StepInfo` after every step; ``return_trajectory`` keeps x and x̂₀ per step.
     resample: RePaint-style jumps: while guidance acts, each step is redone ``resample`` more times after
         re-noising its result back to the step's sigma with fresh noise (stochastic; makes ``replace`` approach
@@ -133,7 +136,8 @@ def sample(
     prepared = guidance.prepare(noise) if guidance is not None else None
     result = SampleResult(x)
     device = x.device
-    for i in tqdm(range(start_index, len(schedule)), desc=desc, disable=not progress, leave=False):
+    bar = {"desc": desc, "leave": False, **(progress if isinstance(progress, dict) else {"disable": not progress})}
+    for i in tqdm(range(start_index, len(schedule)), **bar):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         t = torch.tensor([float(schedule.timesteps[i])], dtype=timestep_dtype, device=device)
         guided = prepared is not None and prepared.active(float(sigma))
@@ -158,7 +162,7 @@ def sample(
                 result.trajectory.append(x)
                 result.x0_predictions.append(x0_pred)
             if callback is not None:
-                callback(StepInfo(i, float(sigma), float(sigma_next), x, v, x0_pred, x_next))
+                callback(StepInfo(i, float(sigma), float(sigma_next), x, v, x0_pred, x_next, desc, len(schedule)))
         x = x_next
     if return_trajectory:
         result.trajectory.append(x)

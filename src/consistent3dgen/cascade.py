@@ -9,19 +9,22 @@ Written against :mod:`consistent3dgen.generators.base` and a seen side (:class:`
 * sparse stage k → k + 1: decode SDF → mesh → re-normalise it into the cube (the seen side must follow the
   same similarity, so the target is re-encoded in the new frame) → cells within a distance of its surface;
 * every sparse stage: tokens in ``stage.token_order`` order, target latent joined by coordinates (mask 1 where
-  a token has a target), optional decoded-SDF fusion with the seen surface and free-space clamp.
+  a token has a target), optional decoded-SDF fusion with the seen surface and free-space clamp;
+* a stage with a ``refiner`` (``SparseStageConfig.refine``): its refiner decodes, and after fusion and free space
+  turns the SDF into the stage's mesh at its own level (the hand-off and the output then use that mesh).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from .generators.base import DenseStage, SparseLatent, SparseStage
+from .generators.base import DenseStage, SparseLatent, SparseStage, stage_device
 from .geometry.frames import Similarity, normalize_to_cube
 from .geometry.voxels import SparseVoxels, pool_occupancy
 from .sampling import FlowMatchSchedule, FrontGuidance, StepInfo, initial_noise, sample
@@ -37,6 +40,18 @@ class Condition:
     positive: Any
     negative: Any = None
     cfg_scale: float = 1.0
+    # what came with the image tokens for stages that build their own condition from them (``prepare_condition``),
+    # e.g. the per-patch foreground mask (B, h, w) of Direct3D-S2 v1.0's sparse conditions
+    mask: Any = None
+
+
+def stage_condition(stage: Any, condition: Condition) -> tuple[Any, Any]:
+    """(positive, negative) in the stage's own form: its ``prepare_condition(cond, mask)`` when it has one."""
+    prepare = getattr(stage, "prepare_condition", None)
+    if prepare is None:
+        return condition.positive, condition.negative
+    negative = None if condition.negative is None else prepare(condition.negative, condition.mask)
+    return prepare(condition.positive, condition.mask), negative
 
 
 # --------------------------------------------------------------------------- dense stage
@@ -70,18 +85,19 @@ def run_dense_stage(
     """
     shape = (1, *stage.latent_shape)
     r = stage.occupancy_resolution
-    noise = initial_noise(shape, generator)
+    device = stage_device(stage)
+    noise = initial_noise(shape, generator, device=device)  # drawn on the generator's device, then moved
     x_start, start_index, guidance = None, 0, None
     if start is not None:
-        occ = torch.as_tensor(np.asarray(start, np.float32))[None, None]
+        occ = torch.as_tensor(np.asarray(start, np.float32), device=device)[None, None]
         if occ.shape[-1] != r:
             raise ValueError(f"start occupancy is {occ.shape[-1]}^3, the dense stage needs {r}^3")
-        target = stage.encode_occupancy(occ).to(noise.dtype)
+        target = stage.encode_occupancy(occ).to(device=device, dtype=noise.dtype)
         if sdedit_strength < 1.0:
             x_start, start_index = target, schedule.start_index(sdedit_strength)
         if guidance_strength > 0:
             cells = pool_occupancy(np.asarray(start, bool), stage.latent_shape[-1])
-            mask = torch.as_tensor(cells, dtype=torch.float32)[None, None]
+            mask = torch.as_tensor(cells, dtype=torch.float32, device=device)[None, None]
             guidance = FrontGuidance(target, mask, guidance_strength, guidance_variant)
     latent = sample(
         stage.velocity, noise, schedule, condition.positive, uncond=condition.negative,
@@ -90,9 +106,10 @@ def run_dense_stage(
     ).x
     prob = torch.sigmoid(stage.decode_occupancy(latent).float())[0, 0]
     if free_space is not None:
-        clear = torch.as_tensor(np.asarray(free_space, bool))
+        clear = np.asarray(free_space, bool)
         if start is not None:
-            clear &= ~torch.as_tensor(np.asarray(start, bool))
+            clear = clear & ~np.asarray(start, bool)
+        clear = torch.as_tensor(clear, device=prob.device)
         prob = prob.masked_fill(clear, 0.0)
     return DenseResult(latent, prob)
 
@@ -160,12 +177,14 @@ def mesh_to_cells(
 
 
 def next_stage_cells(sdf: SparseVoxels, stage: SparseStage, mc_level: float, distance: float = 4.0,
-                     max_memory_gb: float | None = None) -> tuple[SparseVoxels, Similarity]:
+                     max_memory_gb: float | None = None, mesh: tuple[np.ndarray, np.ndarray] | None = None
+                     ) -> tuple[SparseVoxels, Similarity]:
     """Hand-off between sparse stages: the previous stage's mesh, re-normalised into the cube, gives the next
-    stage's cells (within ``distance`` voxels of it) and the similarity that re-normalised it."""
+    stage's cells (within ``distance`` voxels of it) and the similarity that re-normalised it. ``mesh``: the
+    previous stage's refined mesh (then ``sdf`` and ``mc_level`` are not used)."""
     from .geometry.marching_cubes import sparse_marching_cubes
 
-    vertices, faces = sparse_marching_cubes(sdf, level=mc_level)
+    vertices, faces = mesh if mesh is not None else sparse_marching_cubes(sdf, level=mc_level)
     renorm = normalize_to_cube(vertices)
     cells = mesh_to_cells(renorm.apply(vertices), faces, stage.resolution, stage.latent_factor, distance,
                           max_memory_gb=max_memory_gb)
@@ -190,12 +209,15 @@ def run_sparse_stage(
 ) -> SparseLatent:
     """Sample the latent tokens of ``cells`` (already ordered), guided towards ``target`` where it has tokens."""
     coords = torch.as_tensor(cells.coords, dtype=torch.int32)
-    noise = initial_noise((len(cells), stage.latent_channels), generator)
+    device = stage_device(stage)
+    noise = initial_noise((len(cells), stage.latent_channels), generator, device=device)  # drawn on the CPU, moved
     guidance = None
     if target is not None and guidance_strength > 0:
         feats, mask = align_target(cells.coords, target)
         guidance = FrontGuidance(feats.to(noise.dtype), mask, guidance_strength, guidance_variant)
-    x = sample(_TokenVelocity(stage, coords), noise, schedule, condition.positive, uncond=condition.negative,
+    velocity = _TokenVelocity(stage, coords.to(device))  # coords moved once, not at every step
+    cond, uncond = stage_condition(stage, condition)  # once per stage, not per step
+    x = sample(velocity, noise, schedule, cond, uncond=uncond,
                cfg_scale=condition.cfg_scale, guidance=guidance, generator=generator, progress=progress,
                desc=f"sparse{stage.resolution}", **sample_kw).x
     return SparseLatent(coords, x, cells.resolution)
@@ -258,8 +280,10 @@ class SparseStageConfig:
     guidance_strength: float = 0.0
     guidance_variant: str = "paper"
     fusion: bool = False  # write the seen shell's SDF into the decoded SDF
-    mc_level: float = 0.0  # marching-cubes level of this stage's mesh (hand-off to the next stage)
+    mc_level: float = 0.0  # marching-cubes level of this stage's decoded SDF (its refiner derives its own)
+    refine: bool = False  # run the stage's refiner (when it has one) after fusion and free space
     cell_distance: float = 4.0  # voxels, for the next stage's tokens from this stage's mesh
+    decode_chunks: int | None = None  # decode in chunks³ spatial pieces (low memory); None = the stage's own way
 
 
 @dataclass
@@ -268,6 +292,8 @@ class StagesResult:
     frame: Similarity  # first sparse stage's frame → the result's frame
     latents: list[SparseLatent] = field(default_factory=list)  # final tokens of each stage
     targets: list[SparseLatent | None] = field(default_factory=list)  # the guidance target of each stage
+    mesh: tuple[np.ndarray, np.ndarray] | None = None  # the last stage's refined mesh (None: extract ``sdf``)
+    refined: list[dict | None] = field(default_factory=list)  # per stage: its refiner's name, level, faces
 
 
 def run_sparse_stages(
@@ -281,8 +307,12 @@ def run_sparse_stages(
     progress: bool | dict = True,
     max_memory_gb: float | None = None,
     callback: Callable[[StepInfo], None] | None = None,
+    stage_scope: Callable[[int, SparseStage], AbstractContextManager] | None = None,
 ) -> StagesResult:
     """Run the sparse stages coarse to fine; see the module docstring for the hand-offs.
+
+    ``stage_scope(k, stage)``, when given, is a context entered around all of stage ``k``'s work (its cells, the
+    target's encoding, sampling, decoding): the pipeline places the stage's models and measures it there.
 
     Before each stage samples, its memory is estimated from its tokens and the stage's widths
     (:func:`consistent3dgen.limits.sparse_stage_bytes`) and refused (one ``InputError`` line) above
@@ -295,29 +325,45 @@ def run_sparse_stages(
     frame, cells = Similarity(), first_cells
     result = StagesResult(sdf=None, frame=frame)  # type: ignore[arg-type]
     for k, (stage, cfg) in enumerate(zip(stages, configs, strict=True)):
-        if k > 0:
-            limit = {} if max_memory_gb is None else {"max_memory_gb": max_memory_gb}  # None: its own default
-            cells, renorm = next_stage_cells(result.sdf, stage, configs[k - 1].mc_level, configs[k - 1].cell_distance,
-                                             **limit)
-            frame = frame.then(renorm)
-        target = seen.target(k, frame)
-        if k > 0 and target is not None:  # the seen surface's cells are always tokens
-            cells = cells.union(SparseVoxels(target.coords.cpu().numpy(), cells.resolution))
-        check_memory(f"sparse stage {k} ({stage.resolution}^3)", sparse_stage_bytes(stage, len(cells)),
-                     max_memory_gb, detail=f"{len(cells):,} tokens", device=getattr(stage, "device", None))
-        cells = order_tokens(stage, cells)
-        latent = run_sparse_stage(stage, cells, condition, cfg.schedule, target=target,
-                                  guidance_strength=cfg.guidance_strength, guidance_variant=cfg.guidance_variant,
-                                  generator=generator, progress=progress, callback=callback)
-        sdf = stage.decode_sdf(latent)
-        if cfg.fusion:
-            seen_sdf = seen.fusion_sdf(k, frame)
-            if seen_sdf is not None:
-                sdf = fuse_sdf(sdf, seen_sdf)
-        free = seen.free_voxels(sdf.centers(), frame)
-        if free is not None:
-            sdf = clamp_free_space(sdf, free)
-        result.sdf, result.frame = sdf, frame
-        result.latents.append(latent)
-        result.targets.append(target)
+        # the caller's scope per stage: e.g. its models on the device only while it runs, its time and memory
+        with stage_scope(k, stage) if stage_scope is not None else nullcontext():
+            if k > 0:
+                limit = {} if max_memory_gb is None else {"max_memory_gb": max_memory_gb}  # None: its own default
+                if result.mesh is not None:  # the previous stage's refined mesh
+                    limit["mesh"] = result.mesh
+                cells, renorm = next_stage_cells(result.sdf, stage, configs[k - 1].mc_level,
+                                                 configs[k - 1].cell_distance, **limit)
+                frame = frame.then(renorm)
+            target = seen.target(k, frame)
+            if k > 0 and target is not None:  # the seen surface's cells are always tokens
+                cells = cells.union(SparseVoxels(target.coords.cpu().numpy(), cells.resolution))
+            check_memory(f"sparse stage {k} ({stage.resolution}^3)", sparse_stage_bytes(stage, len(cells)),
+                         max_memory_gb, detail=f"{len(cells):,} tokens", device=getattr(stage, "device", None))
+            cells = order_tokens(stage, cells)
+            latent = run_sparse_stage(stage, cells, condition, cfg.schedule, target=target,
+                                      guidance_strength=cfg.guidance_strength, guidance_variant=cfg.guidance_variant,
+                                      generator=generator, progress=progress, callback=callback)
+            # a refiner decodes in the stage's place, keeping what it needs from the decoder
+            refiner = getattr(stage, "refiner", None) if cfg.refine else None
+            decode = stage.decode_sdf if refiner is None else refiner.decode
+            # chunked decoding only when asked (a stage without chunks needs no such keyword)
+            sdf = decode(latent) if cfg.decode_chunks is None else decode(latent, chunk_size=cfg.decode_chunks)
+            sdf, decoded = sdf if refiner is not None else (sdf, None)
+            if cfg.fusion:
+                seen_sdf = seen.fusion_sdf(k, frame)
+                if seen_sdf is not None:
+                    sdf = fuse_sdf(sdf, seen_sdf)
+            free = seen.free_voxels(sdf.centers(), frame)
+            if free is not None:
+                sdf = clamp_free_space(sdf, free)
+            result.mesh, info = None, None
+            if refiner is not None:  # the stage's mesh: hand-off to the next stage, or the output
+                level = refiner.level(cfg.mc_level)
+                result.mesh = refiner.refine(sdf, decoded, level)
+                info = {"refiner": refiner.name, "mc_level": level, "faces": len(result.mesh[1])}
+                del decoded
+            result.refined.append(info)
+            result.sdf, result.frame = sdf, frame
+            result.latents.append(latent.to("cpu"))  # results on the CPU, whatever the device
+            result.targets.append(target)
     return result

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
-    for add in (_add_demo, _add_generate, _add_foreground, _add_eval, _add_train):
+    for add in (_add_demo, _add_generate, _add_foreground, _add_eval, _add_train, _add_info, _add_app, _add_batch):
         add(sub)
     return p
 
@@ -93,18 +93,32 @@ def main(argv: list[str] | None = None) -> int:
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def _add_input_arguments(p: argparse.ArgumentParser) -> None:
-    """INPUT + how to read it (shared by foreground / generate)."""
-    p.add_argument("input", nargs="+", help="image(s), a depth map (16-bit PNG mm, .npy m, .exr) or a point map .npz")
+def _add_input_arguments(p: argparse.ArgumentParser, nargs: str = "+", help_input: str | None = None) -> None:
+    """INPUT + how to read it (shared by foreground / generate / batch)."""
+    p.add_argument("input", nargs=nargs, help=help_input or "image(s), a depth map (16-bit PNG mm, .npy m, .exr) "
+                                                            "or a point map .npz")
     p.add_argument("--reconstructor", choices=["auto", "vggt", "depth", "pointmap"], default="auto",
                    help="how to get the point map (default: inferred from the input)")
     p.add_argument("--intrinsics", help="depth maps: 'fx,fy,cx,cy' or a file with a 3x3 matrix")
     p.add_argument("--fov", type=float, help="depth maps: horizontal field of view in degrees (instead of intrinsics)")
     p.add_argument("--image", help="depth maps: the RGB(A) image (alpha = object mask)")
-    p.add_argument("--mask", help="depth maps: an object mask image")
+    p.add_argument("--mask", action="append", metavar="FILE",
+                   help="an object mask image, non-zero = object: for a photo without alpha (once per input image, "
+                        "in their order) or for a depth map")
+    p.add_argument("--segmenter", default="auto",
+                   help="images without alpha or --mask: auto (BiRefNet when its weights are found, else rembg when "
+                        "installed with its model, else a uniform white/black background, else an error), birefnet, "
+                        "rembg, background, none (the whole frame is the object)")
+    p.add_argument("--birefnet-weights", metavar="DIR",
+                   help="BiRefNet: local folder or hub id (default ZhengPeng7/BiRefNet, downloaded when the hub is "
+                        "reachable); its model code comes with the weights and is run (trust_remote_code)")
     p.add_argument("--vggt-weights", help="VGGT: local folder/file or hub id (default facebook/VGGT-1B)")
     p.add_argument("--conf-threshold", type=float, default=0.0, help="drop pixels with confidence at or below this")
-    p.add_argument("--drop-percent", type=float, default=0.0, help="drop the lowest-confidence x %% of pixels")
+    p.add_argument("--conf-percentile", "--drop-percent", dest="conf_percentile", type=float, default=None,
+                   metavar="P",
+                   help="drop the pixels below the P-th confidence percentile; 0 keeps all. Images (VGGT): of all "
+                        "pixels of all views, as the official VGGT demo, default 50; depth maps / .npz: of the "
+                        "object's pixels, default 0")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="point maps above this many pixels are downscaled by an integer stride (default 2048x2048)")
     p.add_argument("--max-input-pixels", type=int, default=None,
@@ -122,11 +136,32 @@ def limit_overrides(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in _LIMIT_ARGUMENTS if getattr(args, k, None) is not None}
 
 
+def input_kind(args: argparse.Namespace) -> str:
+    """The reconstructor the arguments name, or the one the input's extension / header implies."""
+    from .reconstruct.base import infer_reconstructor
+
+    return args.reconstructor if args.reconstructor != "auto" else infer_reconstructor(args.input)
+
+
+def surface_drop_percent(args: argparse.Namespace) -> float:
+    """``--conf-percentile`` as ``GenerationOptions.drop_percent`` (depth maps / .npz; VGGT filters in its
+    reconstructor instead, see :func:`read_pointmap`). Checked first: one line naming both spellings."""
+    p = getattr(args, "conf_percentile", None)
+    if p is None:
+        return 0.0
+    if not 0.0 <= p < 100.0:  # NaN fails too
+        raise InputError(f"option --conf-percentile (drop_percent) must be in [0, 100), got {p:g}")
+    return 0.0 if input_kind(args) == "vggt" else float(p)
+
+
 def read_pointmap(args: argparse.Namespace):  # noqa: ANN201 - a PointMap (imported lazily)
     """The point map of ``args.input`` through the reconstructor the arguments name (or infer)."""
-    from .reconstruct.base import get_reconstructor, infer_reconstructor
+    from .reconstruct.base import get_reconstructor
 
-    name = args.reconstructor if args.reconstructor != "auto" else infer_reconstructor(args.input)
+    name = input_kind(args)
+    masks = getattr(args, "mask", None)
+    if isinstance(masks, str):
+        masks = [masks]
     options: dict = {}
     if name == "depth":
         intr = args.intrinsics
@@ -136,9 +171,20 @@ def read_pointmap(args: argparse.Namespace):  # noqa: ANN201 - a PointMap (impor
             except ValueError:
                 raise InputError(f"--intrinsics must be 'fx,fy,cx,cy' numbers or a file, got {args.intrinsics!r}"
                                  ) from None
-        options = dict(intrinsics=intr, fov_deg=args.fov, image=args.image, mask=args.mask)
-    elif name == "vggt" and args.vggt_weights:
-        options = dict(weights=args.vggt_weights)
+        if masks and len(masks) != 1:
+            raise InputError(f"a depth map takes one --mask, got {len(masks)}")
+        options = dict(intrinsics=intr, fov_deg=args.fov, image=args.image, mask=masks[0] if masks else None)
+    elif name == "vggt":
+        options = dict(segmenter=getattr(args, "segmenter", "auto"),
+                       segmenter_weights=getattr(args, "birefnet_weights", None))
+        if masks:
+            options["masks"] = masks
+        if args.vggt_weights:
+            options["weights"] = args.vggt_weights
+        if getattr(args, "conf_percentile", None) is not None:
+            options["conf_percentile"] = args.conf_percentile  # else the demo's default
+    elif masks:
+        raise InputError("--mask applies to images and depth maps, not to a point map .npz (it has its own mask)")
     if name in ("depth", "pointmap"):  # the pixel limits (VGGT's own preprocessing sizes its input)
         options.update({k: v for k, v in limit_overrides(args).items() if k != "max_memory_gb"})
     return get_reconstructor(name, args.input, **options)(args.input)[0]
@@ -163,14 +209,14 @@ def run_foreground(args: argparse.Namespace) -> int:
 
     check_output_folder(args.out)  # the output folder first: at once, before torch loads
     limits = GenerationOptions(band=args.band, shell=args.shell, conf_threshold=args.conf_threshold,
-                               drop_percent=args.drop_percent, **limit_overrides(args)
+                               drop_percent=surface_drop_percent(args), **limit_overrides(args)
                                ).validate()  # checked before anything is read
     from .seen_side import build_seen_shell, seen_shell_paths, shell_fidelity, write_seen_shell
 
     check_output_folder(args.out, [p.name for p in seen_shell_paths(args.out, args.resolution).values()])
     pm = read_pointmap(args)
     fg = build_seen_shell(pm, resolution=args.resolution, band=args.band, shell=args.shell,
-                          conf_threshold=args.conf_threshold, drop_percent=args.drop_percent,
+                          conf_threshold=args.conf_threshold, drop_percent=limits.drop_percent,
                           max_pixels=limits.max_pixels, max_memory_gb=limits.max_memory_gb)
     fid = shell_fidelity(fg)
     paths = write_seen_shell(fg, args.out, fid)
@@ -192,6 +238,10 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     """Generation options; a value left out is the generator's default (GenerationOptions resolves it)."""
     p.add_argument("--generator", default="mini",
                    help="mini (bundled), a mini-prior folder, direct3d-s2[-v1.0], a hub id or a local folder")
+    p.add_argument("--dinov2-weights", metavar="DIR",
+                   help="Direct3D-S2's DINOv2 conditioner: a transformers folder or hub id (default: "
+                        "DIR/dinov2-with-registers-large beside --generator DIR, else "
+                        "facebook/dinov2-with-registers-large, downloaded when the hub is reachable)")
     p.add_argument("--guidance", type=float, default=None,
                    help="front-partial guidance strength λ; 0 = the baseline, the prior alone (fusion off too, "
                         "unless --fusion is given)")
@@ -203,13 +253,54 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
                    help="clear what the view shows to be empty")
     p.add_argument("--front-cut", action=argparse.BooleanOptionalAction, default=None,
                    help="keep only the camera-side half of the shell's latent cells as the target (the paper)")
+    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the generator's refiners on its sparse stages (Direct3D-S2: interior removal at 512, "
+                        "sign refiner at 1024; default: on when the generator has them)")
     p.add_argument("--max-faces", type=int, default=None, help="simplify to about this many faces")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device_arguments(p)
+
+
+def _device_name(text: str) -> str:
+    from .devices import check_device_name  # (no torch: the syntax only)
+
+    try:
+        return check_device_name(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_device_arguments(p: argparse.ArgumentParser) -> None:
+    """``--device``, ``--dtype``, ``--low-memory`` (:meth:`ConsistentPipeline.from_pretrained` takes them)."""
+    from .devices import DEVICE_NAMES, DTYPE_CHOICES
+
+    p.add_argument("--device", type=_device_name, default="auto",
+                   help=f"where the models run: {DEVICE_NAMES} (default auto: CUDA when present, else MPS, else CPU)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                   help="model precision: auto (the weights' own: Direct3D-S2 fp16 with float32 norms, the mini prior "
+                        "fp32), fp32, fp16, bf16 (float32 weights then run under autocast)")
+    p.add_argument("--low-memory", action="store_true",
+                   help="keep only the running stage's models on the GPU (the others on the CPU), fp16 unless --dtype "
+                        "is given, decode the sparse stages in chunks; slower, lower peak memory")
+
+
+def device_settings(args: argparse.Namespace) -> dict:
+    """The device arguments as ``from_pretrained`` keywords, the device checked to exist (one line if not)."""
+    from .devices import resolve_device
+
+    return {"device": resolve_device(getattr(args, "device", "auto")), "dtype": getattr(args, "dtype", "auto"),
+            "low_memory": bool(getattr(args, "low_memory", False))}
+
+
+def generator_weights(args: argparse.Namespace) -> dict:
+    """Weights of the generator's parts the arguments name (``--dinov2-weights``), as ``load_generator`` keywords."""
+    dino = getattr(args, "dinov2_weights", None)
+    return {"dino_weights": dino} if dino else {}
 
 
 # argument name → GenerationOptions field
 _OPTION_ARGUMENTS = {"guidance": "guidance", "variant": "guidance_variant", "fusion": "fusion",
-                     "free_space": "free_space", "front_cut": "front_cut", "max_faces": "max_faces"}
+                     "free_space": "free_space", "front_cut": "front_cut", "max_faces": "max_faces", "refine": "refine"}
 
 
 def generation_overrides(args: argparse.Namespace) -> dict:
@@ -249,12 +340,13 @@ def run_generate(args: argparse.Namespace) -> int:
         check_output_file(args.report, (".json",), "--report")
     if args.preview:
         check_output_file(args.preview, IMAGE_FORMATS, "--preview")
-    options = GenerationOptions(conf_threshold=args.conf_threshold, drop_percent=args.drop_percent
+    options = GenerationOptions(conf_threshold=args.conf_threshold, drop_percent=surface_drop_percent(args)
                                 ).with_changes(**generation_overrides(args))  # checked before anything is read
+    devices = device_settings(args)  # CUDA / MPS asked for and missing: one line, before the input is read
     from .pipeline import ConsistentPipeline
 
     pm = read_pointmap(args)
-    pipe = ConsistentPipeline.from_pretrained(args.generator)
+    pipe = ConsistentPipeline.from_pretrained(args.generator, **devices, **generator_weights(args))
     res = pipe(pm, options)
     metrics = res.metrics() if pm.intrinsics is not None else {}
     panel = None
@@ -293,6 +385,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare", action="store_true", help="also run unguided (the baseline) for comparison")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device_arguments(p)
     p.set_defaults(run=run_demo)
 
 
@@ -302,7 +395,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from .io.atomic import check_output_folder
 
     check_output_folder(args.out, demo_outputs(check_examples(args.examples), args.compare))
-    demo(args.out, args.generator, args.examples, seed=args.seed, compare=args.compare, progress=not args.quiet)
+    demo(args.out, args.generator, args.examples, seed=args.seed, compare=args.compare, progress=not args.quiet,
+         **device_settings(args))
     return 0
 
 
@@ -351,6 +445,38 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- batch
+
+
+def _add_batch(sub: argparse._SubParsersAction) -> None:
+    from .batch import MESH_FORMATS  # the batch module imports no torch (nor numpy) at the top
+
+    p = sub.add_parser("batch", help="many inputs → one mesh + report each and a manifest; resumable, parallel")
+    _add_input_arguments(p, nargs="*", help_input="depth maps (NAME_intrinsics.txt, NAME_rgba.png, NAME_mask.png "
+                                                  "read from beside them), point maps .npz, images, or folders of "
+                                                  "*_depth.* / *.npz files")
+    add_generation_arguments(p)
+    p.add_argument("--list", dest="list_file", metavar="FILE",
+                   help="more inputs, one a line: a path, or JSON {\"input\", \"name\", \"intrinsics\", \"fov\", "
+                        "\"image\", \"mask\"} (paths relative to FILE)")
+    p.add_argument("--out", required=True, help="output folder: NAME.FORMAT and NAME.json per input, manifest.jsonl")
+    p.add_argument("--format", choices=MESH_FORMATS, default="glb", help="mesh format (default glb)")
+    p.add_argument("--frame", choices=["camera", "canonical"], default="camera", help="as for generate")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local worker processes, each loading the pipeline once (default 1: in this process)")
+    p.add_argument("--retry-failed", action="store_true", help="run again the items the manifest records as failed")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the items on Ray (pip install \"consistent3dgen[ray]\"): a cluster ADDRESS, or local "
+                        "(the default) for a Ray instance on this machine with --workers CPUs")
+    p.set_defaults(run=run_batch)
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    from .batch import run_batch_command
+
+    return run_batch_command(args)
+
+
 # ----------------------------------------------------------------------------------------------- train
 
 
@@ -374,6 +500,59 @@ def run_train(args: argparse.Namespace) -> int:
     from .train.main import train_main
 
     return train_main(args)
+
+
+# ----------------------------------------------------------------------------------------------- info
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="versions, the device, and where each model's weights are found (no download)")
+    p.add_argument("--vggt-weights", metavar="DIR", help="check this VGGT folder/file instead of the hub cache")
+    p.add_argument("--generator", metavar="DIR", help="check this Direct3D-S2 (or mini-prior) folder")
+    p.add_argument("--dinov2-weights", metavar="DIR", help="check this DINOv2 folder")
+    p.add_argument("--birefnet-weights", metavar="DIR", help="check this BiRefNet folder")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(run=run_info)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from .info import format_info, gather_info
+
+    report = gather_info(vggt=args.vggt_weights, generator=args.generator, dinov2=args.dinov2_weights,
+                         birefnet=args.birefnet_weights)
+    if args.json:
+        import json
+
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_info(report))
+    return 0
+
+
+
+# ----------------------------------------------------------------------------------------------- app
+
+
+def _add_app(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("app", help="the web page (Gradio; pip install \".[app]\"): upload, generate, view, download")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--generator", action="append", default=None, metavar="NAME",
+                   help="a generator the page offers (repeatable; the first is the default): mini, a mini-prior "
+                        "folder, direct3d-s2[-v1.0], a hub id or a local folder (default: mini and direct3d-s2)")
+    p.add_argument("--device", default=None, help="device the models run on (default: the pipeline's)")
+    p.add_argument("--vggt-weights", help="VGGT for image inputs: local folder/file or hub id")
+    p.add_argument("--max-file-size", default="50mb", help="largest upload, e.g. 50mb (default 50mb)")
+    p.add_argument("--queue-size", type=int, default=16, help="requests that may wait in the queue (default 16)")
+    p.set_defaults(run=run_app)
+
+
+def run_app(args: argparse.Namespace) -> int:
+    from .app import DEFAULT_GENERATORS, serve
+
+    serve(args.host, args.port, args.generator or DEFAULT_GENERATORS, device=args.device,
+          vggt_weights=args.vggt_weights, max_file_size=args.max_file_size, queue_size=args.queue_size)
+    return 0
 
 
 if __name__ == "__main__":

@@ -50,8 +50,9 @@ class GenerationOptions:
     guidance_variant: str | None = None  # paper | noised | x0 | replace (sampling.guidance)
     cfg_scale: float | None = None  # classifier-free guidance; used only when the generator has a negative input
     fusion: bool | None = None  # write the seen shell's SDF into the decoded SDF; None = on when guidance > 0
+    refine: bool | None = None  # run the stages' refiners (Direct3D-S2's); None = when the generator has them
     # --- extraction
-    mc_level: float | None = None  # marching-cubes level; None = the generator's convention
+    mc_level: float | None = None  # marching-cubes level of the decoded SDF (a refiner derives its own from it)
     max_faces: int | None = 200_000  # simplify to about this many faces (None = keep all)
     # drop loose pieces with fewer faces than this fraction of the largest piece (0 keeps all). Off by default:
     # at 0.01 the mini prior's specks went, but Chamfer rose on all four eval meshes (suzanne 0.0284 → 0.0339)
@@ -102,6 +103,7 @@ class GenerationOptions:
         for name in ("front_cut", "free_space", "progress"):
             _boolean(self, name)
         _boolean(self, "fusion", optional=True)
+        _boolean(self, "refine", optional=True)
         _number(self, "conf_threshold")
         _number(self, "drop_percent", lo=0.0, hi=100.0, hi_open=True)
         _number(self, "band", optional=True, lo=0.0, lo_open=True, hi=64.0)

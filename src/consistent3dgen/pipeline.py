@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from .cascade import Condition, DenseResult, SparseStageConfig, StagesResult
+from .devices import StageMeter, module_dtypes, resolve_device, resolve_dtype
 from .errors import InputError
-from .generators.base import Generator, SparseLatent
+from .generators.base import Generator, SparseLatent, SparseStage, stage_modules
 from .geometry.frames import CanonicalFrame, canonical_to_camera, compose_frame
 from .geometry.voxels import SparseVoxels
 from .options import GenerationOptions
@@ -58,6 +59,7 @@ class PipelineResult:
     seen: SeenSide | None = None
     latents: list[SparseLatent] = field(default_factory=list)  # final tokens of each sparse stage
     targets: list[SparseLatent | None] = field(default_factory=list)  # the guidance target x_fg of each stage
+    runtime: dict[str, Any] = field(default_factory=dict)  # device, dtype, autocast, low_memory of the run
 
     def arrays(self, frame: str = "camera") -> tuple[np.ndarray, np.ndarray]:
         """``(vertices, faces)`` in ``camera`` (input camera, its units) or ``canonical`` (generator cube) frame."""
@@ -99,6 +101,7 @@ class PipelineResult:
             "frame": self.frame.to_dict(),
             "timings": self.timings,
             "stages": self.stages,
+            "runtime": self.runtime,
             "vertices": len(self.vertices),
             "faces": len(self.faces),
             "input_downscale": self.pointmap.meta.get("downscale"),
@@ -106,23 +109,64 @@ class PipelineResult:
 
 
 class ConsistentPipeline:
-    """Reconstruction at the seen side + generation at the unseen side, with a given generator."""
+    """Reconstruction at the seen side + generation at the unseen side, with a given generator.
 
-    def __init__(self, generator: Generator, device: str | torch.device = "cpu"):
+    Devices: the models run on :attr:`device` (``auto``: CUDA, else MPS, else CPU; :meth:`to` moves them), every
+    tensor of a run is made there, and the run's random numbers are drawn from one seeded CPU generator and moved,
+    so a seed gives the same noise on every device. ``dtype`` fp16/bf16: a generator loaded in that dtype
+    (Direct3D-S2's weight layout, norms kept in float32) runs as loaded; one whose weights hold no such tensors
+    (the mini prior's float32) runs its models under ``torch.autocast`` to it. ``low_memory``: only the running
+    stage's models are on the device (the others wait on the CPU), half-precision weights on a GPU unless a dtype
+    is given, and sparse stages decode in spatial chunks (:data:`LOW_MEMORY_CHUNK_CELLS`).
+    """
+
+    def __init__(self, generator: Generator, device: str | torch.device = "cpu", *,
+                 dtype: str | torch.dtype | None = None, low_memory: bool = False):
         self.generator = generator
-        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.low_memory = bool(low_memory)
         self._progress_bar: dict = {}  # tqdm keyword arguments for the sampler's bars
+        self.to(device)
+
+    def to(self, device: str | torch.device) -> ConsistentPipeline:
+        """Run on ``device`` (``auto``, ``cpu``, ``cuda[:N]``, ``mps``): every model of the generator and of its
+        conditioner moves there (in low-memory mode they wait on the CPU, each stage's going to the device while it
+        runs). Returns self."""
+        self.device = resolve_device(device)
+        self.generator.to("cpu" if self._offloads else self.device)
+        return self
+
+    @property
+    def _offloads(self) -> bool:
+        return self.low_memory and self.device.type != "cpu"
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The dtype the models run under autocast in: a half ``dtype`` the generator's weights do not hold."""
+        if self.dtype in (None, torch.float32) or self.dtype in module_dtypes(self.generator.modules()):
+            return None
+        return self.dtype
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         """tqdm keyword arguments for the sampling bars (as diffusers), e.g. ``disable=True`` or ``position=1``."""
         self._progress_bar = dict(kwargs)
 
     @classmethod
-    def from_pretrained(cls, name: str | Path = "mini", device: str | torch.device = "cpu", **kwargs: Any
+    def from_pretrained(cls, name: str | Path = "mini", device: str | torch.device = "cpu", *,
+                        dtype: str | torch.dtype | None = None, low_memory: bool = False, **kwargs: Any
                         ) -> ConsistentPipeline:
+        """Load a generator (:func:`~consistent3dgen.generators.registry.load_generator`) onto ``device``.
+
+        ``dtype``: ``auto``/None (the weights' own layout; fp16 on a GPU in low-memory mode), fp32, fp16, bf16.
+        """
         from .generators.registry import load_generator
 
-        return cls(load_generator(name, device=device, **kwargs), device=device)
+        dev, dt = resolve_device(device), resolve_dtype(dtype)
+        offload = low_memory and dev.type != "cpu"
+        if offload and dt is None:
+            dt = torch.float16  # low memory on a GPU: half-precision weights (or autocast) unless told otherwise
+        generator = load_generator(name, device="cpu" if offload else dev, dtype=dt, **kwargs)
+        return cls(generator, dev, dtype=dt, low_memory=low_memory)
 
     @torch.no_grad()
     def __call__(self, inputs: PointMap | Any, options: GenerationOptions | None = None, *,
@@ -136,27 +180,39 @@ class ConsistentPipeline:
         """
         opts = self.resolve_options(options, **overrides)
         timings: dict[str, float] = {}
-        rng = torch.Generator().manual_seed(opts.seed)
+        rng = torch.Generator().manual_seed(opts.seed)  # on the CPU for every device: the same noise everywhere
+        self.generator.to("cpu" if self._offloads else self.device)  # (a no-op when the models are placed)
+        meter = StageMeter(self.device, low_memory=self.low_memory, autocast_dtype=self.autocast_dtype)
+        gen = self.generator
         with _timed(timings, "reconstruct"):
             pointmap = self.prepare_pointmap(inputs)
         with _timed(timings, "foreground"):
             seen = self.build_seen_side(pointmap, opts)
-            condition = self.encode_condition(pointmap, opts)
+            with meter.stage("condition", stage_modules(gen.conditioner)):
+                condition = self.encode_condition(pointmap, opts)
         with _timed(timings, "dense"):
-            dense = self.run_dense_stage(seen, condition, opts, rng, callback)
+            with meter.stage("dense", stage_modules(gen.dense)):
+                dense = self.run_dense_stage(seen, condition, opts, rng, callback)
             cells = self.first_tokens(dense, seen, opts)
         with _timed(timings, "sparse"):
-            sparse = self.run_sparse_stages(cells, seen, condition, opts, rng, callback)
+            sparse = self.run_sparse_stages(cells, seen, condition, opts, rng, callback,
+                                            stage_scope=lambda k, s: meter.stage(f"sparse{s.resolution}",
+                                                                                 stage_modules(s)))
         with _timed(timings, "extract"):
-            vertices, faces = self.extract(sparse.sdf, opts)
+            vertices, faces = self.extract(sparse.sdf, opts, mesh=sparse.mesh)
         timings["total"] = sum(timings.values())
-        stages = [{"stage": "dense", "occupied": int((dense.probability >= opts.occupancy_threshold).sum()),
-                   "tokens": len(cells)}]
-        stages += [{"stage": f"sparse{s.resolution}", "tokens": len(z)}
-                   for s, z in zip(self.generator.sparse, sparse.latents, strict=True)]
+        stages = [{"stage": "condition"}] if gen.conditioner is not None else []
+        stages += [{"stage": "dense", "occupied": int((dense.probability >= opts.occupancy_threshold).sum()),
+                    "tokens": len(cells)}]
+        stages += [{"stage": f"sparse{s.resolution}", "tokens": len(z), **(refined or {})}  # + refiner, level
+                   for s, z, refined in zip(gen.sparse, sparse.latents, sparse.refined, strict=True)]
+        stages = [{**s, **meter.records.get(s["stage"], {})} for s in stages]  # + seconds, peak memory
+        autocast = self.autocast_dtype
+        runtime = {"device": str(self.device), "dtype": None if self.dtype is None else str(self.dtype),
+                   "autocast": None if autocast is None else str(autocast), "low_memory": self.low_memory}
         # the point map as used (downscaled when it was larger than max_pixels)
         return PipelineResult(vertices, faces, compose_frame(seen.frame, sparse.frame), seen.pointmap, opts,
-                              timings, stages, seen, sparse.latents, sparse.targets)
+                              timings, stages, seen, sparse.latents, sparse.targets, runtime)
 
     # ------------------------------------------------------------------------------------------- steps
 
@@ -165,7 +221,10 @@ class ConsistentPipeline:
         if options is not None and not isinstance(options, GenerationOptions):
             raise InputError(f"options must be a GenerationOptions, got {type(options).__name__}")
         base = options if options is not None else GenerationOptions()
-        return base.with_changes(**overrides).resolve(self.generator.option_defaults(), len(self.generator.sparse))
+        opts = base.with_changes(**overrides).resolve(self.generator.option_defaults(), len(self.generator.sparse))
+        if opts.refine and not self.generator.has_refiners():
+            raise InputError(f"option refine: generator {self.generator.name} has no refiners")
+        return opts
 
     def prepare_pointmap(self, inputs: PointMap | Any) -> PointMap:
         """A :class:`PointMap` as given, or the first view a reconstructor infers from the inputs."""
@@ -185,11 +244,18 @@ class ConsistentPipeline:
         """Image tokens with a zero negative for CFG, or the prior's null condition and no negative branch."""
         gen = self.generator
         if gen.conditioner is not None:
-            if pointmap.image is None:
+            # the image with its soft object alpha when the reconstructor kept it (VGGT: the input's alpha, the
+            # mask or the segmenter's matte, as the official preprocessing composites), else the point map's mask
+            rgba = pointmap.meta.get("condition_rgba")
+            if rgba is None and pointmap.image is None:
                 raise InputError("this generator is image-conditioned but the input has no colour image")
-            rgba = np.dstack([pointmap.image, np.where(pointmap.mask, 255, 0).astype(np.uint8)])
-            tokens = gen.conditioner(rgba).to(self.device)
-            return Condition(tokens, torch.zeros_like(tokens), opts.cfg_scale)
+            if rgba is None:
+                rgba = np.dstack([pointmap.image, np.where(pointmap.mask, 255, 0).astype(np.uint8)])
+            # with the per-patch foreground mask when the conditioner gives one (stages may build on it)
+            encode = getattr(gen.conditioner, "tokens_and_mask", None)
+            tokens, mask = encode(rgba) if encode is not None else (gen.conditioner(rgba), None)
+            tokens = tokens.to(self.device)
+            return Condition(tokens, torch.zeros_like(tokens), opts.cfg_scale, mask=mask)
         if gen.null_condition is None:
             raise ValueError(f"generator {gen.name} has neither an image conditioner nor a null condition")
         return Condition(gen.null_condition.to(self.device))
@@ -217,31 +283,54 @@ class ConsistentPipeline:
                                   first.resolution // first.latent_factor, seen.seen_cells(), seen.free_cells())
 
     def run_sparse_stages(self, cells: SparseVoxels, seen: SeenSide, condition: Condition, opts: GenerationOptions,
-                          rng: torch.Generator, callback: Callable[[StepInfo], None] | None = None
-                          ) -> StagesResult:
+                          rng: torch.Generator, callback: Callable[[StepInfo], None] | None = None,
+                          stage_scope: Callable[[int, SparseStage], Any] | None = None) -> StagesResult:
+        """``stage_scope``: see :func:`consistent3dgen.cascade.run_sparse_stages` (``__call__`` places and measures
+        each stage there)."""
         from .cascade import run_sparse_stages
 
+        gen = self.generator
         configs = [SparseStageConfig(FlowMatchSchedule.shifted(steps, sampler.shift), opts.guidance,
-                                     opts.guidance_variant, fusion=opts.fusion, mc_level=opts.mc_level)
-                   for steps, sampler in zip(opts.sparse_steps, self.generator.sparse_samplers, strict=True)]
-        return run_sparse_stages(self.generator.sparse, configs, cells, condition, seen, generator=rng,
+                                     opts.guidance_variant, fusion=opts.fusion, mc_level=opts.mc_level,
+                                     refine=bool(opts.refine),
+                                     decode_chunks=low_memory_chunks(stage) if self.low_memory else None)
+                   for steps, sampler, stage in zip(opts.sparse_steps, gen.sparse_samplers, gen.sparse, strict=True)]
+        return run_sparse_stages(gen.sparse, configs, cells, condition, seen, generator=rng,
                                  progress=self._progress(opts), max_memory_gb=opts.max_memory_gb,
-                                 callback=callback)
+                                 callback=callback, stage_scope=stage_scope)
 
     def _progress(self, opts: GenerationOptions) -> bool | dict:
         """False when ``opts.progress`` is off, else the bar settings of :meth:`set_progress_bar_config`."""
         return (self._progress_bar or True) if opts.progress else False
 
-    def extract(self, sdf: SparseVoxels, opts: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
-        """Marching cubes at the generator's level, loose pieces below ``min_component`` dropped, simplified."""
+    def extract(self, sdf: SparseVoxels, opts: GenerationOptions, mesh: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Marching cubes at the generator's level (or the last stage's refined ``mesh``), loose pieces below
+        ``min_component`` dropped, simplified."""
         from .geometry.marching_cubes import sparse_marching_cubes
         from .geometry.mesh_ops import remove_small_components, simplify_mesh
 
-        vertices, faces = sparse_marching_cubes(sdf, level=opts.mc_level)
+        vertices, faces = mesh if mesh is not None else sparse_marching_cubes(sdf, level=opts.mc_level)
         vertices, faces = remove_small_components(vertices, faces, opts.min_component)
         if opts.max_faces is not None and len(faces) > opts.max_faces:
             vertices, faces = simplify_mesh(vertices, faces, opts.max_faces)
         return vertices, faces
+
+
+# low memory: sparse decoders work on spatial chunks of at most this many latent cells a side (Direct3D-S2's 1024
+# stage: 8³ chunks of its 128³ grid, against the config's 4³; the 512 stage 4³ against none). A chunk's decoded
+# voxels grow with the surface inside it, so the peak of decoding falls about with the square of the chunks per axis.
+LOW_MEMORY_CHUNK_CELLS = 16
+
+
+def low_memory_chunks(stage: Any) -> int | None:
+    """Chunks per axis for a low-memory decode of ``stage`` (None: one piece); at least the decoder's own."""
+    latent = int(stage.resolution) // int(stage.latent_factor)
+    own = int(getattr(getattr(getattr(stage, "vae", None), "decoder", None), "chunk_size", 1) or 1)
+    chunks = max(own, latent // LOW_MEMORY_CHUNK_CELLS)
+    while chunks > 1 and latent % chunks:
+        chunks -= 1
+    return chunks if chunks > 1 else None
 
 
 @contextmanager

@@ -184,9 +184,11 @@ class SeenSide:
         latent = stage.encode_sdf(shell.sdf)
         if not self.front_cut:
             return latent
-        keep = shell.front_cells().lookup(latent.coords.numpy()) >= 0
+        keep = shell.front_cells().lookup(latent.coords.cpu().numpy()) >= 0
         idx = torch.as_tensor(np.flatnonzero(keep))
-        return SparseLatent(latent.coords[idx], latent.feats[idx], latent.resolution)
+        # the index on each tensor's own device (a stage may give its latent on the GPU)
+        return SparseLatent(latent.coords[idx.to(latent.coords.device)], latent.feats[idx.to(latent.feats.device)],
+                            latent.resolution)
 
     def fusion_sdf(self, index: int, sim: Similarity) -> SparseVoxels:
         """The shell voxels on the camera side of the seen surface: trustworthy SDF values for fusion."""

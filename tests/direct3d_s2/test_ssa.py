@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import sys
 
 import pytest
 import torch
@@ -51,9 +53,11 @@ def _dense_reference(q, k, v, mask):
 #    CPU flash-attention kernel, to 20 ulp: c_exp = 40). Every weight is then relatively off by
 #    ≤ u(n + 3A + 2 ln n + 1 + c_exp), which moves o by that times V (Σ w_j |v_j| ≤ V).
 # 3. the weighted sum of n terms: ≤ n·u·V (Higham's γ_n bound).
-# 4. each online merge of two partial softmaxes (the chunked selection branch merges one per selected block):
-#    acc·exp(L_old − L_new) + part·exp(L_part − L_new) rounds arguments of size ≤ 2(A + ln n), the logaddexp, the
-#    exps and one multiply-add: ≤ u(3A + 3 ln n + c_exp + 4)·V per merge.
+# 4. merging M partial softmaxes (the chunked selection branch has one per selected block): with weights
+#    w_k = exp(L_k − max L) (arguments ≤ 2(A + ln n), each rounded once, exp to c_exp·u), o = Σ w_k o_k / Σ w_k
+#    is off by ≤ u·V·[2(2A + 2 ln n + c_exp + 1) + 2M + 2]; for M ≥ 2 that is below M·u(3A + 3 ln n + c_exp + 4)·V
+#    (the budget of M sequential online merges), and M = 1 is exact (weight exp(0) = 1). So ≤ u(3A + 3 ln n +
+#    c_exp + 4)·V per merge.
 # Sum: |o − o_exact| ≤ u·V·[(2D + 5 + 3M)·A + 2n + (2 + 3M)·ln n + (M + 1)·c_exp + 4M + 1] for M merges.
 # This is a worst case (every rounding at its bound, same sign): here ~3e-4, against observed errors ≤ 7e-6
 # (≤ 0.015 of the bound over 50 seeds of every test below, 1 and 2 threads), while a key wrongly in or out of
@@ -401,3 +405,166 @@ def test_gradients_of_both_paths_match_float64_reference(dense_max_tokens, chunk
     for name, got, want in zip("q k v ck cv gate".split(), tensors, leaves, strict=True):
         assert got.grad is not None and want.grad.abs().max() > 1e-3, name
         torch.testing.assert_close(got.grad.double(), want.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+# ------------------------------------------------------------------ chunked selection: exactness and no per-block loop
+
+
+def _uneven_coords(counts: list[int], gen: torch.Generator) -> torch.Tensor:
+    """Per batch element of n ≥ 96 tokens: one full 4³ block (64 tokens), a half-full one, then the rest scattered
+    over a 24³ grid (mostly 1–3 tokens per 4³ block), shuffled: block sizes from 1 to 64, tokens not in block
+    order. A smaller element is the first n tokens of the full block (one block)."""
+    rows = []
+    for b, n in enumerate(counts):
+        full = torch.cartesian_prod(*[torch.arange(4)] * 3)
+        half = torch.cartesian_prod(*[torch.arange(4)] * 3)[torch.randperm(64, generator=gen)[:32]] + 20
+        taken = {tuple(r) for r in torch.cat([full, half]).tolist()}
+        rest = [r for r in _random_coords([n], 24, gen, True)[:, 1:].tolist() if tuple(r) not in taken]
+        xyz = torch.cat([full, half, torch.tensor(rest, dtype=torch.long)])[:n]
+        xyz = xyz[torch.randperm(xyz.shape[0], generator=gen)]
+        rows.append(torch.cat([torch.full((xyz.shape[0], 1), b), xyz], 1))
+    return torch.cat(rows).int()
+
+
+def _random_choice(layout: ssa.BlockLayout, coords: torch.Tensor, hkv: int, topk: int, gen: torch.Generator):
+    """(Hkv, N, topk) distinct own-batch block ids per row, 1..topk of them (all blocks when topk exceeds them),
+    -1 in the other slots, slots in random order (nothing requires them sorted or padded at the end)."""
+    n = coords.shape[0]
+    out = torch.full((hkv, n, topk), -1, dtype=torch.long)
+    for i in range(n):
+        b = int(coords[i, 0])
+        lo, hi = int(layout.block_batch_start[b]), int(layout.block_batch_start[b + 1])
+        for g in range(hkv):
+            kk = min(hi - lo, 1 + int(torch.randint(0, topk, (1,), generator=gen)))
+            row = torch.full((topk,), -1, dtype=torch.long)
+            row[:kk] = lo + torch.randperm(hi - lo, generator=gen)[:kk]
+            out[g, i] = row[torch.randperm(topk, generator=gen)]
+    return out
+
+
+def _selection_case(seed: int, counts: list[int], hq: int, hkv: int, dim: int, uneven: bool):
+    gen = torch.Generator().manual_seed(seed)
+    sbs = 4
+    coords = _uneven_coords(counts, gen) if uneven else _random_coords(counts, 24, gen, True)
+    layout = ssa.block_layout(coords, _compressed_coords(coords, 2), 2, sbs)
+    n = coords.shape[0]
+    q = torch.randn(n, hq, dim, generator=gen) * 2
+    k = torch.randn(n, hkv, dim, generator=gen) * 2
+    v = torch.randn(n, hkv, dim, generator=gen)
+    return coords, layout, q, k, v, gen
+
+
+# (query heads, kv heads, head dim): GQA groups of 2 and 4, one kv head, plain multi-head
+SELECTION_CASES = [
+    # counts, heads, topk, query_tile, chunk_bytes, uneven blocks
+    ([300], (4, 2, 8), 3, 32, ssa.DEFAULT_CHUNK_BYTES, True),
+    ([220, 130, 17], (4, 2, 8), 3, 5, 2**14, True),  # several chunks, tiles and tile groups; a tiny element
+    ([220, 130], (8, 2, 4), 2, 1, 2**16, False),
+    ([160, 60], (4, 1, 8), 4, 7, 2**13, True),
+    ([200], (3, 3, 8), 3, 32, 4096, False),
+    ([120, 40], (4, 2, 8), 300, 16, 2**16, True),  # topk above every element's number of blocks
+]
+
+
+@pytest.mark.parametrize("counts,heads,topk,tile,chunk_bytes,uneven", SELECTION_CASES)
+def test_selection_equals_brute_force(counts, heads, topk, tile, chunk_bytes, uneven, seed=21):
+    """The tiled selection branch is the float64 softmax over the union of the selected blocks' tokens (dense
+    masked attention), to the float32 bound, whatever the tiling, chunking and block sizes."""
+    hq, hkv, dim = heads
+    coords, layout, q, k, v, gen = _selection_case(seed, counts, hq, hkv, dim, uneven)
+    sizes = (layout.block_tokens >= 0).sum(1)
+    if uneven:
+        assert sizes.max() == 64 and sizes.min() == 1  # block sizes really differ
+    topk_blocks = _random_choice(layout, coords, hkv, topk, gen)
+    out = ssa.selection_attention(q, k, v, topk_blocks, layout, chunk_bytes=chunk_bytes, query_tile=tile)
+    mask = _selection_mask(layout, topk_blocks)
+    ref, _, _ = _dense_reference(q, k, v, mask)
+    merges = int((topk_blocks >= 0).sum(-1).max())
+    _assert_within(out, ref, _attention_bound(q, k, v, _n_keys(mask), merges), "tiled selection")
+
+
+def test_selection_with_compressed_topk_and_empty_rows():
+    """With the block choice of the compressed branch (ascending ids, -1 padding at the end) the result is the
+    brute-force one; a query with no selected block at all gets zeros (no NaN)."""
+    coords, layout, q, k, v, _ = _selection_case(22, [180, 70], 4, 2, 8, True)
+    ccoords = _compressed_coords(coords, 2)
+    gen = torch.Generator().manual_seed(23)
+    ck = torch.randn(ccoords.shape[0], 2, 8, generator=gen) * 2
+    slices = ssa.batch_slices(coords[:, 0])
+    _, _, topk_blocks = ssa.compressed_attention_topk(q, ck, ck, slices, ssa.batch_slices(ccoords[:, 0]), layout, 3)
+    topk_blocks[1, 5:9] = -1  # four queries without blocks on kv head 1
+    out = ssa.selection_attention(q, k, v, topk_blocks, layout, chunk_bytes=2**14, query_tile=4)
+    assert torch.isfinite(out).all()
+    assert (out[5:9, 2:] == 0).all()  # query heads 2, 3 use kv head 1
+    mask = _selection_mask(layout, topk_blocks)
+    ref, _, _ = _dense_reference(q, k, v, mask)
+    keep = torch.ones_like(out, dtype=torch.bool)
+    keep[5:9, 2:] = False
+    bound = _attention_bound(q, k, v, _n_keys(mask), merges=3)
+    _assert_within(out[keep], ref[keep], bound, "tiled selection")
+
+
+def test_selection_gradients_match_float64_reference():
+    """Under autograd (out-of-place path) q, k and v get the gradient of the float64 masked attention."""
+    coords, layout, q, k, v, gen = _selection_case(24, [150, 60], 4, 2, 8, True)
+    topk_blocks = _random_choice(layout, coords, 2, 3, gen)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out = ssa.selection_attention(*leaves, topk_blocks, layout, chunk_bytes=2**15, query_tile=8)
+    weights = torch.randn(out.shape, generator=gen)
+    (out * weights).sum().backward()
+    with torch.no_grad():  # the in-place path gives the same forward
+        torch.testing.assert_close(ssa.selection_attention(q, k, v, topk_blocks, layout, 2**15, 8), out)
+    ref_leaves = [t.double().requires_grad_(True) for t in (q, k, v)]
+    ref, _, _ = _dense_reference(*ref_leaves, _selection_mask(layout, topk_blocks))
+    (ref * weights.double()).sum().backward()
+    for name, got, want in zip("qkv", leaves, ref_leaves, strict=True):
+        assert want.grad.abs().max() > 1e-3, name
+        torch.testing.assert_close(got.grad.double(), want.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def _python_events(fn) -> tuple[object, int]:
+    """fn() and the number of Python-level calls (Python and C functions, ``.tolist``/``.item`` included) it made.
+
+    Garbage collection is off meanwhile: finalizers it would run are no part of fn's work.
+    """
+    count = 0
+
+    def profile(frame, event, arg):
+        nonlocal count
+        if event in ("call", "c_call"):
+            count += 1
+
+    gc.collect()
+    gc.disable()
+    sys.setprofile(profile)
+    try:
+        result = fn()
+    finally:
+        sys.setprofile(None)
+        gc.enable()
+    return result, count
+
+
+def test_selection_python_work_does_not_grow_with_blocks():
+    """Same 512 tokens (a full 8³ cube), same top-k, 8 / 64 / 512 selection blocks: the number of Python-level
+    calls (every op dispatch and host sync goes through one) is the same, while the number of (kv head, block)
+    pairs to attend to grows ×50; a loop over pairs would add calls per pair. One chunk (ample chunk_bytes)."""
+    xyz = torch.cartesian_prod(*[torch.arange(8)] * 3)
+    coords = torch.cat([torch.zeros(512, 1, dtype=torch.long), xyz], 1).int()
+    gen = torch.Generator().manual_seed(25)
+    q, k, v = torch.randn(512, 4, 8, generator=gen), torch.randn(512, 2, 8, generator=gen), torch.randn(512, 2, 8)
+    events, pairs = [], []
+    for sbs in (4, 2, 1):
+        layout = ssa.block_layout(coords, coords, 1, sbs)
+        assert layout.num_blocks == (8 // sbs) ** 3
+        topk_blocks = _random_choice(layout, coords, 2, 3, gen)
+        out, count = _python_events(lambda layout=layout, tb=topk_blocks: ssa.selection_attention(q, k, v, tb, layout))
+        mask = _selection_mask(layout, topk_blocks)
+        ref, _, _ = _dense_reference(q, k, v, mask)
+        bound = _attention_bound(q, k, v, _n_keys(mask), merges=3)
+        _assert_within(out, ref, bound, f"{layout.num_blocks} blocks")
+        valid = topk_blocks >= 0
+        pairs.append(torch.unique((torch.arange(2).view(2, 1, 1) * layout.num_blocks + topk_blocks)[valid]).numel())
+        events.append(count)
+    assert pairs[-1] >= 50 * pairs[0], pairs
+    assert events[0] == events[1] == events[2], f"Python calls {events} for (kv head, block) pairs {pairs}"

@@ -144,6 +144,9 @@ def test_background_mask_keeps_enclosed_object_regions():
     assert object_mask(rgb, alpha, "none").all()
     with pytest.raises(InputError):
         object_mask(rgb, None, "alpha")
+    noisy = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    with pytest.raises(InputError, match="not a uniform white or black"):  # never the whole frame silently
+        object_mask(noisy, None, "auto")
 
 
 # ------------------------------------------------------------------------------------- VGGT end to end
@@ -162,7 +165,7 @@ def tiny_model(tiny_config):
 def test_vggt_reconstructor_two_views(tiny_model, tmp_path):
     a, b = _rgba(60, 90), _rgba(120, 80)
     Image.fromarray(a).save(tmp_path / "a.png")
-    rec = VGGTReconstructor(model=tiny_model)
+    rec = VGGTReconstructor(model=tiny_model, conf_percentile=0)  # every object pixel (the filter: below)
     pms = rec([tmp_path / "a.png", b])
     assert [pm.shape for pm in pms] == [(90, 60), (80, 120)]
     for pm, src in zip(pms, (a, b), strict=True):
@@ -191,18 +194,19 @@ def test_vggt_reconstructor_two_views(tiny_model, tmp_path):
 
 def test_vggt_reconstructor_options(tiny_model):
     img = _rgba(50, 50)
-    base = VGGTReconstructor(model=tiny_model)([img])[0]
-    filtered = VGGTReconstructor(model=tiny_model, conf_percentile=50)([img])[0]
+    base = VGGTReconstructor(model=tiny_model, conf_percentile=0)([img])[0]
+    filtered = VGGTReconstructor(model=tiny_model)([img])[0]  # default: the demo's 50th percentile
     assert filtered.mask.sum() < base.mask.sum() and not (filtered.mask & ~base.mask).any()
+    assert filtered.meta["conf_percentile"] == 50 and base.meta["conf_percentile"] == 0
     head = VGGTReconstructor(model=tiny_model, points_from="point_head")([img])[0]
     assert head.meta["points_from"] == "point_head" and np.isfinite(head.points[head.mask]).all()
     # Same input twice (S=2) must not change view 0 shapes / masks.
-    two = VGGTReconstructor(model=tiny_model)([img, img])
+    two = VGGTReconstructor(model=tiny_model, conf_percentile=0)([img, img])
     assert np.array_equal(two[0].mask, base.mask)
     # Crop mode: a tall image loses its top and bottom rows, which must not be in the mask.
     tall = _rgba(40, 100)
     tall[..., 3] = 255
-    cropped = VGGTReconstructor(model=tiny_model, mode="crop", mask="none")([tall])[0]
+    cropped = VGGTReconstructor(model=tiny_model, mode="crop", mask="none", conf_percentile=0)([tall])[0]
     rows = cropped.mask.any(axis=1)
     assert not rows[0] and not rows[-1] and rows[50] and cropped.mask[50].all()
     with pytest.raises(InputError):

@@ -10,10 +10,12 @@ predicts ``v = noise - x_0`` given ``timestep = 1000 * sigma``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
 from ..geometry.voxels import SparseVoxels
 
@@ -28,6 +30,13 @@ class SparseLatent:
 
     def __len__(self) -> int:
         return int(self.coords.shape[0])
+
+    def to(self, device: str | torch.device) -> SparseLatent:
+        """The same tokens with coords and feats on ``device`` (self when they are there already)."""
+        device = torch.device(device)
+        if self.coords.device == device and self.feats.device == device:
+            return self
+        return SparseLatent(self.coords.to(device), self.feats.to(device), self.resolution)
 
     def to_voxels(self) -> SparseVoxels:
         return SparseVoxels(
@@ -74,13 +83,57 @@ class SparseStage(Protocol):
         """Narrow-band SDF voxels (feats (N, 1) in [-1, 1]) → latent tokens (posterior mean)."""
 
     def decode_sdf(self, latent: SparseLatent) -> SparseVoxels:
-        """Latent tokens → SDF voxels at ``resolution`` (feats (N, 1) in [-1, 1])."""
+        """Latent tokens → SDF voxels at ``resolution`` (feats (N, 1) in [-1, 1]). A stage that can decode in
+        spatial chunks takes ``chunk_size`` (chunks per axis) as an optional keyword (low-memory mode passes it)."""
 
     def token_order(self, coords: torch.Tensor) -> torch.Tensor:
         """Permutation putting latent coords in the order the model needs (e.g. block order)."""
 
     def velocity(self, x: torch.Tensor, coords: torch.Tensor, timestep: torch.Tensor, cond: Any) -> torch.Tensor:
         """Flow velocity (N, C) for tokens x (N, C) at ``coords`` (N, 3); ``timestep`` (1,) = 1000·sigma."""
+
+    # Optional, looked up with getattr by the cascade:
+    # ``refiner: Refiner | None``, the stage's post-decode refinement (below);
+    # ``prepare_condition(cond, mask) -> cond``, the stage's own form of the image condition (e.g. Direct3D-S2
+    # v1.0's sparse condition tokens), called once per stage for the positive and the negative input.
+
+
+@runtime_checkable
+class Refiner(Protocol):
+    """A sparse stage's optional last step (e.g. Direct3D-S2's refiners): it decodes the tokens in place of
+    ``decode_sdf`` (keeping what it needs from the decoder), and, after the cascade's fusion and free-space clamp,
+    turns the SDF into the stage's mesh (used for the hand-off to the next stage and for the output)."""
+
+    name: str
+
+    def level(self, base: float) -> float:
+        """The refined field's marching-cubes level, given the generator's level for the decoded SDF."""
+
+    def decode(self, latent: SparseLatent) -> tuple[SparseVoxels, Any]:
+        """Latent tokens → (SDF voxels as ``decode_sdf`` gives them, what ``refine`` needs from the decoder); takes
+        ``chunk_size`` as ``decode_sdf`` does."""
+
+    def refine(self, sdf: SparseVoxels, decoded: Any, level: float) -> tuple[Any, Any]:
+        """SDF voxels (same rows as decoded) → mesh ``(vertices (V, 3) canonical, faces (F, 3))`` at ``level``."""
+
+
+def stage_device(stage: Any) -> torch.device:
+    """Where a stage's models run: its ``device`` attribute when it has one, else the CPU."""
+    device = getattr(stage, "device", None)
+    return torch.device(device) if device is not None else torch.device("cpu")
+
+
+def stage_modules(stage: Any) -> list[nn.Module]:
+    """The models of a stage (or of a conditioner): the object itself when it is a module, what its ``modules()``
+    gives when it defines one, else its attributes that are modules (Direct3D-S2's adapters: ``vae``, ``dit``)."""
+    if stage is None:
+        return []
+    if isinstance(stage, nn.Module):
+        return [stage]
+    own = getattr(stage, "modules", None)
+    if callable(own):
+        return list(own())
+    return [v for v in vars(stage).values() if isinstance(v, nn.Module)] if hasattr(stage, "__dict__") else []
 
 
 class Conditioner(Protocol):
@@ -118,7 +171,33 @@ class Generator:
         if len(self.sparse_samplers) != len(self.sparse):
             raise ValueError(f"{len(self.sparse_samplers)} sparse sampler settings for {len(self.sparse)} stages")
 
+    def modules(self) -> Iterator[nn.Module]:
+        """Every model of the generator, once: the stages', the conditioner's and any other field holding models
+        (e.g. refiners), in field order."""
+        seen: set[int] = set()
+        for f in fields(self):
+            value = getattr(self, f.name)
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(item, (torch.Tensor, str, int, float, dict, SamplerSettings)) or item is None:
+                    continue
+                for m in stage_modules(item):
+                    if id(m) not in seen:
+                        seen.add(id(m))
+                        yield m
+
+    def to(self, device: str | torch.device) -> Generator:
+        """Move every model (and the null condition) to ``device``; returns self."""
+        for m in self.modules():
+            m.to(device)
+        if self.null_condition is not None:
+            self.null_condition = self.null_condition.to(device)
+        return self
+
+    def has_refiners(self) -> bool:
+        return any(getattr(s, "refiner", None) is not None for s in self.sparse)
+
     def option_defaults(self) -> dict[str, Any]:
-        """What unset :class:`~consistent3dgen.options.GenerationOptions` resolve to with this generator."""
-        return {**self.defaults, "dense_steps": self.dense_sampler.steps,
+        """What unset :class:`~consistent3dgen.options.GenerationOptions` resolve to with this generator
+        (``refine``: on when a stage has a refiner, unless its defaults say otherwise)."""
+        return {"refine": self.has_refiners(), **self.defaults, "dense_steps": self.dense_sampler.steps,
                 "sparse_steps": tuple(s.steps for s in self.sparse_samplers)}

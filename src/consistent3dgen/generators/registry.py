@@ -23,9 +23,16 @@ D3D_SUBFOLDERS = {"direct3d-s2": "direct3d-s2-v-1-1", "direct3d-s2-v1.1": "direc
 def load_generator(name: str | os.PathLike = "mini", device: str | torch.device = "cpu",
                    dtype: str | torch.dtype | None = None, **kwargs: Any) -> Generator:
     """``mini`` (bundled), a mini-prior folder (``pipeline.json`` + components), ``direct3d-s2[-v1.0|-v1.1]``,
-    the hub id ``wushuang98/Direct3D-S2``, or a local Direct3D-S2 folder (config.yaml + *.ckpt)."""
+    the hub id ``wushuang98/Direct3D-S2``, or a local Direct3D-S2 folder (config.yaml + *.ckpt).
+
+    ``device``: ``auto`` (CUDA, else MPS, else CPU), ``cpu``, ``cuda[:N]``, ``mps``
+    (:func:`consistent3dgen.devices.resolve_device`). ``dtype`` (fp32/fp16/bf16, None = the checkpoint's layout)
+    is the Direct3D-S2 weights' layout; the mini prior keeps float32 weights (the pipeline autocasts it instead).
+    """
+    from ..devices import resolve_device
     from .mini import BUNDLED_DIR, load_mini_prior
 
+    device = resolve_device(device)
     key = str(name)
     if key == "mini":
         return load_mini_prior(BUNDLED_DIR, device=device)

@@ -9,8 +9,9 @@ comes through :func:`read_image`, so all of them get the same treatment:
 * PIL's decompression-bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``) is one :class:`InputError` line naming the
   limit, not a warning or a traceback; an unreadable file is one line naming the file.
 
-16-bit single-channel PNGs (depth maps in millimetres) are read by :func:`read_depth_png` instead, which keeps the
-16-bit values.
+Object masks (non-zero = object; the alpha channel of an RGBA mask) are read by :func:`read_mask` into one soft
+alpha (H, W) uint8. 16-bit single-channel PNGs (depth maps in millimetres) are read by :func:`read_depth_png`
+instead, which keeps the 16-bit values.
 """
 
 from __future__ import annotations
@@ -101,6 +102,37 @@ def split_alpha(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     if image.ndim == 3 and image.shape[2] == 4:
         return image[..., :3], image[..., 3]
     return image, None
+
+
+def mask_alpha(mask: np.ndarray) -> np.ndarray:
+    """A mask image as read by :func:`read_image` (or any uint8 (H, W[, C]) array) → (H, W) uint8 soft alpha.
+
+    RGBA and grey+alpha masks give their alpha channel; RGB masks the largest channel; grey masks themselves.
+    Non-zero = object (the same rule as alpha > 0 in an RGBA image).
+    """
+    m = np.asarray(mask)
+    if m.ndim == 3:
+        m = m[..., -1] if m.shape[2] in (2, 4) else m.max(axis=2)
+    if m.ndim != 2:
+        raise InputError(f"a mask must be an (H, W) image, got shape {m.shape}")
+    if m.dtype != np.uint8:
+        if m.dtype == bool:
+            return m.astype(np.uint8) * 255
+        raise InputError(f"a mask array must be uint8 or bool, got {m.dtype}")
+    return m
+
+
+def read_mask(source: ImageSource, shape: tuple[int, int] | None = None, what: str = "mask") -> np.ndarray:
+    """Path / PIL image / array of an object mask → (H, W) uint8 soft alpha (:func:`mask_alpha`).
+
+    ``shape`` (H, W): the image it belongs to; another size is one :class:`InputError` line naming both.
+    """
+    alpha = mask_alpha(source if isinstance(source, np.ndarray) and source.dtype == bool else read_image(source))
+    if shape is not None and alpha.shape != tuple(shape):
+        name = f" {os.fspath(source)}" if isinstance(source, (str, os.PathLike)) else ""
+        raise InputError(f"{what}{name} is {alpha.shape[1]}x{alpha.shape[0]} pixels but the image is "
+                         f"{shape[1]}x{shape[0]}: they must match")
+    return alpha
 
 
 def image_mode(path: str | os.PathLike) -> str | None:

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .noise import draw_noise
+
 
 class GuidanceStep:
     """What a variant sees at one step, restricted to the guided entries (gathered lazily: each variant pays
@@ -209,9 +211,7 @@ class PreparedGuidance:
         sel = self.selection
         noise = self.fixed_noise
         if noise is None and self.settings.variant in NOISE_VARIANTS:
-            noise = torch.randn(
-                self.target.shape, generator=generator, device=self.target.device, dtype=self.target.dtype
-            )
+            noise = draw_noise(self.target.shape, generator, self.target.device, self.target.dtype)
         strength = float(self.settings.strength)
         step = GuidanceStep(sel, x, velocity, x_next, self.target, noise, sigma, sigma_next, strength)
         delta, scale = GUIDANCE_VARIANTS[self.settings.variant](step)

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .guidance import FrontGuidance
+from .noise import draw_noise
 from .schedule import FlowMatchSchedule
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
@@ -49,8 +50,9 @@ def initial_noise(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
-    """Starting noise drawn as the official pipeline draws it (one ``torch.randn`` of the latent shape)."""
-    return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    """Starting noise drawn as the official pipeline draws it (one ``torch.randn`` of the latent shape), on the
+    generator's device (the CPU for a CPU generator), then moved to ``device``: the same numbers on every device."""
+    return draw_noise(shape, generator, device, dtype)
 
 
 def cfg_velocity(velocity_fn: VelocityFn, x: torch.Tensor, t: torch.Tensor, cond: Any, uncond: Any, scale: float):
@@ -85,7 +87,7 @@ def ancestral_step(
     x0, eps = xf - sigma * vf, xf + (1 - sigma) * vf
     a = (1 - sigma) / (1 - sigma_next)
     c = eta * sigma_next * torch.sqrt(torch.clamp(sigma**2 - (a * sigma_next) ** 2, min=0.0)) / sigma
-    z = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=x.device)
+    z = draw_noise(x.shape, generator, x.device)
     return ((1 - sigma_next) * x0 + torch.sqrt(sigma_next**2 - c**2) * eps + c * z).to(velocity.dtype)
 
 
@@ -130,7 +132,8 @@ def sample(
         if x_start.shape != noise.shape:
             raise ValueError(f"x_start shape {tuple(x_start.shape)} != noise shape {tuple(noise.shape)}")
         s0 = sigmas[start_index]
-        x = ((1 - s0) * x_start.to(torch.float32) + s0 * noise.to(torch.float32)).to(noise.dtype)
+        x_start = x_start.to(device=noise.device, dtype=torch.float32)  # (the noise's device is the run's)
+        x = ((1 - s0) * x_start + s0 * noise.to(torch.float32)).to(noise.dtype)
     else:
         x = noise.clone()
     prepared = guidance.prepare(noise) if guidance is not None else None
@@ -147,7 +150,7 @@ def sample(
             if jump:  # forward transition sigma_next -> sigma of the path x_s = (1 - s) x_0 + s eps
                 alpha = (1 - sigma) / (1 - sigma_next)
                 beta = torch.sqrt(torch.clamp(sigma**2 - (alpha * sigma_next) ** 2, min=0.0))
-                z = torch.randn(x_next.shape, generator=generator, dtype=torch.float32, device=device)
+                z = draw_noise(x_next.shape, generator, device)
                 x = (alpha * x_next.to(torch.float32) + beta * z).to(x_next.dtype)
             v = cfg_velocity(velocity_fn, x, t, cond, uncond, cfg_scale)
             if eta > 0:

@@ -17,11 +17,34 @@ from ...errors import InputError
 from .dense_dit import DenseDiT
 from .dense_vae import DenseShapeVAE, UpsampleBlock3d
 
-# What Direct3D-S2 brings to unset generation options: the SDF convention of its VAE (band 2, shell 1 voxel,
-# level 0), classifier-free guidance 7 as the official pipeline; the occupancy threshold is the package's
-# historical 0.5 (the official pipeline uses 0.1: the real-weights issue measures and sets it)
-DIRECT3D_S2_DEFAULTS = {"band": 2.0, "shell": 1.0, "mc_level": 0.0, "guidance": 8.0, "guidance_variant": "paper",
-                        "cfg_scale": 7.0, "occupancy_threshold": 0.5}
+# What Direct3D-S2 brings to unset generation options. Official numbers from DreamTechAI/Direct3D-S2 (a1cf235),
+# ``direct3d_s2/pipeline.py``, ``Direct3DS2Pipeline.__call__`` / ``inference``; one pipeline serves both
+# releases (``from_pretrained(subfolder=...)``), so v1.0 and v1.1 bring the same numbers:
+# * steps 50 / 30 / 15 and CFG 7.0 for each stage: ``__call__``'s ``dense_sampler_params``,
+#   ``sparse_512_sampler_params``, ``sparse_1024_sampler_params``; shifts 6 / 6 / 8: ``config.yaml``'s
+#   ``dense_scheduler`` / ``sparse_scheduler_512`` / ``sparse_scheduler_1024`` (sampling.DIRECT3D_S2_SCHEDULES);
+# * occupancy threshold 0.1: ``inference(mode='dense', mc_threshold=0.1)``, i.e. ``DenseShapeVAE.decode_mesh``
+#   keeps sigmoid(logits) >= 0.1 as the 512 stage's tokens;
+# * mc_level 0.2: ``__call__(mc_threshold=0.2)`` (app.py passes 0.2 too), the level of a decoded SDF without
+#   refiner (``SparseSDFVAE.sparse2mesh``); the refiners derive theirs from it (``refinement.py``: 512 at 2 × 0.2,
+#   1024 at 0.2);
+# * refiners on: the 512 one always (``remove_interior=True`` hard-coded), the 1024 one by ``remove_interior=True``
+#   (here ``refine`` resolves on when the refiner files were found: ``Generator.option_defaults``);
+# * no simplification by default (``remesh=False``; app.py decimates 95 % with pyvista), so no face count is
+#   official: ``max_faces`` stays this package's.
+# Ours, not official: band 2 / shell 1 voxel (the seen shell's convention) and the paper's guidance λ 8.
+DIRECT3D_S2_OFFICIAL: dict[str, dict[str, Any]] = {
+    version: {"cfg_scale": 7.0, "occupancy_threshold": 0.1, "mc_level": 0.2}
+    for version in ("v1.0", "v1.1")
+}
+DIRECT3D_S2_DEFAULTS = {"band": 2.0, "shell": 1.0, "guidance": 8.0, "guidance_variant": "paper",
+                        **DIRECT3D_S2_OFFICIAL["v1.1"]}
+
+
+def config_version(config: dict[str, Any]) -> str:
+    """``v1.0`` when the config's sparse DiTs take sparse conditions (the v1.0 release), else ``v1.1``."""
+    dits = [v for k, v in config.items() if k.startswith("sparse_dit") and isinstance(v, dict)]
+    return "v1.0" if any((d.get("params") or {}).get("sparse_conditions") for d in dits) else "v1.1"
 
 
 def _model_device(module: torch.nn.Module) -> torch.device:
@@ -137,32 +160,50 @@ def sparse_condition(tokens: torch.Tensor, patch_mask: torch.Tensor, num_cls: in
 class Direct3DS2SparseStage:
     """Sparse stage (``SparseStage``): SDF voxels at 8·latent resolution ↔ latent tokens; sparse DiT velocity.
 
-    ``velocity`` returns the DiT output in the model's compute dtype (like the dense stage).
+    ``velocity`` returns the DiT output in the model's compute dtype (like the dense stage). ``refiner``: the
+    stage's optional :class:`~consistent3dgen.generators.base.Refiner` (``refinement.py``).
     """
 
     latent_factor = 8
 
-    def __init__(self, vae: torch.nn.Module, dit: torch.nn.Module):
+    def __init__(self, vae: torch.nn.Module, dit: torch.nn.Module, refiner: Any = None):
         if vae.resolution != dit.resolution:
             raise ValueError(f"sparse VAE latent grid {vae.resolution} != sparse DiT grid {dit.resolution}")
         self.vae = vae.eval()
         self.dit = dit.eval()
         self.resolution = int(vae.resolution) * self.latent_factor
         self.latent_channels = int(dit.in_channels)
+        if refiner is not None and refiner.resolution != self.resolution:
+            raise InputError(f"{refiner.name} works at {refiner.resolution}^3, its sparse stage at "
+                             f"{self.resolution}^3 (config 'res')")
+        self.refiner = refiner
 
     @property
     def device(self) -> torch.device:
         return _model_device(self.dit)
+
+    def modules(self) -> list[torch.nn.Module]:
+        """The stage's models (what ``Generator.to`` moves), its refiner's included."""
+        return [self.vae, self.dit] + ([self.refiner.model] if self.refiner is not None else [])
+
+    def prepare_condition(self, cond: Any, mask: torch.Tensor | None) -> Any:
+        """The image tokens as this DiT takes them: v1.0 (``sparse_conditions``) a sparse condition of the cls +
+        register tokens and the foreground patches (official ``extract_tokens_and_coords``), else unchanged."""
+        if not getattr(self.dit, "sparse_conditions", False) or not torch.is_tensor(cond):
+            return cond
+        if mask is None:
+            raise ValueError("this sparse DiT (v1.0) takes sparse conditions: the condition needs its patch mask")
+        return sparse_condition(cond.to(self.device), mask.to(self.device))
 
     def encode_sdf(self, sdf):
         from .sparse_codec import encode_sdf
 
         return encode_sdf(self.vae, sdf)
 
-    def decode_sdf(self, latent):
+    def decode_sdf(self, latent, chunk_size: int | None = None):
         from .sparse_codec import decode_sdf
 
-        return decode_sdf(self.vae, latent)
+        return decode_sdf(self.vae, latent, chunk_size=chunk_size)
 
     def token_order(self, coords: torch.Tensor) -> torch.Tensor:
         """Permutation to block order (the official ``sort_block`` with the DiT's selection block size)."""
@@ -194,19 +235,23 @@ def load_direct3d_s2(
     sparse_resolutions: tuple[int, ...] = (512, 1024),
     dino_weights: str | os.PathLike | None = None,
     with_conditioner: bool = True,
+    with_refiners: bool = True,
     **kwargs: Any,
 ):
-    """The full Direct3D-S2 prior as a ``Generator``: dense stage, sparse stages, DINOv2 conditioner.
+    """The full Direct3D-S2 prior as a ``Generator``: dense stage, sparse stages, refiners, DINOv2 conditioner.
 
     Every file is found before any is read, so missing weights (offline: not in the hub cache) are one line at
     once. DINOv2 comes from ``dino_weights`` (a transformers folder or hub id), else from the folder
     ``<source>/dinov2-with-registers-large`` when ``source`` is a local folder holding one, else from the hub
-    id ``facebook/dinov2-with-registers-large``.
+    id ``facebook/dinov2-with-registers-large``. The refiners (``model_refiner.ckpt`` on the 512 stage,
+    ``model_refiner_1024.ckpt`` on the 1024 stage, config keys ``refiner`` / ``refiner_1024``) are loaded when
+    ``with_refiners`` and their files and config entries are there; without them the stages run unrefined.
     """
     from ...sampling.schedule import DIRECT3D_S2_SCHEDULES
     from ..base import Generator, SamplerSettings
-    from . import checkpoints
+    from . import checkpoints, targets
     from .conditioner import DEFAULT_DINO, DINO_HINT, DINO_SUBFOLDER, DINO_WHAT, DinoConditioner, resolve_model_folder
+    from .refinement import InteriorRefiner, SignRefiner
 
     bad = [r for r in sparse_resolutions if r not in (512, 1024)]
     if bad:
@@ -217,8 +262,10 @@ def load_direct3d_s2(
     sub = subfolder if subfolder is not None else checkpoints.DEFAULT_SUBFOLDER
     src = source if source is not None else checkpoints.HUB_ID
     resolve_keys = ("cache_dir", "local_files_only", "revision")
+    refiner_parts = {512: ("refiner", InteriorRefiner), 1024: ("refiner_1024", SignRefiner)}
+    wanted = [refiner_parts[r][0] for r in sparse_resolutions] if with_refiners else []
     files = checkpoints.resolve_files(src, names, sub, with_config=kwargs.get("config") is None,
-                                      **{k: kwargs[k] for k in resolve_keys if k in kwargs})
+                                      optional_parts=wanted, **{k: kwargs[k] for k in resolve_keys if k in kwargs})
     dino = None
     if with_conditioner:
         if dino_weights is None:
@@ -226,12 +273,23 @@ def load_direct3d_s2(
             dino_weights = local if Path(src).expanduser().is_dir() and local.is_dir() else DEFAULT_DINO
         dino = resolve_model_folder(dino_weights, DINO_WHAT, DINO_HINT)
     load_kwargs = {k: v for k, v in kwargs.items() if k not in resolve_keys}
-    parts = checkpoints.load_parts(parts=names, dtype=dtype, device=device, files=files, **load_kwargs)
+    config = load_kwargs.pop("config", None)
+    config = dict(config) if config is not None else targets.load_config(files[checkpoints.CONFIG_FILE])
+    found = [p for p in wanted if targets.PARTS[p][0] in files and p in config]
+    parts = checkpoints.load_parts(parts=names + found, dtype=dtype, device=device, files=files, config=config,
+                                   **load_kwargs)
     dense = Direct3DS2DenseStage(parts["dense_vae"], parts["dense_dit"])
-    sparse = [Direct3DS2SparseStage(parts[f"sparse_vae_{r}"], parts[f"sparse_dit_{r}"]) for r in sparse_resolutions]
+    sparse = []
+    for r in sparse_resolutions:
+        vae = parts[f"sparse_vae_{r}"]
+        part, kind = refiner_parts[r]
+        refiner = kind(parts[part], vae) if part in parts else None
+        sparse.append(Direct3DS2SparseStage(vae, parts[f"sparse_dit_{r}"], refiner))
     conditioner = DinoConditioner(weights=dino).to(device) if dino is not None else None
+    version = config_version(config)
     shift, steps = DIRECT3D_S2_SCHEDULES["dense"]
     samplers = [SamplerSettings(DIRECT3D_S2_SCHEDULES[f"sparse{r}"][1], DIRECT3D_S2_SCHEDULES[f"sparse{r}"][0])
                 for r in sparse_resolutions]
     return Generator(dense=dense, sparse=sparse, dense_sampler=SamplerSettings(steps, shift), sparse_samplers=samplers,
-                     defaults=dict(DIRECT3D_S2_DEFAULTS), conditioner=conditioner, name=f"direct3d-s2 {sub}")
+                     defaults={**DIRECT3D_S2_DEFAULTS, **DIRECT3D_S2_OFFICIAL[version]}, conditioner=conditioner,
+                     name=f"direct3d-s2 {version}")

@@ -2,7 +2,8 @@
 
 File layout (local folder or hub ``wushuang98/Direct3D-S2`` subfolder ``direct3d-s2-v-1-1`` / ``-1-0``):
 ``config.yaml`` plus ``model_dense.ckpt`` {vae, dit}, ``model_sparse_512.ckpt`` / ``model_sparse_1024.ckpt``
-{vae, dit}, ``model_refiner.ckpt`` / ``model_refiner_1024.ckpt`` {refiner}.
+{vae, dit}, ``model_refiner.ckpt`` / ``model_refiner_1024.ckpt`` {refiner} (official ``from_pretrained``
+reads all six; here the two refiner files are optional).
 
 Only what is Direct3D-S2's lives here (hub id, subfolders, which part is in which file, building a part in the
 chosen dtype layout); finding, reading (``torch.load`` with ``weights_only=True``) and the strict assignment are
@@ -71,13 +72,17 @@ def resolve_files(
     local_files_only: bool | None = None,
     with_config: bool = True,
     revision: str | None = None,
+    optional_parts: Iterable[str] = (),
 ) -> dict[str, Path]:
     """Local paths of ``config.yaml`` (when ``with_config``) and the checkpoints holding ``parts``, from a folder
-    or the hub (cache only when offline: one line naming what is missing, without reading anything)."""
+    or the hub (cache only when offline: one line naming what is missing, without reading anything); the files of
+    ``optional_parts`` (e.g. the refiners) are in the result when they are found."""
     ckpt_names = sorted({targets.PARTS[p][0] for p in _check_parts(parts)})
+    extra = sorted({targets.PARTS[p][0] for p in _check_parts(optional_parts)} - set(ckpt_names))
     return resolve_source(
         source,
         ([CONFIG_FILE] if with_config else []) + ckpt_names,
+        optional=extra,
         subfolder=subfolder,
         cache_dir=cache_dir,
         revision=revision,

@@ -9,8 +9,8 @@ Preprocessing (official ``preprocess_image`` + ``DinoEncoder``):
 The tokens are the last transformer layer's output *before* DINOv2's final norm (the hub model's
 ``x_prenorm``: cls, 4 registers, 37×37 patches), passed through a LayerNorm without affine (eps 1e-5).
 
-An image without alpha needs a foreground mask: pass a segmenter (e.g. :class:`BiRefNetSegmenter` on local
-weights); without one it is an :class:`InputError`.
+An image without alpha needs a foreground mask: pass a segmenter (e.g. :class:`BiRefNetSegmenter`; the choice
+of segmenters is :mod:`consistent3dgen.reconstruct.segment`); without one it is an :class:`InputError`.
 """
 
 from __future__ import annotations
@@ -237,39 +237,136 @@ class DinoConditioner(nn.Module):
         return self.encode(x[:, :3]), patch_mask(x[:, 3:].float())
 
 
-class BiRefNetSegmenter:
-    """Foreground alpha from BiRefNet (official ``utils/rembg.py``) loaded from local weights via transformers.
+# BiRefNet's hub layout: config.json (its ``auto_map`` names the model code files), the code, the weights.
+BIREFNET_WHAT = "BiRefNet (background removal) weights"
+BIREFNET_HINT = "--birefnet-weights DIR; in Python BiRefNetSegmenter(DIR)"
+BIREFNET_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+BIREFNET_SIZE = 1024  # official utils/rembg.py: Resize((1024, 1024))
 
-    Note: BiRefNet ships its model code with the weights (``trust_remote_code``): only use weights you trust.
+
+def _birefnet_code(config_path: Path) -> dict[str, str]:
+    """``auto_map`` of BiRefNet's config.json → {"model": "module.Class", "config": "module.Class"}."""
+    import json
+
+    try:
+        auto_map = json.loads(config_path.read_text()).get("auto_map") or {}
+    except (OSError, ValueError, AttributeError) as e:
+        raise InputError(f"cannot read BiRefNet config {config_path}: {one_line(e, 200)}") from None
+    refs = {"model": auto_map.get("AutoModelForImageSegmentation"), "config": auto_map.get("AutoConfig")}
+    for key, ref in refs.items():
+        if not isinstance(ref, str) or "--" in ref or ref.count(".") != 1:
+            raise InputError(f"BiRefNet config {config_path}: auto_map must name its {key} class as 'module.Class' "
+                             f"in the same folder, got {ref!r}")
+    return refs
+
+
+def find_birefnet(weights: str | os.PathLike = DEFAULT_BIREFNET, local_files_only: bool | None = None) -> Path:
+    """The local folder holding BiRefNet's config.json, model code and weights (a local folder, or a hub id:
+    downloaded when the hub is reachable, the hub cache only when offline or ``local_files_only``).
+
+    config.json is found first: its ``auto_map`` names the code files to fetch with the weights.
+    """
+    located = local_or_hub_id(weights, BIREFNET_WHAT)
+    if isinstance(located, Path) and not located.is_dir():
+        raise WeightsNotFoundError(f"{BIREFNET_WHAT} folder not found: {weights} is a file; give the model's folder")
+    config = resolve_source(located, ["config.json"], what=BIREFNET_WHAT, hint=BIREFNET_HINT,
+                            local_files_only=local_files_only)["config.json"]
+    modules = sorted({ref.split(".")[0] + ".py" for ref in _birefnet_code(config).values()})
+    found = resolve_source(located, [*modules, BIREFNET_WEIGHTS], what=BIREFNET_WHAT, hint=BIREFNET_HINT,
+                           local_files_only=local_files_only)
+    if any(p.parent != config.parent for p in found.values()):
+        raise WeightsNotFoundError(f"{BIREFNET_WHAT}: the model code and weights are not beside {config}")
+    return config.parent
+
+
+def _import_model_code(folder: Path, ref: str) -> Any:
+    """``module.Class`` from a model folder, imported as a package of its own so the code's relative imports
+    (``from .BiRefNet_config import ...``) resolve inside the folder. This runs the folder's code."""
+    import hashlib
+    import importlib
+    import importlib.machinery
+    import importlib.util
+    import sys
+
+    package = "_c3dg_remote_" + hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
+    if package not in sys.modules:
+        spec = importlib.machinery.ModuleSpec(package, None, is_package=True)
+        spec.submodule_search_locations = [str(folder)]
+        sys.modules[package] = importlib.util.module_from_spec(spec)
+    module_name, cls = ref.split(".")
+    try:
+        module = importlib.import_module(f"{package}.{module_name}")
+    except ModuleNotFoundError as e:
+        missing = e.name or "a module"
+        raise InputError(f"BiRefNet's model code {folder / (module_name + '.py')} needs the Python package "
+                         f"{missing!r}, which is not installed (pip install {missing.split('.')[0]})") from None
+    except Exception as e:  # noqa: BLE001 - foreign code: whatever it raises is one line
+        raise InputError(f"BiRefNet's model code {folder / (module_name + '.py')} failed to import: "
+                         f"{type(e).__name__}: {one_line(e, 200)}") from None
+    if not hasattr(module, cls):
+        raise InputError(f"BiRefNet's model code {folder / (module_name + '.py')} has no class {cls}")
+    return getattr(module, cls)
+
+
+def build_birefnet(folder: Path) -> nn.Module:
+    """BiRefNet's own model class (from the folder's code, named by config.json's ``auto_map``) built from the
+    config with ``bb_pretrained`` off (no backbone download), its weights assigned strict through
+    :func:`~consistent3dgen.io.weights.load_into`. Returns the model in eval mode."""
+    import inspect
+    import json
+
+    from ...io.weights import load_into
+
+    config_path = folder / "config.json"
+    refs = _birefnet_code(config_path)
+    config_cls, model_cls = _import_model_code(folder, refs["config"]), _import_model_code(folder, refs["model"])
+    data = json.loads(config_path.read_text())
+    data["bb_pretrained"] = False  # BiRefNet reads this from its config: no backbone weights fetched at build
+    try:
+        config = config_cls.from_dict(data) if hasattr(config_cls, "from_dict") else config_cls(**data)
+        if hasattr(config, "bb_pretrained"):
+            config.bb_pretrained = False
+        takes = inspect.signature(model_cls).parameters
+        model = model_cls(bb_pretrained=False, config=config) if "bb_pretrained" in takes else model_cls(config=config)
+    except Exception as e:  # noqa: BLE001 - foreign code: one line
+        raise InputError(f"cannot build BiRefNet from {folder}: {type(e).__name__}: {one_line(e, 200)}") from None
+    weights = next(folder / n for n in BIREFNET_WEIGHTS if (folder / n).is_file())
+    return load_into(model.float(), weights, name=f"BiRefNet weights {weights}")
+
+
+_LOADED: dict[str, Any] = {}  # {"key": (folder, device), "model": the BiRefNet last loaded}
+
+
+class BiRefNetSegmenter:
+    """Soft foreground alpha from BiRefNet, as the official Direct3D-S2 ``utils/rembg.py``: RGB resized to
+    1024×1024 (PIL bilinear), ImageNet normalisation, the last prediction's sigmoid, ×255 truncated to uint8,
+    resized back to the image (PIL's default filter).
+
+    ``weights``: a local folder or a hub id (default ``ZhengPeng7/BiRefNet``; downloaded when the hub is
+    reachable, the hub cache only offline). Note: BiRefNet's model code comes with its weights (as
+    ``trust_remote_code``): loading runs that code, so only use weights you trust. The weights themselves go
+    through :mod:`consistent3dgen.io.weights`.
     """
 
-    def __init__(self, weights: str | os.PathLike = DEFAULT_BIREFNET, device: str | torch.device = "cpu"):
-        try:
-            from transformers import AutoModelForImageSegmentation
-        except ImportError as e:
-            raise ImportError("background removal needs transformers (pip install 'transformers>=4.40')") from e
-        what = "BiRefNet (background removal) weights"
-        # never downloaded: BiRefNet's model code comes with its weights
-        folder = resolve_model_folder(
-            weights,
-            what,
-            "a local BiRefNet folder; in Python BiRefNetSegmenter(DIR)",
-            local_files_only=True,
-            files=("config.json",),
-        )
-        self.model = (
-            _load_pretrained(AutoModelForImageSegmentation.from_pretrained, folder, what, trust_remote_code=True)
-            .to(device)
-            .eval()
-        )
+    name = "birefnet"
+
+    def __init__(self, weights: str | os.PathLike = DEFAULT_BIREFNET, device: str | torch.device = "cpu",
+                 local_files_only: bool | None = None):
+        self.folder = find_birefnet(weights, local_files_only)  # fails fast: one line, before any code runs
         self.device = torch.device(device)
+        key = (str(self.folder.resolve()), str(self.device))
+        if _LOADED.get("key") != key:  # the last one loaded is kept: a batch of photos loads it once
+            _LOADED.clear()
+            _LOADED.update(key=key, model=build_birefnet(self.folder).to(self.device))
+        self.model = _LOADED["model"]
 
     @torch.no_grad()
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         from PIL import Image
 
         h, w = rgb.shape[:2]
-        x = np.asarray(Image.fromarray(rgb).resize((1024, 1024), Image.BILINEAR), dtype=np.float32) / 255.0
+        size = (BIREFNET_SIZE, BIREFNET_SIZE)
+        x = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR), dtype=np.float32) / 255.0
         x = (torch.from_numpy(x).permute(2, 0, 1)[None] - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
             IMAGENET_STD
         ).view(1, 3, 1, 1)

@@ -246,7 +246,8 @@ def _dense_crop(x: SparseTensor, batch: int, lo: tuple[int, int, int], size: int
 
 class Voxel_RefinerXL(nn.Module):  # noqa: N801 - official class name
     """512 refiner: keys ``unet3d1.*``, ``conv_in``, ``latent_mlp``, ``adaptive_conv{1,2,3}``, ``mid_conv``,
-    ``conv_out``. ``block_out_channels`` (not an official argument) only exists to build small test models."""
+    ``conv_out``. ``block_out_channels`` and ``feat_channels`` (the decoder's last feature width, official 32 =
+    its 512 channels / 16) are not official arguments: they only exist to build small test models."""
 
     def __init__(
         self,
@@ -259,11 +260,12 @@ class Voxel_RefinerXL(nn.Module):  # noqa: N801 - official class name
         use_checkpoint: bool = False,
         use_fp16: bool = False,
         block_out_channels: tuple[int, ...] = (8, 32, 128, 512),
+        feat_channels: int = 32,
     ):
         super().__init__()
         self.unet3d1 = UNet3DModel(16, 8, False, block_out_channels, layers_per_block, layers_mid_block, 4)
         self.conv_in = nn.Conv3d(in_channels, 8, 3, padding=1)
-        self.latent_mlp = GeoDecoder(32)
+        self.latent_mlp = GeoDecoder(feat_channels)
         for n in (1, 2, 3):
             seq = nn.Sequential(nn.Conv3d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv3d(8, 27, 3, padding=1, bias=False))
             setattr(self, f"adaptive_conv{n}", seq)

@@ -44,8 +44,13 @@ def encode_sdf(vae: SparseSDFVAE, sdf: SparseVoxels, sample_posterior: bool = Fa
 
 
 @torch.no_grad()
-def decode_sdf(vae: SparseSDFVAE, latent: SparseLatent, chunk_size: int | None = None) -> SparseVoxels:
-    """Latent tokens → tanh SDF voxels at ``8 * vae.resolution`` (``chunk_size`` overrides the VAE's split)."""
+def decode_sdf(vae: SparseSDFVAE, latent: SparseLatent, chunk_size: int | None = None, return_feat: bool = False
+               ) -> SparseVoxels | tuple[SparseVoxels, torch.Tensor]:
+    """Latent tokens → tanh SDF voxels at ``8 * vae.resolution`` (``chunk_size`` overrides the VAE's split).
+
+    ``return_feat``: also the decoder's last features (N, C) on the VAE's device, row-aligned with the voxels
+    (what the official 512 refiner takes, ``decode_mesh(return_feat=True)``).
+    """
     if latent.resolution != vae.resolution:
         raise ValueError(f"latent grid is {latent.resolution}, this VAE decodes a {vae.resolution} grid")
     if len(latent) == 0:
@@ -58,7 +63,8 @@ def decode_sdf(vae: SparseSDFVAE, latent: SparseLatent, chunk_size: int | None =
         raise ValueError(f"latent coords outside [0, {vae.resolution})")
     coords = torch.cat([torch.zeros(len(xyz), 1, dtype=torch.int32), xyz.cpu()], dim=1).to(device)
     z = latent.feats.float().to(device) / vae.latents_scale + vae.latents_shift
-    out = vae.decode(SparseTensor(z, coords), factor=1.0, chunk_size=chunk_size)
-    return SparseVoxels(
-        out.coords[:, 1:].cpu().numpy(), vae.resolution * LATENT_FACTOR, out.feats.float().cpu().numpy()
-    )
+    out = vae.decode(SparseTensor(z, coords), factor=1.0, chunk_size=chunk_size, return_feat=return_feat)
+    out, feat = out if return_feat else (out, None)
+    voxels = SparseVoxels(out.coords[:, 1:].cpu().numpy(), vae.resolution * LATENT_FACTOR,
+                          out.feats.float().cpu().numpy())
+    return (voxels, feat.feats) if return_feat else voxels

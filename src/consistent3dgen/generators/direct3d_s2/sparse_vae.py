@@ -397,7 +397,7 @@ class SparseSDFDecoder(SparseTransformerBase):
             sdf, feat = self.upsamples(h, x.dtype)
             return (sdf, feat) if return_feat else sdf
         sdf_parts, feat_parts, coord_parts = [], [], []
-        for lo, hi, core_lo, core_hi in _chunk_boxes(self.resolution, chunks, padding):
+        for lo, hi, core_lo, core_hi in _chunk_boxes(self.resolution, chunks, padding, h.coords.device):
             xyz = h.coords[:, 1:]
             inside = ((xyz >= lo) & (xyz < hi)).all(dim=1)
             if not inside.any():
@@ -419,15 +419,16 @@ class SparseSDFDecoder(SparseTransformerBase):
         return sdf_t, feat_t
 
 
-def _chunk_boxes(resolution: int, chunks: int, padding: int):
-    """(padded lo, padded hi, core lo, core hi) latent-coordinate boxes of a chunks³ split of the grid."""
+def _chunk_boxes(resolution: int, chunks: int, padding: int, device: torch.device | None = None):
+    """(padded lo, padded hi, core lo, core hi) latent-coordinate boxes of a chunks³ split of the grid, on
+    ``device`` (the coordinates' device: a CPU box beside CUDA coordinates is an error)."""
     sub = resolution // chunks
     if sub * chunks != resolution:
         raise ValueError(f"resolution {resolution} is not divisible into {chunks} chunks")
     for i in range(chunks):
         for j in range(chunks):
             for k in range(chunks):
-                core_lo = torch.tensor([i * sub, j * sub, k * sub])
+                core_lo = torch.tensor([i * sub, j * sub, k * sub], device=device)
                 core_hi = core_lo + sub
                 yield (core_lo - padding).clamp(min=0), (core_hi + padding).clamp(max=resolution), core_lo, core_hi
 

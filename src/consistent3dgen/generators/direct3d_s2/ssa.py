@@ -21,8 +21,13 @@ grid) take an exact fast path instead: the selection branch is one dense ``scale
 batch element with an additive mask built from the same block membership (key in one of the query's selected
 blocks; Hkv·N² floats, the only N × N tensor, hence the bound), and the window branch one unmasked attention
 per window (no padding). The chunked path exists for 100 k tokens; on ~2 k tokens its padded, masked windows
-and, under autograd, the per-block log-sum-exp merges of the selection branch dominate (measured on the mini
-prior: one velocity call ~1.8× faster, one training step ~2× faster).
+and the selection branch's padded tiles and partial-softmax merges dominate (measured on the mini prior against
+the earlier per-(head, block) loop version of the selection branch: one velocity call ~1.8× faster, one
+training step ~2× faster).
+
+The chunked selection branch has no Python loop over blocks: its loops run over memory-bounded chunks of
+queries and groups of tiles, each with a constant number of host syncs (``benchmarks/bench_ssa.py`` times it
+against the loop over (kv head, block) pairs it replaced).
 
 Autograd: with grad enabled (training) every op is out of place, so all three branches are differentiable
 (top-k indices are not, as in the official code); without grad the chunked path reuses buffers in place.
@@ -216,6 +221,13 @@ def compressed_attention_topk(
     return out, lse, topk_blocks
 
 
+# Queries per tile of the chunked selection branch: a tile is one (kv head, block) pair with up to this many of
+# the queries that selected it, one batched-matmul row block against that block's keys. Bigger tiles amortise
+# gathering the block's keys over more query rows but pad the last tile of each pair more (on CPU at 10-20 k
+# tokens, 16 and 32 tie and 64 is slower).
+SELECTION_QUERY_TILE = 16
+
+
 def selection_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -223,60 +235,154 @@ def selection_attention(
     topk_blocks: torch.Tensor,
     layout: BlockLayout,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    query_tile: int = SELECTION_QUERY_TILE,
 ) -> torch.Tensor:
     """Each query (and kv head) attends to the union of tokens of its selected blocks; one softmax.
 
-    q (N, Hq, D); k, v (N, Hkv, D); topk_blocks (Hkv, N, K) global block ids (-1 = none). Returns (N, Hq, D)
-    float32.
+    q (N, Hq, D); k, v (N, Hkv, D); topk_blocks (Hkv, N, K) distinct global block ids per row (-1 = none).
+    Returns (N, Hq, D) float32 (zeros for a query with no selected block).
 
-    Computed key-block-major: for each (kv head, block), the queries that selected it form one dense matmul
-    against the block's tokens; the per-block partial softmaxes are merged per query with their log-sum-exps
-    (exact, as in flash attention). Same FLOPs as per-query gathering but large matmuls and no copies of keys.
+    Computed key-block-major without a loop over blocks: per chunk of queries, the (kv head, query, slot)
+    entries are sorted by (kv head, block) and cut into tiles of ``query_tile`` queries of one pair; each group
+    of tiles (similar block sizes, padded and masked) runs as one batched matmul against its blocks' keys,
+    giving every entry a softmax over one block's tokens and its log-sum-exp. The K partial softmaxes of a query
+    are then merged exactly (weights exp(lse_k − max lse)), which equals one softmax over the union. Python
+    loops run over memory-bounded chunks and tile groups only, with a constant number of host syncs per chunk.
     """
     n, hq, dim = q.shape
-    hkv = topk_blocks.shape[0]
+    hkv, _, topk = topk_blocks.shape
     group = hq // hkv
-    scale = 1.0 / math.sqrt(dim)
-    acc = torch.zeros(n, hkv, group, dim, dtype=torch.float32, device=q.device)
-    lse = torch.full((n, hkv, group), float("-inf"), dtype=torch.float32, device=q.device)
-    if n == 0:
-        return acc.view(n, hq, dim)
-    qg = q.view(n, hkv, group, dim)
-    # (kv head, block) pairs of every query, grouped by pair
-    head = torch.arange(hkv, device=q.device).view(hkv, 1, 1).expand_as(topk_blocks)
-    query = torch.arange(n, device=q.device).view(1, n, 1).expand_as(topk_blocks)
-    valid = topk_blocks >= 0
-    key = (head * layout.num_blocks + topk_blocks)[valid]
-    query = query[valid]
-    order = torch.argsort(key, stable=True)
-    key, query = key[order], query[order]
-    pairs, counts = torch.unique_consecutive(key, return_counts=True)
-    sizes = (layout.block_tokens >= 0).sum(1)
-    start = 0
-    for pair, count in zip(pairs.tolist(), counts.tolist(), strict=True):
-        g, block = divmod(pair, layout.num_blocks)
-        queries = query[start : start + count]
-        start += count
-        tokens = layout.block_tokens[block, : int(sizes[block])]
-        kb = k[tokens, g].float()  # (P, D)
-        vb = v[tokens, g].float()
-        rows = _rows_per_chunk(4.0 * group * (2 * tokens.numel() + 2 * dim), chunk_bytes)
-        for c in range(0, count, rows):
-            qi = queries[c : c + rows]
-            scores = torch.matmul(qg[qi, g].float(), kb.T).mul_(scale)  # (rows, G, P)
-            part_lse = torch.logsumexp(scores, dim=-1)
-            if _grad_needed(scores):
-                probs = (scores - part_lse.unsqueeze(-1)).exp()
-            else:
-                probs = scores.sub_(part_lse.unsqueeze(-1)).exp_()
-            part = torch.matmul(probs, vb)  # (rows, G, D), normalised
-            old_lse = lse[qi, g]
-            new_lse = torch.logaddexp(old_lse, part_lse)
-            acc[qi, g] = acc[qi, g] * (old_lse - new_lse).exp().unsqueeze(-1) + part * (
-                part_lse - new_lse
-            ).exp().unsqueeze(-1)
-            lse[qi, g] = new_lse
-    return acc.view(n, hq, dim)
+    if n == 0 or topk == 0 or layout.num_blocks == 0:
+        return torch.zeros(n, hq, dim, dtype=torch.float32, device=q.device)
+    out = torch.empty(n, hq, dim, dtype=torch.float32, device=q.device)
+    block_sizes = (layout.block_tokens >= 0).sum(1)
+    tile = max(1, int(query_tile))
+    # rows of q / k / v as (N·Hkv, G·D) / (N·Hkv, D): (token, kv head) → token·Hkv + head (one copy at most)
+    rows_qkv = (q.reshape(n * hkv, group * dim), k.reshape(n * hkv, dim), v.reshape(n * hkv, dim))
+    # half the budget for a chunk's per-entry partials (output + lse, the merge's product, int64 bookkeeping),
+    # half for one group of tiles (in _selection_chunk)
+    per_query = 4.0 * hkv * topk * group * (2 * dim + 3) + 8.0 * 8 * hkv * topk
+    rows = _rows_per_chunk(per_query, chunk_bytes // 2)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        out[start:stop] = _selection_chunk(
+            rows_qkv, topk_blocks[:, start:stop], start, layout, block_sizes, chunk_bytes // 2, tile
+        )
+    return out
+
+
+def _selection_chunk(
+    rows_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    chosen: torch.Tensor,
+    first_query: int,
+    layout: BlockLayout,
+    block_sizes: torch.Tensor,
+    chunk_bytes: int,
+    tile: int,
+) -> torch.Tensor:
+    """Selection attention of queries first_query .. first_query + nq; chosen (Hkv, nq, K). → (nq, Hq, D)."""
+    qrows, krows, vrows = rows_qkv
+    hkv, nq, topk = chosen.shape
+    dim = krows.shape[1]
+    group = qrows.shape[1] // dim
+    hq = hkv * group
+    nblocks = layout.num_blocks
+    device = qrows.device
+    grad = _grad_needed(qrows, krows, vrows)
+    flat = chosen.reshape(-1)  # entry e = (kv head, query, slot), row-major
+    chosen_ok = flat >= 0
+    entry = torch.nonzero(chosen_ok).squeeze(1)
+    # partials of entry e at row e; row hkv·nq·K is a sink for the empty slots of tiles. Only rows of entries
+    # without a block are zeroed: every other row is written below.
+    part = torch.empty(flat.numel() + 1, group, dim, dtype=torch.float32, device=device)
+    part_lse = torch.empty(flat.numel() + 1, group, dtype=torch.float32, device=device)
+    unused = torch.nonzero(~chosen_ok).squeeze(1)
+    part.index_fill_(0, unused, 0.0)
+    part_lse.index_fill_(0, unused, float("-inf"))
+    if entry.numel():
+        # sort entries by (kv head, block): the queries of one pair become contiguous
+        pair, order = torch.sort(entry // (nq * topk) * nblocks + flat[entry], stable=True)
+        entry = entry[order]
+        pairs, pair_of_entry, counts = torch.unique_consecutive(pair, return_inverse=True, return_counts=True)
+        tiles_per_pair = (counts + tile - 1) // tile
+        first_tile = torch.cumsum(tiles_per_pair, 0) - tiles_per_pair
+        rank = torch.arange(entry.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[pair_of_entry]
+        n_tiles = int(tiles_per_pair.sum())
+        sink = flat.numel()
+        table = torch.full((n_tiles, tile), sink, dtype=torch.long, device=device)  # entries of each tile
+        table[first_tile[pair_of_entry] + rank // tile, rank % tile] = entry
+        tile_pair = torch.repeat_interleave(pairs, tiles_per_pair, output_size=n_tiles)
+        tile_head, tile_block = tile_pair // nblocks, tile_pair % nblocks
+        tile_query_row = (first_query + table.clamp(max=sink - 1) // topk % nq) * hkv + tile_head[:, None]
+        # biggest blocks first so each group of tiles is padded to a similar key count (as window_attention)
+        tile_size, by_size = torch.sort(block_sizes[tile_block], descending=True, stable=True)
+        sizes = tile_size.tolist()
+        w = 0
+        while w < n_tiles:
+            pad = sizes[w]
+            # gathered q and partial out (tile·G·D each), k and v (pad·D each), scores and probs (tile·G·pad)
+            per_tile = 4.0 * (2 * tile * group * dim + 2 * pad * dim + 2 * tile * group * pad) + 8.0 * (tile + pad)
+            sel = by_size[w : w + _rows_per_chunk(per_tile, chunk_bytes)]
+            tokens = layout.block_tokens[tile_block[sel], :pad]
+            o, lse = _attend_tiles(
+                qrows.index_select(0, tile_query_row[sel].view(-1)).view(sel.numel(), tile * group, dim),
+                krows,
+                vrows,
+                tokens.clamp(min=0) * hkv + tile_head[sel, None],
+                tokens >= 0 if sizes[w + sel.numel() - 1] < pad else None,  # no mask when no tile is padded
+                grad,
+            )
+            dst = table[sel].view(-1)
+            # in place also under autograd: no recorded op saved these buffers
+            part.index_copy_(0, dst, o.view(-1, group, dim))
+            part_lse.index_copy_(0, dst, lse.view(-1, group))
+            w += sel.numel()
+    # exact merge of each query's partial softmaxes: weights exp(lse_k − max_k lse_k), normalised. The max is
+    # only a shift (detached); a query without entries keeps all −inf and gets weight 0, hence output 0.
+    part = part[:-1].view(hkv, nq, topk, group, dim)
+    part_lse = part_lse[:-1].view(hkv, nq, topk, group)
+    shift = part_lse.detach().amax(2, keepdim=True)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    weight = (part_lse - shift).exp_() if not grad else (part_lse - shift).exp()
+    total = weight.sum(2)
+    weighted = part * weight.unsqueeze(-1) if grad else part.mul_(weight.unsqueeze(-1))
+    merged = weighted.sum(2) / torch.where(total > 0, total, torch.ones_like(total)).unsqueeze(-1)
+    return merged.permute(1, 0, 2, 3).reshape(nq, hq, dim)
+
+
+def _attend_tiles(
+    qt: torch.Tensor,
+    krows: torch.Tensor,
+    vrows: torch.Tensor,
+    key_rows: torch.Tensor,
+    key_ok: torch.Tensor | None,
+    grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention of each tile's query rows over its block's keys, all tiles in one batched matmul.
+
+    qt (C, R, D) gathered query rows (a fresh copy); krows / vrows (N·Hkv, D); key_rows (C, P) rows of the
+    tile's keys; key_ok (C, P) False on padding (masked), None when there is none. Returns the normalised
+    outputs (C, R, D) and log-sum-exps (C, R), float32. Every tile has at least one key, so the row maxima are
+    finite.
+    """
+    c, p = key_rows.shape
+    dim = qt.shape[-1]
+    kt = krows.index_select(0, key_rows.view(-1)).view(c, p, dim).float()
+    vt = vrows.index_select(0, key_rows.view(-1)).view(c, p, dim).float()
+    # the scale on the (smaller) queries rather than on the scores
+    qt = qt.float() * (1.0 / math.sqrt(dim)) if grad else qt.float().mul_(1.0 / math.sqrt(dim))
+    scores = torch.bmm(qt, kt.transpose(1, 2))  # (C, R, P)
+    if key_ok is not None:
+        # a broadcast add of a 0 / −inf row bias: cheaper than masked_fill with a broadcast mask
+        bias = torch.zeros(c, 1, p, dtype=torch.float32, device=qt.device)
+        scores.add_(bias.masked_fill_(~key_ok.unsqueeze(1), -math.inf))
+    peak = scores.detach().amax(-1, keepdim=True)  # a shift only: the result does not depend on it
+    # exp keeps its output and bmm its inputs for backward: overwrite only when no graph is recorded
+    probs = (scores - peak).exp() if grad else scores.sub_(peak).exp_()
+    total = probs.sum(-1, keepdim=True)
+    out = torch.bmm(probs, vt)
+    out = out / total if grad else out.div_(total)
+    return out, (peak + total.log()).squeeze(-1)
 
 
 def window_partition(coords: torch.Tensor, window_size: int, shift: int) -> tuple[torch.Tensor, torch.Tensor]:

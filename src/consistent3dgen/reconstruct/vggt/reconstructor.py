@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from ...errors import InputError
-from ...io.images import split_alpha
+from ...io.images import read_mask, split_alpha
 from ...pointmap import PointMap
 from ..base import Reconstructor
+from ..segment import SEGMENT_THRESHOLD, BackgroundSegmenter, Segmenter, background_mask, check_alpha, get_segmenter
 from .model import VGGT
 from .pose_encoding import pose_encoding_to_extri_intri
 from .preprocess import (
@@ -32,26 +33,18 @@ from .preprocess import (
 )
 
 MASK_MODES = ("auto", "alpha", "white", "black", "none")
-
-
-def background_mask(rgb: np.ndarray, colour: str, tol: int = 8) -> np.ndarray:
-    """Pixels of a uniform white/black background connected to the image border (object interiors of the same
-    colour are kept). Returns True for background."""
-    from scipy import ndimage
-
-    arr = rgb.astype(np.int16)
-    near = (arr >= 255 - tol).all(axis=2) if colour == "white" else (arr <= tol).all(axis=2)
-    labels, _ = ndimage.label(near)
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    border = border[border > 0]
-    return np.isin(labels, border)
+# Confidence filter by default as the official VGGT demo (``visual_util.predictions_to_glb``, demo_gradio's
+# slider): drop the pixels below the 50th percentile of the confidences of all pixels of all views.
+DEFAULT_CONF_PERCENTILE = 50.0
+MIN_CONF = 1e-5  # the demo's floor (conf > 1e-5)
 
 
 def object_mask(rgb: np.ndarray, alpha: np.ndarray | None, mode: str = "auto") -> np.ndarray:
-    """Object mask of an input view: alpha > 0, or not-background (white / black), or everything.
+    """Object mask of an input view from its own pixels: alpha > 0, or not-background (white / black), or all.
 
     ``auto``: alpha when the image has a non-trivial alpha channel; otherwise a white or black background when
-    more than half of the border pixels have that colour; otherwise all pixels.
+    more than half of the border pixels have that colour; otherwise an :class:`InputError` (an image whose
+    object cannot be told from its background needs a mask or a segmenter, never the whole frame silently).
     """
     if mode not in MASK_MODES:
         raise InputError(f"mask mode must be one of {', '.join(MASK_MODES)}, got {mode!r}")
@@ -62,14 +55,7 @@ def object_mask(rgb: np.ndarray, alpha: np.ndarray | None, mode: str = "auto") -
         if alpha is None:
             raise InputError("mask mode 'alpha' needs RGBA images")
         return alpha > 0
-    if mode in ("white", "black"):
-        return ~background_mask(rgb, mode)
-    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.int16)
-    for colour in ("white", "black"):
-        near = (border >= 247).all(axis=1) if colour == "white" else (border <= 8).all(axis=1)
-        if near.mean() > 0.5:
-            return ~background_mask(rgb, colour)
-    return np.ones((h, w), bool)
+    return BackgroundSegmenter(None if mode == "auto" else mode)(rgb) > 0
 
 
 def reference_from_camera(extrinsics: np.ndarray, ref: int = 0) -> np.ndarray:
@@ -94,24 +80,43 @@ class VGGTReconstructor(Reconstructor):
     device, dtype:  e.g. ``"cpu"``/``"cuda"``, ``"fp32"``/``"bf16"`` (bf16 aggregator weights, float32 heads).
     mode:           ``pad`` (default, whole object kept) or ``crop`` preprocessing.
     points_from:    ``depth`` (depth head + camera unprojection) or ``point_head``.
-    mask:           ``auto``/``alpha``/``white``/``black``/``none`` (see :func:`object_mask`).
-    conf_percentile: drop masked pixels whose confidence is below this percentile (per view), e.g. 10.
+    mask:           ``auto`` (``masks``, else the image's alpha, else ``segmenter``), ``alpha``, ``white``/``black``
+                    (a uniform background), ``none`` (the whole frame).
+    masks:          one object mask per view (path / PIL / array, non-zero = object; None for a view with alpha).
+    segmenter:      for images without alpha or mask: a name of :mod:`consistent3dgen.reconstruct.segment`
+                    (default ``auto``), a callable, or None (such an image is then an error).
+    segmenter_weights: the segmenter's weights (``birefnet``/``auto``: a BiRefNet folder or hub id).
+    conf_percentile: drop the pixels whose confidence is below this percentile of the confidences of all pixels
+                    of all views (as the official VGGT demo; default 50; 0 keeps all).
+
+    Each view's point map keeps the object's pixels; ``meta["condition_rgba"]`` holds the image with its soft
+    alpha (the input's alpha, the mask, or the segmenter's matte), what an image conditioner gets.
     """
 
     name = "vggt"
 
     def __init__(self, weights: str | os.PathLike | None = None, device: str = "cpu", dtype: str = "fp32",
                  mode: str = "pad", points_from: str = "depth", mask: str = "auto",
-                 conf_percentile: float | None = None, model: VGGT | None = None) -> None:
+                 conf_percentile: float | None = DEFAULT_CONF_PERCENTILE, model: VGGT | None = None,
+                 masks: Sequence[Any] | None = None, segmenter: str | Segmenter | None = "auto",
+                 segmenter_weights: str | os.PathLike | None = None) -> None:
         if points_from not in ("depth", "point_head"):
             raise InputError(f"points_from must be 'depth' or 'point_head', got {points_from!r}")
         if mask not in MASK_MODES:
             raise InputError(f"mask mode must be one of {', '.join(MASK_MODES)}, got {mask!r}")
         if conf_percentile is not None and not 0 <= conf_percentile < 100:
             raise InputError(f"conf_percentile must be in [0, 100), got {conf_percentile}")
+        if isinstance(segmenter, str):
+            from ..segment import segmenter_names
+
+            if segmenter.lower() not in segmenter_names():
+                raise InputError(f"unknown segmenter {segmenter!r}; choose one of {', '.join(segmenter_names())}")
         self.weights, self.device, self.dtype = weights, device, dtype
         self.mode, self.points_from, self.mask_mode = mode, points_from, mask
         self.conf_percentile = conf_percentile
+        self.masks = None if masks is None else list(masks)
+        self.segmenter, self.segmenter_weights = segmenter, segmenter_weights
+        self._segmenter: Segmenter | None = None
         self._model = model
 
     @property
@@ -132,6 +137,10 @@ class VGGTReconstructor(Reconstructor):
 
     def reconstruct(self, inputs: Sequence[Any]) -> list[PointMap]:
         images = [load_image(src) for src in inputs]
+        names = [_describe(src, i) for i, src in enumerate(inputs)]
+        given = self._given_masks(images, names)
+        # the object of each view (a segmenter, when one runs, before VGGT loads)
+        alphas = [self._alpha(img, m, name) for img, m, name in zip(images, given, names, strict=True)]
         batch, geoms = preprocess_images(images, mode=self.mode)
         preds = self.predict(batch)
         net_h, net_w = batch.shape[-2:]
@@ -143,16 +152,62 @@ class VGGTReconstructor(Reconstructor):
             fov = preds["pose_enc"][:, 7:].cpu().numpy().round(4).tolist()
             raise InputError(f"VGGT predicted a degenerate camera (field of view {fov} rad); check the weights")
         to_ref = reference_from_camera(extr_np, ref=0)
-        out = []
-        for i, (img, geom) in enumerate(zip(images, geoms, strict=True)):
-            out.append(self._view(i, img, geom, preds, intr_np[i], extr_np, to_ref[i]))
-        return out
+        views = [self._view(i, img, geom, preds, intr_np[i], extr_np, to_ref[i])
+                 for i, (img, geom) in enumerate(zip(images, geoms, strict=True))]
+        keep = self._confident(views)
+        return [self._pointmap(i, v, alpha, k, to_ref[i], geom)
+                for i, (v, alpha, k, geom) in enumerate(zip(views, alphas, keep, geoms, strict=True))]
+
+    # ------------------------------------------------------------------------------------------- masks
+
+    def _given_masks(self, images: list[np.ndarray], names: list[str]) -> list[np.ndarray | None]:
+        """The ``masks`` as (H, W) uint8 alphas, one per view (None where none was given), sizes checked."""
+        if self.masks is None:
+            return [None] * len(images)
+        if len(self.masks) != len(images):
+            raise InputError(f"{len(self.masks)} masks for {len(images)} images: give one mask per image")
+        return [None if m is None else read_mask(m, img.shape[:2], f"mask of {name}")
+                for m, img, name in zip(self.masks, images, names, strict=True)]
+
+    def _alpha(self, img: np.ndarray, given: np.ndarray | None, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(soft alpha uint8, object mask bool) of one view: the given mask, the image's alpha, or a segmenter."""
+        rgb, alpha = split_alpha(img)
+        if given is not None:
+            return given, given > 0
+        has_alpha = alpha is not None and bool((alpha < 255).any())
+        if self.mask_mode == "alpha" or (self.mask_mode == "auto" and has_alpha):
+            if alpha is None:
+                raise InputError(f"{name}: mask mode 'alpha' needs an RGBA image")
+            return alpha, alpha > 0
+        if self.mask_mode != "auto":  # white / black background, or none (the whole frame)
+            try:
+                mask = object_mask(rgb, None, self.mask_mode)
+            except InputError as e:
+                raise InputError(f"{name}: {e}") from None
+            return np.where(mask, 255, 0).astype(np.uint8), mask
+        if self._segmenter is None:
+            if self.segmenter is None:
+                raise InputError(f"{name} has no alpha channel and no mask: give an RGBA image (alpha = the "
+                                 "object), a mask, or a segmenter")
+            if self._model is None:  # missing VGGT weights are one line before a segmenter is fetched or run
+                from .pretrained import resolve_weights
+
+                resolve_weights(self.weights)
+            self._segmenter = get_segmenter(self.segmenter, self.segmenter_weights, self.device)
+        who = f"segmenter {getattr(self._segmenter, 'name', type(self._segmenter).__name__)}"
+        try:
+            soft = check_alpha(self._segmenter(np.ascontiguousarray(rgb)), rgb.shape[:2], who)
+        except InputError as e:
+            raise InputError(f"{name}: {e}") from None
+        return soft, soft >= SEGMENT_THRESHOLD
+
+    # ------------------------------------------------------------------------------------------- views
 
     def _view(self, i: int, img: np.ndarray, geom: FrameGeometry, preds: dict[str, torch.Tensor], k_net: np.ndarray,
-              extr: np.ndarray, cam_to_ref: np.ndarray) -> PointMap:
+              extr: np.ndarray, cam_to_ref: np.ndarray) -> dict[str, np.ndarray]:
+        """One view's points (reference frame), confidence and valid pixels, at the input image's pixels."""
         from ...io.pointmap_io import depth_to_points
 
-        rgb = to_rgb_on_white(img)
         k = intrinsics_to_original(k_net, geom)
         if self.points_from == "depth":
             depth = sample_to_original(preds["depth"][i, ..., 0].float().cpu(), geom).numpy()
@@ -171,18 +226,47 @@ class VGGTReconstructor(Reconstructor):
         # Crop mode cuts rows off: those input pixels were never seen by the network.
         gx, gy = original_pixel_grid(geom)
         in_view = (gx >= -0.5) & (gx <= geom.net_w - 0.5) & (gy >= -0.5) & (gy <= geom.net_h - 0.5)
-        mask = object_mask(rgb, split_alpha(img)[1], self.mask_mode) & valid & in_view & np.isfinite(points).all(axis=2)
-        if self.conf_percentile and mask.any():
-            kept = conf[mask]
-            # the lower of the two neighbouring values where interpolating would take inf - inf
-            method = "linear" if np.isfinite(kept).all() else "lower"
-            mask &= conf >= np.percentile(kept, self.conf_percentile, method=method)
+        valid &= in_view & np.isfinite(points).all(axis=2)
+        return {"points": points, "conf": conf, "valid": valid, "k": k, "rgb": to_rgb_on_white(img), "image": img}
+
+    def _confident(self, views: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        """Per view: conf ≥ the ``conf_percentile`` percentile of every valid pixel of every view (the official
+        demo's filter; the whole frames, before the object mask) and conf > 1e-5."""
+        keep = [v["valid"] & (v["conf"] > MIN_CONF) for v in views]
+        if not self.conf_percentile:
+            return keep
+        pooled = np.concatenate([v["conf"][v["valid"] & ~np.isnan(v["conf"])] for v in views])
+        if pooled.size == 0:
+            return keep
+        # the lower of the two neighbouring values where interpolating would take inf - inf
+        method = "linear" if np.isfinite(pooled).all() else "lower"
+        threshold = np.percentile(pooled, self.conf_percentile, method=method)
+        return [k & (v["conf"] >= threshold) for k, v in zip(keep, views, strict=True)]
+
+    def _pointmap(self, i: int, view: dict[str, np.ndarray], alpha: tuple[np.ndarray, np.ndarray],
+                  keep: np.ndarray, cam_to_ref: np.ndarray, geom: FrameGeometry) -> PointMap:
+        soft, obj = alpha
+        mask = obj & keep
         if not mask.any():
-            raise InputError(f"view {i}: no pixel left after masking (mask mode {self.mask_mode!r})")
-        points = np.where(mask[..., None], points, np.nan).astype(np.float32)
+            why = "no object pixel" if not obj.any() else f"none of its {int(obj.sum())} object pixels"
+            raise InputError(f"view {i}: {why} left after masking (mask mode {self.mask_mode!r}, confidence "
+                             f"percentile {self.conf_percentile or 0:g})")
+        points = np.where(mask[..., None], view["points"], np.nan).astype(np.float32)
         meta = {"source": "vggt", "view": i, "points_from": self.points_from, "preprocess": self.mode,
-                "camera_to_reference": cam_to_ref.tolist(),
-                "network_size_hw": [geom.net_h, geom.net_w]}
+                "camera_to_reference": cam_to_ref.tolist(), "network_size_hw": [geom.net_h, geom.net_w],
+                "conf_percentile": float(self.conf_percentile or 0.0),
+                # the image with its soft object alpha, for an image conditioner (official preprocessing)
+                "condition_rgba": np.dstack([split_alpha(view["image"])[0], soft]).astype(np.uint8)}
         # Intrinsics project this view's own camera-frame points; for views > 0 first map the points back with
         # the inverse of ``camera_to_reference``.
-        return PointMap(points, conf=conf.astype(np.float32), mask=mask, image=rgb, intrinsics=k, meta=meta)
+        return PointMap(points, conf=view["conf"].astype(np.float32), mask=mask, image=view["rgb"],
+                        intrinsics=view["k"], meta=meta)
+
+
+def _describe(src: Any, i: int) -> str:
+    """``image <path>`` or ``image <i>`` (an in-memory image), for error lines."""
+    return f"image {os.fspath(src)}" if isinstance(src, (str, os.PathLike)) else f"image {i}"
+
+
+__all__ = ["DEFAULT_CONF_PERCENTILE", "MASK_MODES", "VGGTReconstructor", "background_mask", "object_mask",
+           "reference_from_camera", "transform_points"]

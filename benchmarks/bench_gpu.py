@@ -187,10 +187,10 @@ def run_mode(mode: str, weights: Path, device: Any, pm: Any, cam: np.ndarray, sh
     import torch
 
     from consistent3dgen.generators.direct3d_s2.random_weights import DINO_FOLDER
-    from consistent3dgen.pipeline import ConsistentPipeline
+    from consistent3dgen.pipeline import Pipeline
 
     t0 = time.perf_counter()
-    pipe = ConsistentPipeline.from_pretrained(str(weights), device=device, low_memory=mode == "low-memory",
+    pipe = Pipeline.from_pretrained(str(weights), device=device, low_memory=mode == "low-memory",
                                               dino_weights=str(weights / DINO_FOLDER))
     load_s = time.perf_counter() - t0
     if oracle:

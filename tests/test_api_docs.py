@@ -74,8 +74,8 @@ def test_result_mesh_is_a_trimesh_in_the_camera_frame(tiny_prior_dir):
 
 def test_import_is_light_and_the_pipeline_is_loaded_on_first_use():
     code = ("import sys, consistent3dgen as c; assert 'torch' not in sys.modules; "
-            "from consistent3dgen import Pipeline; from consistent3dgen.pipeline import ConsistentPipeline; "
-            "assert Pipeline is ConsistentPipeline and 'torch' in sys.modules; "
+            "from consistent3dgen import Pipeline; from consistent3dgen.pipeline import Pipeline as P; "
+            "assert Pipeline is P and 'torch' in sys.modules; "
             "assert set(c.__all__) <= set(dir(c))")
     subprocess.run([sys.executable, "-c", code], check=True)
     import consistent3dgen

@@ -156,7 +156,7 @@ def test_errors_name_uploads_by_file_name_and_bugs_by_type():
 
 
 def test_pipeline_cache_loads_each_generator_once(monkeypatch):
-    from consistent3dgen.pipeline import ConsistentPipeline
+    from consistent3dgen.pipeline import Pipeline
 
     loads = []
 
@@ -168,7 +168,7 @@ def test_pipeline_cache_loads_each_generator_once(monkeypatch):
         loads.append(name)
         return FakePipe()
 
-    monkeypatch.setattr(ConsistentPipeline, "from_pretrained", classmethod(fake))
+    monkeypatch.setattr(Pipeline, "from_pretrained", classmethod(fake))
     cache = PipelineCache()
     assert cache.get("mini") is cache.get("mini") and cache.get("other") is not cache.get("mini")
     assert loads == ["mini", "other"]

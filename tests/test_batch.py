@@ -179,13 +179,13 @@ def test_plan_refuses_bad_inputs_in_one_line(tmp_path, case):
 def no_work(monkeypatch):
     """Refused batches must not read an input nor load a model."""
     from consistent3dgen import cli
-    from consistent3dgen.pipeline import ConsistentPipeline
+    from consistent3dgen.pipeline import Pipeline
 
     def fail(*args, **kwargs):
         raise AssertionError("work started before the checks")
 
     monkeypatch.setattr(cli, "read_pointmap", fail)
-    monkeypatch.setattr(ConsistentPipeline, "from_pretrained", fail)
+    monkeypatch.setattr(Pipeline, "from_pretrained", fail)
 
 
 def test_bad_arguments_are_one_line_exit_2_before_any_work(tmp_path, capsys, no_work):
@@ -238,7 +238,7 @@ def test_manifest_cuts_a_torn_last_line_and_is_locked(tmp_path):
 
 
 def test_rerun_skips_what_is_done_and_retries_failures_only_when_asked(tmp_path, fast_prior, capsys, monkeypatch):
-    from consistent3dgen.pipeline import ConsistentPipeline
+    from consistent3dgen.pipeline import Pipeline
 
     teapot = copy_example("teapot", tmp_path / "in")
     bad = write_bad(tmp_path / "in")
@@ -257,8 +257,8 @@ def test_rerun_skips_what_is_done_and_retries_failures_only_when_asked(tmp_path,
     assert sorted(os.listdir(out)) == [MANIFEST, "teapot.glb", "teapot.json"]
 
     loads = []
-    real = ConsistentPipeline.from_pretrained.__func__
-    monkeypatch.setattr(ConsistentPipeline, "from_pretrained",
+    real = Pipeline.from_pretrained.__func__
+    monkeypatch.setattr(Pipeline, "from_pretrained",
                         classmethod(lambda cls, *a, **k: loads.append(1) or real(cls, *a, **k)))
     assert main(argv) == 1  # nothing to run: no model loaded, no line added
     assert loads == [] and len(records(out)) == 2

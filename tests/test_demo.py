@@ -30,10 +30,10 @@ def test_bundled_prior_generates_and_guidance_pins_the_seen_side(meshes_dir):
     guidance without fusion must bring the seen side far closer to the input than the prior alone does."""
     from consistent3dgen.evaluate import make_case
     from consistent3dgen.options import BASELINE
-    from consistent3dgen.pipeline import ConsistentPipeline
+    from consistent3dgen.pipeline import Pipeline
 
     case = make_case(meshes_dir / "stanford-bunny.obj", size=96)
-    pipe = ConsistentPipeline.from_pretrained("mini")
+    pipe = Pipeline.from_pretrained("mini")
     alone = pipe(case.pointmap, progress=False, **BASELINE)
     guided = pipe(case.pointmap, progress=False, fusion=False)
     assert len(alone.faces) > 5000  # a surface decoded by the prior itself, nothing fused in

@@ -25,7 +25,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from consistent3dgen.devices import StageMeter, resolve_device, resolve_dtype
 from consistent3dgen.errors import InputError
 from consistent3dgen.generators.base import SparseLatent, stage_modules
-from consistent3dgen.pipeline import ConsistentPipeline, low_memory_chunks
+from consistent3dgen.pipeline import Pipeline, low_memory_chunks
 from consistent3dgen.sampling import FlowMatchSchedule, FrontGuidance, initial_noise, sample
 
 FAKE = torch.device("meta")
@@ -211,7 +211,7 @@ def _same_latents(a, b) -> None:
 def test_pipeline_runs_on_a_second_device_with_the_cpu_noise(pointmap):
     """``pipe.to(device)`` moves every model and returns the pipeline; the whole run (dense, tokens, guided sparse
     stage, decoding, free space) makes its tensors there, and a seed gives the CPU run's result."""
-    pipe = ConsistentPipeline.from_pretrained("mini")
+    pipe = Pipeline.from_pretrained("mini")
     ref = pipe(pointmap, **FAST)
     assert ref.runtime == {"device": "cpu", "dtype": None, "autocast": None, "low_memory": False}
     for s in ref.stages:  # on the CPU: the resident-set high-water mark's rise, in bytes
@@ -228,7 +228,7 @@ def test_pipeline_runs_on_a_second_device_with_the_cpu_noise(pointmap):
 
 
 def test_low_memory_keeps_only_the_running_stage_on_the_device(pointmap):
-    pipe = ConsistentPipeline.from_pretrained("mini")
+    pipe = Pipeline.from_pretrained("mini")
     ref = pipe(pointmap, **FAST)
     gen = pipe.generator
     dense, sparse = stage_modules(gen.dense), stage_modules(gen.sparse[0])
@@ -253,7 +253,7 @@ def test_low_memory_keeps_only_the_running_stage_on_the_device(pointmap):
 
 def test_autocast_runs_float32_weights_in_the_asked_dtype(pointmap):
     """bf16 asked for and weights in float32 (the mini prior): the models run under autocast, weights unchanged."""
-    pipe = ConsistentPipeline.from_pretrained("mini", dtype="bf16")
+    pipe = Pipeline.from_pretrained("mini", dtype="bf16")
     assert pipe.autocast_dtype == torch.bfloat16
     assert {p.dtype for m in pipe.generator.modules() for p in m.parameters()} == {torch.float32}
     state: set[tuple] = set()
@@ -266,7 +266,7 @@ def test_autocast_runs_float32_weights_in_the_asked_dtype(pointmap):
     res = pipe(pointmap, callback=record, **FAST)
     assert state == {("dense", True, torch.bfloat16), ("sparse128", True, torch.bfloat16)}
     assert res.runtime["autocast"] == "torch.bfloat16"
-    assert ConsistentPipeline.from_pretrained("mini").autocast_dtype is None
+    assert Pipeline.from_pretrained("mini").autocast_dtype is None
 
 
 def test_stage_meter_records_and_places():
@@ -374,7 +374,7 @@ def test_cli_device_arguments(tmp_path, capsys):
 
 @CUDA
 def test_cuda_run_and_its_report(pointmap):
-    pipe = ConsistentPipeline.from_pretrained("mini", device="cuda")
+    pipe = Pipeline.from_pretrained("mini", device="cuda")
     res = pipe(pointmap, **FAST)
     assert len(res.faces) > 1000 and res.runtime["device"].startswith("cuda")
     for s in res.stages:
@@ -386,8 +386,8 @@ def test_cuda_run_and_its_report(pointmap):
 
 @CUDA
 def test_cuda_low_memory(pointmap):
-    normal = ConsistentPipeline.from_pretrained("mini", device="cuda")(pointmap, **FAST)
-    pipe = ConsistentPipeline.from_pretrained("mini", device="cuda", low_memory=True)
+    normal = Pipeline.from_pretrained("mini", device="cuda")(pointmap, **FAST)
+    pipe = Pipeline.from_pretrained("mini", device="cuda", low_memory=True)
     assert pipe.autocast_dtype == torch.float16  # fp16 on a GPU in low-memory mode
     res = pipe(pointmap, **FAST)
     assert all(p.device.type == "cpu" for m in pipe.generator.modules() for p in m.parameters())

@@ -73,8 +73,8 @@ def test_mini_prior_brings_its_defaults_and_sdf_convention(tmp_path, write_tiny_
 
 
 def test_bundled_prior_loads_without_the_training_package():
-    code = ("import sys; from consistent3dgen.pipeline import ConsistentPipeline; "
-            "p = ConsistentPipeline.from_pretrained('mini'); "
+    code = ("import sys; from consistent3dgen.pipeline import Pipeline; "
+            "p = Pipeline.from_pretrained('mini'); "
             "print(sorted(m for m in sys.modules if m.startswith('consistent3dgen.train')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

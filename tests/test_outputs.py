@@ -28,13 +28,13 @@ def listing(folder):
 def no_work(monkeypatch):
     """Refused commands must not read the input nor load a model."""
     from consistent3dgen import cli
-    from consistent3dgen.pipeline import ConsistentPipeline
+    from consistent3dgen.pipeline import Pipeline
 
     def fail(*args, **kwargs):
         raise AssertionError("work started before the outputs were checked")
 
     monkeypatch.setattr(cli, "read_pointmap", fail)
-    monkeypatch.setattr(ConsistentPipeline, "from_pretrained", fail)
+    monkeypatch.setattr(Pipeline, "from_pretrained", fail)
 
 
 def commands(tmp_path, out=None, report=None, preview=None, folder=None):

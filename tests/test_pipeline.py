@@ -7,14 +7,14 @@ import torch
 from consistent3dgen.errors import InputError
 from consistent3dgen.geometry.frames import Similarity, compose_frame
 from consistent3dgen.options import GenerationOptions
-from consistent3dgen.pipeline import ConsistentPipeline
+from consistent3dgen.pipeline import Pipeline
 
 FAST = dict(dense_steps=3, sparse_steps=8, progress=False, max_faces=20_000)
 
 
 @pytest.fixture(scope="module")
 def pipe(tiny_prior_dir):
-    p = ConsistentPipeline.from_pretrained(tiny_prior_dir)
+    p = Pipeline.from_pretrained(tiny_prior_dir)
     # random (non-zero) output layers, so that the prior generates something and guidance has work to do
     g = torch.Generator().manual_seed(0)
     for stage_model in (p.generator.sparse[0].dit, p.generator.dense.dit):

@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 
 # name -> (module, attribute), imported when first asked for
 _LAZY = {
-    "Pipeline": ("pipeline", "ConsistentPipeline"),
+    "Pipeline": ("pipeline", "Pipeline"),
     "PipelineResult": ("pipeline", "PipelineResult"),
     "GenerationOptions": ("options", "GenerationOptions"),
     "StepInfo": ("sampling.sampler", "StepInfo"),

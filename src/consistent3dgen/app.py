@@ -40,7 +40,7 @@ import numpy as np
 from .errors import InputError, UserError, one_line
 
 if TYPE_CHECKING:
-    from .pipeline import ConsistentPipeline, PipelineResult
+    from .pipeline import Pipeline, PipelineResult
     from .pointmap import PointMap
 
 log = logging.getLogger(__name__)
@@ -228,22 +228,22 @@ def _whole(value: Any, what: str, default: int | None = None) -> int:
 
 
 class PipelineCache:
-    """One :class:`ConsistentPipeline` per generator name, loaded on first use and kept; thread-safe."""
+    """One :class:`Pipeline` per generator name, loaded on first use and kept; thread-safe."""
 
     def __init__(self, device: str | None = None, vggt_weights: str | None = None):
         self.device = device
         self.vggt_weights = vggt_weights
-        self._pipes: dict[str, ConsistentPipeline] = {}
+        self._pipes: dict[str, Pipeline] = {}
         self._vggt: Any = None
         self._lock = threading.Lock()
 
-    def get(self, name: str) -> ConsistentPipeline:
+    def get(self, name: str) -> Pipeline:
         with self._lock:
             if name not in self._pipes:
-                from .pipeline import ConsistentPipeline
+                from .pipeline import Pipeline
 
                 kw = {"device": self.device} if self.device else {}
-                pipe = ConsistentPipeline.from_pretrained(name, **kw)
+                pipe = Pipeline.from_pretrained(name, **kw)
                 pipe.set_progress_bar_config(disable=True)
                 self._pipes[name] = pipe
             return self._pipes[name]

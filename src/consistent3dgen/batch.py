@@ -402,7 +402,7 @@ class ItemWorker:
     """Loads the pipeline once; :meth:`run` turns one item into a result (the mesh arrays, the report) or a failure."""
 
     def __init__(self, config: BatchConfig, index: int | None = None) -> None:
-        from .pipeline import ConsistentPipeline
+        from .pipeline import Pipeline
 
         if config.threads:
             import torch
@@ -413,7 +413,7 @@ class ItemWorker:
         self.device = _worker_device(config.device, index)
         if self.device:
             kwargs["device"] = self.device
-        self.pipe = ConsistentPipeline.from_pretrained(config.generator, **kwargs)
+        self.pipe = Pipeline.from_pretrained(config.generator, **kwargs)
         self.pipe.set_progress_bar_config(disable=True)
 
     def run(self, item: BatchItem) -> dict:

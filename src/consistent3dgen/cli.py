@@ -271,7 +271,7 @@ def _device_name(text: str) -> str:
 
 
 def add_device_arguments(p: argparse.ArgumentParser) -> None:
-    """``--device``, ``--dtype``, ``--low-memory`` (:meth:`ConsistentPipeline.from_pretrained` takes them)."""
+    """``--device``, ``--dtype``, ``--low-memory`` (:meth:`Pipeline.from_pretrained` takes them)."""
     from .devices import DEVICE_NAMES, DTYPE_CHOICES
 
     p.add_argument("--device", type=_device_name, default="auto",
@@ -343,10 +343,10 @@ def run_generate(args: argparse.Namespace) -> int:
     options = GenerationOptions(conf_threshold=args.conf_threshold, drop_percent=surface_drop_percent(args)
                                 ).with_changes(**generation_overrides(args))  # checked before anything is read
     devices = device_settings(args)  # CUDA / MPS asked for and missing: one line, before the input is read
-    from .pipeline import ConsistentPipeline
+    from .pipeline import Pipeline
 
     pm = read_pointmap(args)
-    pipe = ConsistentPipeline.from_pretrained(args.generator, **devices, **generator_weights(args))
+    pipe = Pipeline.from_pretrained(args.generator, **devices, **generator_weights(args))
     res = pipe(pm, options)
     metrics = res.metrics() if pm.intrinsics is not None else {}
     panel = None

@@ -53,14 +53,14 @@ def run_demo(out_dir: str | Path, generator: str = "mini", examples: list[str] |
              low_memory: bool = False, **options) -> dict:
     """Run the pipeline on each example; write meshes, previews and ``report.json`` into ``out_dir``.
 
-    ``device`` / ``dtype`` / ``low_memory``: as :meth:`ConsistentPipeline.from_pretrained` takes them.
+    ``device`` / ``dtype`` / ``low_memory``: as :meth:`Pipeline.from_pretrained` takes them.
 
     Each run's mesh and preview appear together as soon as it is done (an output set); ``report.json`` is
     written last, so its presence means the demo completed. A failure part-way says which outputs are missing.
     """
     from .errors import UserError
     from .io.atomic import atomic_write_text, output_set
-    from .pipeline import ConsistentPipeline
+    from .pipeline import Pipeline
     from .preview import preview_panel, save_image
 
     out = Path(out_dir)
@@ -69,7 +69,7 @@ def run_demo(out_dir: str | Path, generator: str = "mini", examples: list[str] |
     written: list[str] = []
     t0 = time.perf_counter()
     try:
-        pipe = ConsistentPipeline.from_pretrained(generator, device=device, dtype=dtype, low_memory=low_memory)
+        pipe = Pipeline.from_pretrained(generator, device=device, dtype=dtype, low_memory=low_memory)
         report: dict = {"generator": pipe.generator.name, "examples": {}}
         runs = [("guided", {})] + ([("unguided", dict(BASELINE))] if compare else [])
         for name in names:

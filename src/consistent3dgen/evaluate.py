@@ -117,11 +117,11 @@ def evaluate(mesh_paths: list[str | Path], out_dir: str | Path, generator: str =
              ablations: bool = True, ablation_seeds: int = 1, size: int = 160) -> dict:
     """Guided vs unguided over ``seeds`` seeds on each mesh, then the ablations; writes the reports."""
     from .io.atomic import atomic_write_text, output_set
-    from .pipeline import ConsistentPipeline
+    from .pipeline import Pipeline
 
     out = Path(out_dir)
     t0 = time.perf_counter()
-    pipe = ConsistentPipeline.from_pretrained(generator)
+    pipe = Pipeline.from_pretrained(generator)
     defaults = pipe.resolve_options().to_dict()
     report: dict = {"generator": pipe.generator.name, "defaults": defaults, "seeds": seeds, "meshes": {},
                     "ablations": {}}

@@ -1,19 +1,19 @@
 """The whole method as named steps: inputs → point map → seen side → dense stage → tokens → sparse stages → mesh.
 
-``ConsistentPipeline.from_pretrained("mini")`` runs offline with the bundled prior; ``"direct3d-s2"`` (or a
+``Pipeline.from_pretrained("mini")`` runs offline with the bundled prior; ``"direct3d-s2"`` (or a
 local folder) uses the paper's base model. A call returns a :class:`PipelineResult` (mesh in the canonical
 frame, the frame to give it back in the camera's frame, timings, and what each stage did). Each step is a method
 a reader can open alone:
 
-1. :meth:`~ConsistentPipeline.prepare_pointmap`: the point map (given, or from a reconstructor: VGGT / depth / .npz);
-2. :meth:`~ConsistentPipeline.build_seen_side`: seen mesh in the canonical cube, thin shell per sparse stage,
+1. :meth:`~Pipeline.prepare_pointmap`: the point map (given, or from a reconstructor: VGGT / depth / .npz);
+2. :meth:`~Pipeline.build_seen_side`: seen mesh in the canonical cube, thin shell per sparse stage,
    its latent cells and their camera-side half (:mod:`consistent3dgen.seen_side`);
-3. :meth:`~ConsistentPipeline.encode_condition`: image tokens (+ a negative for CFG), or the prior's null input;
-4. :meth:`~ConsistentPipeline.run_dense_stage`: the seen occupancy, encoded by the dense VAE, starts the dense
-   sampler SDEdit-style; :meth:`~ConsistentPipeline.first_tokens`: its occupancy ∪ the seen cells;
-5. :meth:`~ConsistentPipeline.run_sparse_stages`: guided flow-matching sampling towards ``x_fg`` (the shell
+3. :meth:`~Pipeline.encode_condition`: image tokens (+ a negative for CFG), or the prior's null input;
+4. :meth:`~Pipeline.run_dense_stage`: the seen occupancy, encoded by the dense VAE, starts the dense
+   sampler SDEdit-style; :meth:`~Pipeline.first_tokens`: its occupancy ∪ the seen cells;
+5. :meth:`~Pipeline.run_sparse_stages`: guided flow-matching sampling towards ``x_fg`` (the shell
    encoded by each stage's own VAE, back half cut), decode, fusion with the seen shell, free space, hand-off;
-6. :meth:`~ConsistentPipeline.extract`: marching cubes, loose pieces, simplification.
+6. :meth:`~Pipeline.extract`: marching cubes, loose pieces, simplification.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class PipelineResult:
         }
 
 
-class ConsistentPipeline:
+class Pipeline:
     """Reconstruction at the seen side + generation at the unseen side, with a given generator.
 
     Devices: the models run on :attr:`device` (``auto``: CUDA, else MPS, else CPU; :meth:`to` moves them), every
@@ -128,7 +128,7 @@ class ConsistentPipeline:
         self._progress_bar: dict = {}  # tqdm keyword arguments for the sampler's bars
         self.to(device)
 
-    def to(self, device: str | torch.device) -> ConsistentPipeline:
+    def to(self, device: str | torch.device) -> Pipeline:
         """Run on ``device`` (``auto``, ``cpu``, ``cuda[:N]``, ``mps``): every model of the generator and of its
         conditioner moves there (in low-memory mode they wait on the CPU, each stage's going to the device while it
         runs). Returns self."""
@@ -154,7 +154,7 @@ class ConsistentPipeline:
     @classmethod
     def from_pretrained(cls, name: str | Path = "mini", device: str | torch.device = "cpu", *,
                         dtype: str | torch.dtype | None = None, low_memory: bool = False, **kwargs: Any
-                        ) -> ConsistentPipeline:
+                        ) -> Pipeline:
         """Load a generator (:func:`~consistent3dgen.generators.registry.load_generator`) onto ``device``.
 
         ``dtype``: ``auto``/None (the weights' own layout; fp16 on a GPU in low-memory mode), fp32, fp16, bf16.

@@ -72,7 +72,7 @@ def test_generator_brings_the_official_numbers_and_refiners(tiny, version):
 
 
 def test_without_refiner_files_the_stages_run_unrefined(tiny, tmp_path):
-    from consistent3dgen.pipeline import ConsistentPipeline
+    from consistent3dgen.pipeline import Pipeline
 
     folder = tmp_path / "no_refiners"
     shutil.copytree(tiny["v1.1"], folder)
@@ -80,12 +80,12 @@ def test_without_refiner_files_the_stages_run_unrefined(tiny, tmp_path):
         (folder / name).unlink()
     gen = load_direct3d_s2(folder, with_conditioner=False)
     assert [s.refiner for s in gen.sparse] == [None, None] and not gen.has_refiners()
-    pipe = ConsistentPipeline(gen)
+    pipe = Pipeline(gen)
     assert pipe.resolve_options().refine is False
     with pytest.raises(InputError, match="option refine: generator direct3d-s2 v1.1 has no refiners"):
         pipe.resolve_options(refine=True)
     # with the files: on by default, off when asked
-    pipe = ConsistentPipeline(load_direct3d_s2(tiny["v1.1"], with_conditioner=False))
+    pipe = Pipeline(load_direct3d_s2(tiny["v1.1"], with_conditioner=False))
     assert pipe.resolve_options().refine is True and pipe.resolve_options(refine=False).refine is False
     assert load_direct3d_s2(tiny["v1.1"], with_conditioner=False, with_refiners=False).has_refiners() is False
 

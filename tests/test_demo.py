@@ -23,6 +23,16 @@ def test_demo_runs_with_the_bundled_prior(tmp_path, capsys):
     assert run["metrics"]["silhouette_iou"] > 0.9 and run["metrics"]["depth_error_mean"] < 0.03
     assert (out / "teapot_guided.glb").stat().st_size > 0 and (out / "teapot_guided_preview.png").stat().st_size > 0
     assert "silhouette IoU" in capsys.readouterr().out
+    from PIL import Image
+
+    with Image.open(out / "teapot_guided_preview.png") as im:  # input, input view, 90°, 180° (back), 270°
+        w, h = im.size
+    assert h >= 256 and w == 5 * round(h * pm_aspect("teapot"))
+
+
+def pm_aspect(name: str) -> float:
+    h, w = load_example(name).shape
+    return w / h
 
 
 def test_bundled_prior_generates_and_guidance_pins_the_seen_side(meshes_dir):

@@ -8,11 +8,14 @@ import trimesh
 
 from consistent3dgen.geometry.render import intrinsics_from_fov, render_pointmap
 from consistent3dgen.metrics import (
+    hidden_from_camera,
     input_view_consistency,
     mesh_distance,
+    mesh_structure,
     point_cloud_distance,
     pointmap_normals,
     sample_surface,
+    unseen_side_distance,
 )
 from consistent3dgen.pointmap import PointMap
 
@@ -114,3 +117,66 @@ def test_sampling_is_seeded_uniform_and_on_surface() -> None:
     assert np.mean(np.isclose(np.abs(a[:, 0]), 1.0)) == pytest.approx(0.2, abs=0.01)
     with pytest.raises(ValueError):
         sample_surface(np.zeros((3, 3)), np.array([[0, 1, 2]]), 10)
+
+
+# ------------------------------------------------------------------------------------------- unseen side
+
+UNSEEN_K = intrinsics_from_fov(40.0, 96, 96)
+
+
+def _sphere(radius: float = 0.5, z: float = 2.5) -> trimesh.Trimesh:
+    mesh = trimesh.creation.icosphere(subdivisions=4, radius=radius)
+    mesh.apply_translation([0.0, 0.0, z])
+    return mesh
+
+
+def test_hidden_share_of_a_sphere_is_its_far_cap() -> None:
+    # from the origin, a sphere of radius r at distance d shows the cap with cos(angle to the camera) > r/d:
+    # (1 - r/d) / 2 of its area; the rest is hidden
+    sphere = _sphere()
+    pts = sample_surface(sphere.vertices, sphere.faces, 20_000, seed=3)
+    hidden = hidden_from_camera(pts, sphere.vertices, sphere.faces, UNSEEN_K, 96, 96, tol=0.01)
+    expected = 1.0 - (1.0 - 0.5 / 2.5) / 2.0
+    assert abs(hidden.mean() - expected) < 0.03
+    assert not hidden[pts[:, 2] < 2.2].any() and hidden[pts[:, 2] > 2.6].all()  # near side seen, far side not
+
+
+def test_a_sphere_against_itself_is_complete_on_the_unseen_side() -> None:
+    sphere = _sphere()
+    d = unseen_side_distance(sphere.vertices, sphere.faces, sphere.vertices, sphere.faces, UNSEEN_K, 96, 96)
+    assert d.fscore == pytest.approx(1.0, abs=1e-3) and d.completeness < 0.01 and d.accuracy < 0.01
+    assert d.ref_hidden > 0.5 * 20_000 and d.out_hidden > 0.5 * 20_000
+
+
+def test_a_front_hemisphere_is_incomplete_on_the_unseen_side() -> None:
+    sphere = _sphere()
+    front = sphere.triangles_center[:, 2] < 2.5  # the half facing the camera
+    v, f = sphere.vertices, sphere.faces[front]
+    whole = mesh_distance(v, f, sphere.vertices, sphere.faces, n_points=20_000, tau=0.02)
+    d = unseen_side_distance(v, f, sphere.vertices, sphere.faces, UNSEEN_K, 96, 96)
+    # the back cap is missing: far from the output, and most reference samples there are not recalled
+    assert d.completeness > 0.1 and d.recall < 0.4 and d.fscore < 0.5
+    assert d.fscore < whole.fscore  # the unseen side is where it fails, worse than on the whole surface
+    # what little of the hemisphere is hidden (its rim, behind the silhouette) lies on the reference
+    assert d.accuracy < 0.01
+
+
+def test_a_back_in_the_wrong_place_is_inaccurate() -> None:
+    sphere = _sphere()
+    moved = sphere.copy()
+    back = moved.vertices[:, 2] > 2.5
+    moved.vertices[back, 2] += 0.3  # the far half stretched away from the camera
+    d = unseen_side_distance(moved.vertices, moved.faces, sphere.vertices, sphere.faces, UNSEEN_K, 96, 96)
+    assert d.accuracy > 0.05 and d.completeness > 0.02 and d.fscore < 0.6
+
+
+def test_structure_of_two_disjoint_boxes() -> None:
+    a = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    b = trimesh.creation.box(extents=(2.0, 1.0, 1.0))
+    b.apply_translation([3.0, 0.0, 0.0])
+    both = trimesh.util.concatenate([a, b])
+    s = mesh_structure(both.vertices, both.faces)
+    assert s["pieces"] == 2 and s["watertight"]
+    assert s["largest_area_fraction"] == pytest.approx(10.0 / 16.0)  # areas 6 and 10
+    opened = mesh_structure(both.vertices, both.faces[1:])  # one triangle removed: a hole
+    assert opened["pieces"] == 2 and not opened["watertight"]

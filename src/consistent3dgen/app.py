@@ -518,7 +518,8 @@ def build_app(generators: Sequence[str] = DEFAULT_GENERATORS, cache: PipelineCac
                                            elem_id="c3dg-seen")
                     mesh_view = gr.Model3D(label="generated mesh", height=340, clear_color=(1.0, 1.0, 1.0, 1.0),
                                            camera_position=VIEW_CAMERA, elem_id="c3dg-mesh")
-                preview = gr.Image(label="input | mesh from the input view | two other views", type="filepath",
+                preview = gr.Image(label="input | mesh from the input view | turned 90°, 180° (the back), 270°",
+                                   type="filepath",
                                    interactive=False, elem_id="c3dg-preview")
                 summary = gr.Markdown("", elem_id="c3dg-metrics")
                 downloads = gr.File(label="downloads: mesh (camera frame, the input's units) GLB · OBJ · PLY, and "

@@ -323,7 +323,13 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="camera: the input camera's frame and scale (overlays the image); "
                         "canonical: the generator's cube")
     p.add_argument("--report", help="write parameters, timings and metrics to this JSON file")
-    p.add_argument("--preview", help="write a preview PNG (input | output from the input view | two other views)")
+    p.add_argument("--preview", help="write a preview PNG (input | output from the input view | turned 90°, "
+                                             "180° (the back), 270°)")
+    p.add_argument("--colour", choices=["none", "vertex", "texture"], default=None,
+                   help="colour from the input image: vertex colours, or a UV texture (.glb only); "
+                        "default vertex when the input has an image, else none")
+    p.add_argument("--turntable", metavar="FILE",
+                   help="write a 360° turn of the output (.gif; .mp4 with imageio-ffmpeg), 36 frames at 256²")
     p.set_defaults(run=run_generate)
 
 
@@ -340,12 +346,18 @@ def run_generate(args: argparse.Namespace) -> int:
         check_output_file(args.report, (".json",), "--report")
     if args.preview:
         check_output_file(args.preview, IMAGE_FORMATS, "--preview")
+    check_colour_option(args)
     options = GenerationOptions(conf_threshold=args.conf_threshold, drop_percent=surface_drop_percent(args)
                                 ).with_changes(**generation_overrides(args))  # checked before anything is read
     devices = device_settings(args)  # CUDA / MPS asked for and missing: one line, before the input is read
     from .pipeline import Pipeline
 
     pm = read_pointmap(args)
+    if args.colour in ("vertex", "texture"):
+        from .colour import can_colour
+
+        if not can_colour(pm):  # before the models load
+            raise InputError(f"--colour {args.colour}: the input has no colour image (or no intrinsics)")
     pipe = Pipeline.from_pretrained(args.generator, **devices, **generator_weights(args))
     res = pipe(pm, options)
     metrics = res.metrics() if pm.intrinsics is not None else {}
@@ -354,8 +366,14 @@ def run_generate(args: argparse.Namespace) -> int:
         from .preview import preview_panel
 
         panel = preview_panel(*res.arrays("camera"), pm)
+    colour = res.default_colour(args.out) if args.colour is None else args.colour
+    frames = turntable(res, colour) if args.turntable else None
     with output_set():  # the mesh, the preview and the report appear together, or none of them
-        path = res.export(args.out, frame=args.frame)
+        path = res.export(args.out, frame=args.frame, colour=colour)
+        if frames is not None:
+            from .turntable import write_turntable
+
+            write_turntable(frames, args.turntable)
         if panel is not None:
             from .preview import save_image
 
@@ -368,10 +386,33 @@ def run_generate(args: argparse.Namespace) -> int:
         print(f"input view: depth error mean {metrics['depth_error_mean']:.4f} p90 {metrics['depth_error_p90']:.4f} "
               f"(x object size), normal error {metrics['normal_error_deg_mean']:.1f} deg, "
               f"silhouette IoU {metrics['silhouette_iou']:.3f}")
-    for extra in (args.preview, args.report):
+    for extra in (args.preview, args.report, args.turntable):
         if extra:
             print(f"wrote {extra}")
     return 0
+
+
+def check_colour_option(args: argparse.Namespace) -> None:
+    """--colour / --turntable against the output paths, before any work."""
+    from pathlib import Path
+
+    ext = Path(args.out).suffix.lower()
+    if args.colour == "texture" and ext != ".glb":
+        raise InputError(f"--colour texture: the texture is written into a .glb, not {ext or 'no extension'}")
+    if args.colour == "vertex" and ext == ".stl":
+        raise InputError("--colour vertex: STL holds no colours; use .glb .obj .ply")
+    if args.turntable:
+        from .turntable import check_turntable_path
+
+        check_turntable_path(args.turntable)
+
+
+def turntable(res, colour: str) -> list:  # noqa: ANN001 - a PipelineResult (imported lazily)
+    """36 frames at 256² of the camera-frame output turning, in its colours when it has them."""
+    from .turntable import turntable_frames
+
+    v, f = res.arrays("camera")
+    return turntable_frames(v, f, res.colourize() if colour != "none" else None)
 
 
 # ----------------------------------------------------------------------------------------------- demo
@@ -404,7 +445,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="guided vs unguided over seeds on meshes unseen in training, plus ablations")
+    p = sub.add_parser("eval", help="guided vs unguided vs naive baselines over seeds on meshes unseen in "
+                                     "training (input view, whole surface, unseen side, pieces), plus ablations")
     p.add_argument("meshes", nargs="*", help="mesh files (default: spot, stanford-bunny, teapot, suzanne from "
                                              "../shared/data/meshes)")
     p.add_argument("--meshes-dir", default=None, help="folder of the default evaluation meshes")

@@ -5,6 +5,10 @@ then for every setting and seed: input-view consistency (depth error relative to
 error, silhouette IoU), Chamfer-L1 and F-score to the full mesh (camera frame, normalised by the reference's
 bounding-box diagonal, see :mod:`consistent3dgen.metrics`), and the spread across seeds of the rendered depth
 over the seen pixels (the paper's "stochastic" problem: guided results should barely vary there).
+On the unseen side (hidden from the input camera): completeness, accuracy and F-score
+(:func:`~consistent3dgen.metrics.unseen_side_distance`), plus pieces, the largest piece's area share and
+watertightness; two naive baselines without any prior (the seen shell alone, the seen surface mirrored and closed)
+are scored the same way, so the prior's contribution is a measured difference.
 Ablations: λ sweep, with/without the back-half cut, guidance variants, fusion on/off, free space on/off,
 dense-stage start. Writes ``report.json``, ``report.md`` and PNG plots at the end, together (an output set).
 """
@@ -19,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .geometry.render import render_depth
-from .metrics import input_view_consistency, mesh_distance
+from .metrics import input_view_consistency, mesh_distance, mesh_structure, unseen_side_distance
 from .options import BASELINE
 from .pointmap import PointMap
 from .views import load_normalized_mesh, orbit_camera, render_rgbd
@@ -76,7 +80,14 @@ def score_runs(case: EvalCase, meshes: list[tuple[np.ndarray, np.ndarray]], n_po
     for v, f in meshes:
         ivc = input_view_consistency(v, f, pm).to_dict()
         dist = mesh_distance(v, f, case.ref_vertices, case.ref_faces, n_points=n_points, tau=tau).to_dict()
-        per_seed.append({**ivc, **{k: dist[k] for k in ("chamfer_l1", "fscore")}})
+        unseen = unseen_side_distance(v, f, case.ref_vertices, case.ref_faces, pm.intrinsics, w, h,
+                                      n_points=n_points, tau=tau).to_dict()
+        structure = mesh_structure(v, f)
+        per_seed.append({**ivc, **{k: dist[k] for k in ("chamfer_l1", "fscore")},
+                         **{f"unseen_{k}": unseen[k] for k in ("completeness", "accuracy", "fscore")},
+                         "pieces": float(structure["pieces"]),
+                         "largest_piece_share": structure["largest_area_fraction"],
+                         "watertight": float(structure["watertight"])})  # averaged: the share of watertight runs
         depths.append(render_depth(v, f, pm.intrinsics, w, h))
     out = {k: float(np.nanmean([r[k] for r in per_seed])) for k in per_seed[0]}
     if len(depths) > 1:
@@ -89,7 +100,88 @@ def score_runs(case: EvalCase, meshes: list[tuple[np.ndarray, np.ndarray]], n_po
 
 
 METRIC_KEYS = ("depth_error_mean", "depth_error_p90", "normal_error_deg_mean", "silhouette_iou", "object_size",
-               "overlap_pixels", "chamfer_l1", "fscore", "seen_spread")
+               "overlap_pixels", "chamfer_l1", "fscore", "unseen_completeness", "unseen_accuracy", "unseen_fscore",
+               "pieces", "largest_piece_share", "watertight", "seen_spread")
+
+
+# ------------------------------------------------------------------------- naive baselines (no prior at all)
+
+BASELINES = ("seen shell", "mirrored")
+
+
+def seen_shell_baseline(pointmap: PointMap, resolution: int, band: float, shell: float, conf_threshold: float = 0.0,
+                        drop_percent: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The seen surface alone, closed as a thin shell: marching cubes of the thin-shell SDF the pipeline guides
+    towards (its zero level lies ``shell`` voxels either side of the seen surface), in the camera frame."""
+    from .geometry.frames import canonical_to_camera
+    from .geometry.marching_cubes import sparse_marching_cubes
+    from .seen_side import build_seen_shell
+
+    fg = build_seen_shell(pointmap, resolution, band=band, shell=shell, conf_threshold=conf_threshold,
+                          drop_percent=drop_percent)
+    v, f = sparse_marching_cubes(fg.sdf, level=0.0)
+    return canonical_to_camera(v.astype(np.float64), fg.frame).astype(np.float32), f
+
+
+def mirrored_baseline(pointmap: PointMap, resolution: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """The seen surface mirrored about a mid-depth plane and closed at the silhouette, as a volume.
+
+    Assumed object depth ``D``: the larger of the silhouette's metric width and height (the seen points' x / y
+    extent) and the seen depth range, like the canonical frame's assumption (depth ratio 1); extents are 0.5–99.5th
+    percentiles, robust to stray points. The mirror plane is ``D / 2`` behind the nearest seen point; per pixel of
+    the mask the object fills its viewing ray from the seen depth ``z`` to ``max(2 z_plane - z, z)``. The volume
+    (``resolution`` voxels along its longest side, camera frame) is meshed by marching cubes, so the walls along
+    the silhouette join front and back and the mesh is closed.
+    """
+    from skimage.measure import marching_cubes
+
+    if pointmap.intrinsics is None:
+        raise ValueError("the mirrored baseline needs the point map's intrinsics (K)")
+    k = np.asarray(pointmap.intrinsics, np.float64)
+    h, w = pointmap.shape
+    m = pointmap.mask & np.isfinite(pointmap.points).all(axis=-1)
+    zf = np.where(m, pointmap.points[..., 2].astype(np.float64), np.nan)
+    seen = pointmap.points[m].astype(np.float64)
+    lo_p, hi_p = np.percentile(seen, 0.5, axis=0), np.percentile(seen, 99.5, axis=0)
+    depth = float(max(hi_p[0] - lo_p[0], hi_p[1] - lo_p[1], hi_p[2] - lo_p[2]))
+    plane = float(lo_p[2]) + depth / 2.0
+    zb = np.maximum(2.0 * plane - zf, zf)
+    # bounding box of the front and back points (the back on the same rays, so perspective widens it)
+    ray = pointmap.points[m].astype(np.float64) / zf[m][:, None]
+    pts = np.concatenate([ray * zf[m][:, None], ray * zb[m][:, None]])
+    lo, hi = pts.min(0), pts.max(0)
+    step = float((hi - lo).max()) / (resolution - 1)
+    lo -= 2 * step
+    n = np.ceil((hi - lo) / step).astype(int) + 3
+    axes = [lo[i] + step * np.arange(n[i]) for i in range(3)]
+    x, y, z = np.meshgrid(*axes, indexing="ij")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = np.rint((k[0, 0] * x + k[0, 1] * y) / z + k[0, 2]).astype(np.int64)
+        v = np.rint(k[1, 1] * y / z + k[1, 2]).astype(np.int64)
+    inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    field = np.full(x.shape, -step)  # positive inside: the distance to the nearer of front and back along z
+    ui, vi = u[inside], v[inside]
+    field[inside] = np.where(m[vi, ui], np.minimum(z[inside] - zf[vi, ui], zb[vi, ui] - z[inside]), -step)
+    field = np.clip(np.nan_to_num(field, nan=-step), -2 * step, 2 * step)
+    verts, faces, _, _ = marching_cubes(field, level=0.0)
+    return (lo + verts * step).astype(np.float32), faces.astype(np.int64)
+
+
+def run_baselines(pipe, case: EvalCase) -> dict[str, dict]:  # noqa: ANN001 - a Pipeline
+    """Both naive baselines scored like the generated meshes (deterministic: one run each)."""
+    opts = pipe.resolve_options()
+    resolution = int(pipe.generator.sparse[-1].resolution)
+    builders = {
+        "seen shell": lambda: seen_shell_baseline(case.pointmap, resolution, opts.band, opts.shell,
+                                                  opts.conf_threshold, opts.drop_percent),
+        "mirrored": lambda: mirrored_baseline(case.pointmap),
+    }
+    out = {}
+    for label in BASELINES:
+        t0 = time.perf_counter()
+        mesh = builders[label]()
+        out[label] = {**score_runs(case, [mesh]), "seconds": time.perf_counter() - t0, "failed_runs": 0}
+    return out
 
 
 def run_setting(pipe, case: EvalCase, seeds: list[int], options: dict) -> dict:
@@ -131,6 +223,9 @@ def evaluate(mesh_paths: list[str | Path], out_dir: str | Path, generator: str =
         for label, opts in MAIN_SETTINGS:
             row[label] = run_setting(pipe, case, list(range(seeds)), opts)
             print(f"{case.name:>16s} {label:>17s}: " + _fmt(row[label]), flush=True)
+        for label, scores in run_baselines(pipe, case).items():
+            row[label] = scores
+            print(f"{case.name:>16s} {label:>17s}: " + _fmt(row[label]), flush=True)
         report["meshes"][case.name] = row
     report["summary"] = summarize(report["meshes"])
     if ablations:
@@ -165,6 +260,9 @@ def summarize(meshes: dict) -> dict:
         s["guided, no fusion"] = nf
         s["depth_error_ratio_no_fusion"] = ratio(nf["depth_error_mean"], u["depth_error_mean"])
         s["spread_ratio_no_fusion"] = ratio(nf.get("seen_spread", np.nan), u.get("seen_spread", np.nan))
+    for label in BASELINES:  # the naive baselines' means, beside the generated rows
+        if all(label in v for v in meshes.values()):
+            s[label] = _mean_over({k: v[label] for k, v in meshes.items()})
     s["targets"] = {
         "depth error guided <= 1/5 unguided": bool(s["depth_error_ratio"] <= 0.2),
         "silhouette IoU >= 0.95 (every mesh)": bool(all(v["guided"]["silhouette_iou"] >= 0.95
@@ -188,7 +286,8 @@ def _fmt(m: dict) -> str:
         return f"{m['failed_runs']} run(s) without a surface ({m.get('failure', '')})"
     parts = [f"depth {m['depth_error_mean']:.4f}", f"p90 {m['depth_error_p90']:.4f}",
              f"normal {m['normal_error_deg_mean']:.1f}°", f"IoU {m['silhouette_iou']:.3f}",
-             f"CD {m['chamfer_l1']:.4f}", f"F {m['fscore']:.3f}"]
+             f"CD {m['chamfer_l1']:.4f}", f"F {m['fscore']:.3f}", f"unseen F {m['unseen_fscore']:.3f}",
+             f"pieces {m['pieces']:.0f} (largest {m['largest_piece_share']:.2f})"]
     if "seen_spread" in m and np.isfinite(m["seen_spread"]):
         parts.append(f"spread {m['seen_spread']:.4f}")
     return ", ".join(parts) + f", {m.get('seconds', 0):.1f} s"
@@ -201,11 +300,18 @@ COLUMNS = [("failed_runs", "failed", "{:.0f}"), ("depth_error_mean", "depth err"
            ("seen_spread", "seen spread", "{:.4f}"), ("seconds", "s/run", "{:.1f}")]
 
 
-def _table(rows: list[tuple[str, dict]]) -> str:
-    head = "| | " + " | ".join(c[1] for c in COLUMNS) + " |\n|---|" + "---:|" * len(COLUMNS) + "\n"
+# the side the input camera does not see, and the mesh's structure (pieces, largest piece's area share, watertight)
+UNSEEN_COLUMNS = [("unseen_completeness", "unseen completeness", "{:.4f}"),
+                  ("unseen_accuracy", "unseen accuracy", "{:.4f}"), ("unseen_fscore", "unseen F@0.02", "{:.3f}"),
+                  ("pieces", "pieces", "{:.1f}"), ("largest_piece_share", "largest piece", "{:.3f}"),
+                  ("watertight", "watertight", "{:.2f}")]
+
+
+def _table(rows: list[tuple[str, dict]], columns: list[tuple[str, str, str]] = COLUMNS) -> str:
+    head = "| | " + " | ".join(c[1] for c in columns) + " |\n|---|" + "---:|" * len(columns) + "\n"
     body = ""
     for label, m in rows:
-        cells = [fmt.format(m[k]) if k in m and np.isfinite(m[k]) else "–" for k, _, fmt in COLUMNS]
+        cells = [fmt.format(m[k]) if k in m and np.isfinite(m[k]) else "–" for k, _, fmt in columns]
         body += f"| {label} | " + " | ".join(cells) + " |\n"
     return head + body
 
@@ -217,13 +323,23 @@ def markdown(report: dict) -> str:
              "Chamfer-L1 and F-score@0.02 to the full mesh (normalised by its diagonal); seen spread = std of the "
              "rendered depth across seeds over the seen pixels, relative to the object size.", "",
              "Unguided = the prior alone (λ = 0, no fusion); guided = the defaults; guided, no fusion = what "
-             "guidance achieves without writing the seen shell into the output.", "",
+             "guidance achieves without writing the seen shell into the output. Naive baselines (no prior): "
+             "seen shell = the seen surface closed as a thin shell (marching cubes of its thin-shell SDF); "
+             "mirrored = the seen surface mirrored about a mid-depth plane (object depth assumed = the silhouette's "
+             "larger side) and closed at the silhouette (a volume, marching cubes).", "",
              "## Guided vs unguided, per mesh", ""]
     rows = []
     for name, r in report["meshes"].items():
         rows += [(f"{name} {label}", r[label]) for label in r]
-    rows += [(f"**mean {label}**", s[label]) for label in ("unguided", "guided", "guided, no fusion") if label in s]
-    lines += [_table(rows), "", f"Depth-error ratio guided/unguided: **{s['depth_error_ratio']:.3f}**; "
+    rows += [(f"**mean {label}**", s[label]) for label in ("unguided", "guided", "guided, no fusion", *BASELINES)
+             if label in s]
+    lines += [_table(rows), "", "## Unseen side and structure", "",
+              "Reference surface samples hidden from the input camera (depth test against the reference rendered "
+              "from it) → distance to the output (completeness); the output's own hidden samples → distance to the "
+              "reference (accuracy); F-score@0.02 of those; distances relative to the reference's diagonal. "
+              "Pieces: connected pieces (sharing a vertex); largest piece: its share of the area; watertight: share "
+              "of runs whose every edge has two faces.", "",
+              _table(rows, UNSEEN_COLUMNS), "", f"Depth-error ratio guided/unguided: **{s['depth_error_ratio']:.3f}**; "
               f"seen-spread ratio: **{s['spread_ratio']:.3f}**."]
     if "depth_error_ratio_no_fusion" in s:
         lines += [f"Without fusion: depth-error ratio **{s['depth_error_ratio_no_fusion']:.3f}**, seen-spread "

@@ -207,3 +207,109 @@ def mesh_distance(
     a = sample_surface(vertices, faces, n_points, seed=seed)
     b = sample_surface(ref_vertices, ref_faces, n_points, seed=seed + 1)
     return point_cloud_distance(a, b, tau=tau)
+
+
+# --------------------------------------------------------------------------------------------- unseen side
+
+
+def hidden_from_camera(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,  # noqa: N803
+                       width: int, height: int, tol: float) -> np.ndarray:
+    """(N,) bool: the camera-frame ``points`` (on the mesh) are NOT visible from the camera ``K`` (W × H).
+
+    Depth test against the mesh's own rendering from that camera: a point is visible when it projects into the
+    image and its z is at most ``tol`` behind the nearest rendered depth among the 3×3 pixels around its
+    projection (the neighbourhood absorbs pixel quantisation at silhouettes and grazing angles). Points behind
+    the camera, outside the image, or where no neighbouring pixel hits the mesh (sub-pixel slivers) are hidden.
+    """
+    p = np.asarray(points, np.float64)
+    depth = raycast(vertices, faces, K, width, height).depth.astype(np.float64)
+    # 3x3 maximum of the rendered depth (NaN = miss, ignored): the deepest visible surface near each pixel
+    pad = np.pad(depth, 1, constant_values=np.nan)
+    stack = np.stack([pad[dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)])
+    finite = np.isfinite(stack)
+    near_max = np.where(finite.any(0), np.where(finite, stack, -np.inf).max(0), np.nan)
+    z = p[:, 2]
+    front = z > 1e-9
+    uvw = np.einsum("ij,nj->ni", np.asarray(K, np.float64), p)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = np.rint(uvw[:, 0] / np.where(front, z, 1.0)).astype(np.int64)
+        v = np.rint(uvw[:, 1] / np.where(front, z, 1.0)).astype(np.int64)
+    inside = front & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    visible = np.zeros(len(p), bool)
+    d = near_max[v[inside], u[inside]]
+    visible[inside] = np.isfinite(d) & (z[inside] <= d + tol)
+    return ~visible
+
+
+@dataclass
+class UnseenSideDistance:
+    """Scores on the side the input camera does not see; distances are fractions of the reference's diagonal.
+
+    completeness: mean distance of the reference's hidden samples to the output surface (all its samples);
+    accuracy: mean distance of the output's hidden samples to the reference surface (all its samples);
+    recall / precision: the shares of those within ``tau``; fscore: their harmonic mean, 0.0 when the output has
+    no hidden samples (nothing generated on the unseen side: accuracy and precision NaN then).
+    """
+
+    completeness: float
+    accuracy: float
+    fscore: float
+    precision: float
+    recall: float
+    tau: float
+    scale: float
+    ref_hidden: int  # reference samples hidden from the input view
+    out_hidden: int  # output samples hidden from the input view
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def unseen_side_distance(vertices: np.ndarray, faces: np.ndarray, ref_vertices: np.ndarray, ref_faces: np.ndarray,
+                         K: np.ndarray, width: int, height: int, n_points: int = 20_000,  # noqa: N803
+                         tau: float = 0.02, visibility_tol: float = 0.01, seed: int = 0) -> UnseenSideDistance:
+    """Completeness, accuracy and F-score@τ of a mesh on the reference's unseen side (both in the camera frame).
+
+    Each surface is sampled by area (``n_points``, seeded); a sample is "unseen" when it is hidden from the input
+    camera (``K``, ``width`` × ``height``) by its own surface (:func:`hidden_from_camera`, tolerance
+    ``visibility_tol`` × the diagonal). Hidden reference samples are scored against the whole output, hidden
+    output samples against the whole reference, so a back that exists but sits in the wrong place is penalised
+    on both sides, and a missing back only in completeness / recall (and F).
+    """
+    from scipy.spatial import cKDTree
+
+    out_pts = sample_surface(vertices, faces, n_points, seed=seed)
+    ref_pts = sample_surface(ref_vertices, ref_faces, n_points, seed=seed + 1)
+    scale = float(np.linalg.norm(ref_pts.max(axis=0) - ref_pts.min(axis=0)))
+    if not scale > 0:
+        raise ValueError("reference has zero extent: cannot normalise distances")
+    if not tau > 0:
+        raise ValueError(f"F-score threshold must be positive, got {tau}")
+    ref_hidden = ref_pts[hidden_from_camera(ref_pts, ref_vertices, ref_faces, K, width, height,
+                                            visibility_tol * scale)]
+    out_hidden = out_pts[hidden_from_camera(out_pts, vertices, faces, K, width, height, visibility_tol * scale)]
+    nan = float("nan")
+    if len(ref_hidden):
+        d_ref = cKDTree(out_pts).query(ref_hidden, workers=-1)[0] / scale
+        completeness, recall = float(d_ref.mean()), float(np.mean(d_ref < tau))
+    else:  # the reference has no unseen side (cannot happen for a closed surface): nothing to score
+        completeness = recall = nan
+    if len(out_hidden):
+        d_out = cKDTree(ref_pts).query(out_hidden, workers=-1)[0] / scale
+        accuracy, precision = float(d_out.mean()), float(np.mean(d_out < tau))
+    else:
+        accuracy = precision = nan
+    if np.isfinite(precision) and np.isfinite(recall):
+        fscore = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    else:
+        fscore = 0.0 if len(ref_hidden) else nan
+    return UnseenSideDistance(completeness, accuracy, float(fscore), precision, recall, float(tau), scale,
+                              int(len(ref_hidden)), int(len(out_hidden)))
+
+
+def mesh_structure(vertices: np.ndarray, faces: np.ndarray) -> dict:
+    """``{"pieces", "largest_area_fraction", "watertight"}``: :func:`~consistent3dgen.geometry.mesh_ops.mesh_pieces`
+    (connected pieces sharing a vertex, the largest piece's share of the area, every edge shared by two faces)."""
+    from .geometry.mesh_ops import mesh_pieces
+
+    return mesh_pieces(vertices, faces)

@@ -60,6 +60,7 @@ class PipelineResult:
     latents: list[SparseLatent] = field(default_factory=list)  # final tokens of each sparse stage
     targets: list[SparseLatent | None] = field(default_factory=list)  # the guidance target x_fg of each stage
     runtime: dict[str, Any] = field(default_factory=dict)  # device, dtype, autocast, low_memory of the run
+    colours: np.ndarray | None = None  # (V, 3) uint8 vertex colours from the input image (:meth:`colourize`)
 
     def arrays(self, frame: str = "camera") -> tuple[np.ndarray, np.ndarray]:
         """``(vertices, faces)`` in ``camera`` (input camera, its units) or ``canonical`` (generator cube) frame."""
@@ -74,19 +75,54 @@ class PipelineResult:
         import trimesh
 
         v, f = self.arrays(frame)
-        return trimesh.Trimesh(v, f, process=False)
+        return trimesh.Trimesh(v, f, vertex_colors=self.colours, process=False)  # colours once computed
 
     @property
     def mesh(self) -> trimesh.Trimesh:
-        """The mesh in the input camera's frame (OpenCV: x right, y down, z forward; the input's units)."""
+        """The mesh in the input camera's frame (OpenCV: x right, y down, z forward; the input's units), with
+        vertex colours from the input image when it has one."""
+        self.colourize()
         return self.to_trimesh("camera")
 
-    def export(self, path: str | Path, frame: str = "camera") -> Path:
-        """Write the mesh; the format follows the extension (.glb .obj .ply .stl)."""
+    def colourize(self) -> np.ndarray | None:
+        """Vertex colours from the input image (:mod:`consistent3dgen.colour`), computed once and kept in
+        :attr:`colours`; None (at no cost) when the point map has no image or no intrinsics."""
+        from .colour import can_colour, vertex_colours
+
+        if self.colours is None and len(self.faces) and can_colour(self.pointmap):
+            self.colours, _ = vertex_colours(*self.arrays("camera"), self.pointmap)
+        return self.colours
+
+    def default_colour(self, path: str | Path) -> str:
+        """``vertex`` when the input has an image (and the format holds colours), else ``none``."""
+        from .colour import can_colour
+
+        return "vertex" if can_colour(self.pointmap) and Path(path).suffix.lower() != ".stl" else "none"
+
+    def export(self, path: str | Path, frame: str = "camera", colour: str | None = None) -> Path:
+        """Write the mesh; the format follows the extension (.glb .obj .ply .stl).
+
+        ``colour``: ``none``, ``vertex`` (vertex colours from the input image) or ``texture`` (a UV texture
+        baked from it, .glb only); default :meth:`default_colour`.
+        """
+        from .colour import COLOUR_MODES, bake_texture, can_colour
         from .io.meshes import export_mesh
 
+        mode = self.default_colour(path) if colour is None else colour
+        if mode not in COLOUR_MODES:
+            raise InputError(f"unknown colour mode {mode!r}; use {', '.join(COLOUR_MODES)}")
+        if mode != "none" and not can_colour(self.pointmap):
+            raise InputError(f"colour {mode}: the input has no colour image (or no intrinsics)")
+        if mode != "none" and Path(path).suffix.lower() == ".stl":
+            raise InputError(f"colour {mode}: STL holds no colours; use .glb .obj .ply")
         v, f = self.arrays(frame)
-        return export_mesh(v, f, path)
+        if mode == "none":
+            return export_mesh(v, f, path)
+        colours = self.colourize()
+        if mode == "vertex":
+            return export_mesh(v, f, path, vertex_colors=colours)
+        tex = bake_texture(*self.arrays("camera"), colours, self.pointmap)
+        return export_mesh(v[tex.source], tex.faces, path, uv=tex.uv, texture=tex.image)
 
     def metrics(self) -> dict:
         """Input-view consistency of the camera-frame mesh against the input point map."""

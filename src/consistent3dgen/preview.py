@@ -1,4 +1,5 @@
-"""Preview images: the input beside the generated mesh rendered from the input camera, plus two other views."""
+"""Preview images: the input beside the generated mesh rendered from the input camera and from three turned views
+(the sides and the back)."""
 
 from __future__ import annotations
 
@@ -37,10 +38,35 @@ def orbit_views(vertices_cam: np.ndarray, angles_deg: tuple[float, ...] = (90.0,
     return poses
 
 
-def preview_panel(vertices_cam: np.ndarray, faces: np.ndarray, pointmap: PointMap) -> np.ndarray:
-    """[input | output from the input view | two other views] as one uint8 image."""
+PREVIEW_ANGLES = (90.0, 180.0, 270.0)  # the other views: the input camera turned about the object's vertical axis
+PREVIEW_TILE = 256  # smallest side of a preview tile in pixels
+
+
+def _fit_tile(image: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour resize of an (H, W, 3) uint8 image to (size, round(W·size/H), 3)."""
+    h, w = image.shape[:2]
+    out_w = max(1, int(round(w * size / h)))
+    rows = np.minimum((np.arange(size) * h / size).astype(int), h - 1)
+    cols = np.minimum((np.arange(out_w) * w / out_w).astype(int), w - 1)
+    return image[rows][:, cols]
+
+
+def preview_panel(vertices_cam: np.ndarray, faces: np.ndarray, pointmap: PointMap,
+                  angles_deg: tuple[float, ...] = PREVIEW_ANGLES, tile: int = PREVIEW_TILE) -> np.ndarray:
+    """[input | output from the input view | the views turned by ``angles_deg``] as one uint8 image.
+
+    The other views look at the mesh's bounding-box centre from the input camera's distance, turned about the
+    vertical axis (the input image's up) through that centre: 90° and 270° show the sides, 180° the back. Every
+    tile is at least ``tile`` pixels high: the mesh is rendered with the input intrinsics scaled to that size, the
+    input image is enlarged (nearest neighbour).
+    """
     h, w = pointmap.shape
-    k = pointmap.intrinsics
+    scale = max(1.0, tile / h)
+    th, tw = int(round(h * scale)), int(round(w * scale))
+    k = np.asarray(pointmap.intrinsics, np.float64).copy()
+    k[:2] *= scale  # pixel centres on integers: (c + 0.5) * s - 0.5
+    k[0, 2] += 0.5 * (scale - 1.0)
+    k[1, 2] += 0.5 * (scale - 1.0)
     if pointmap.image is not None:
         inp = np.where(pointmap.mask[..., None], pointmap.image, 255).astype(np.uint8)
     else:
@@ -48,9 +74,9 @@ def preview_panel(vertices_cam: np.ndarray, faces: np.ndarray, pointmap: PointMa
         zn = (z - np.nanmin(z)) / max(np.nanmax(z) - np.nanmin(z), 1e-9)
         inp = np.where(pointmap.mask[..., None], (255 * (1 - 0.8 * zn))[..., None], 255).astype(np.uint8)
         inp = np.repeat(inp, 3, axis=2) if inp.shape[2] == 1 else inp
-    tiles = [inp, shade(vertices_cam, faces, k, w, h)]
-    for pose in orbit_views(vertices_cam):
-        tiles.append(shade(vertices_cam, faces, k, w, h, cam_from_world=pose))
+    tiles = [_fit_tile(inp[..., :3], th)[:, :tw], shade(vertices_cam, faces, k, tw, th)]
+    for pose in orbit_views(vertices_cam, angles_deg):
+        tiles.append(shade(vertices_cam, faces, k, tw, th, cam_from_world=pose))
     return np.concatenate(tiles, axis=1)
 
 

@@ -52,8 +52,8 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def shell_coords(num_tokens: int, grid: int = 64, radius: float = 24.0):
-    """(num_tokens, 4) int32 coords (batch 0) of the cells nearest a centred sphere, in block order."""
+def shell_coords(num_tokens: int, grid: int = 64, radius: float = 24.0, block: int = 8):
+    """(num_tokens, 4) int32 coords (batch 0) of the cells nearest a centred sphere, in ``block``³ block order."""
     import torch
 
     from consistent3dgen.generators.direct3d_s2.block_order import block_order
@@ -66,7 +66,7 @@ def shell_coords(num_tokens: int, grid: int = 64, radius: float = 24.0):
     cells = torch.argsort(dist, stable=True)[:num_tokens]
     xyz = torch.stack([cells // grid**2, (cells // grid) % grid, cells % grid], 1)
     coords = torch.cat([torch.zeros(num_tokens, 1, dtype=torch.long), xyz], 1).int()
-    return coords[block_order(coords, 8)]
+    return coords[block_order(coords, block)]
 
 
 def child(num_tokens: int, blocks: int, dtype_name: str, repeats: int, threads: int | None) -> dict:

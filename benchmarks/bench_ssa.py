@@ -28,8 +28,8 @@ import time
 
 import torch
 
+from bench_sparse_dit import shell_coords  # the same sphere-shell tokens (benchmarks/ is the script's folder)
 from consistent3dgen.generators.direct3d_s2 import ssa
-from consistent3dgen.generators.direct3d_s2.block_order import block_order
 
 # official sparse_dit_1024 (configs_v1_1.yaml; v1.0 differs in compression_block_size 4)
 CONFIG = dict(num_heads=32, num_kv_heads=2, head_dim=1024 // 32, selection_block_size=8, topk=8, resolution=128)
@@ -86,19 +86,6 @@ def _selection_attention_loop(
             ).exp().unsqueeze(-1)
             lse[qi, g] = new_lse
     return acc.view(n, hq, dim)
-
-
-def shell_coords(num_tokens: int, grid: int, radius: float, block: int) -> torch.Tensor:
-    """(num_tokens, 4) int32 coords (batch 0) of the cells nearest a centred sphere, in block order."""
-    axis = torch.arange(grid, dtype=torch.float32) + 0.5 - grid / 2
-    x, y, z = torch.meshgrid(axis, axis, axis, indexing="ij")
-    dist = ((x**2 + y**2 + z**2).sqrt() - radius).abs().reshape(-1)
-    if num_tokens > dist.numel():
-        raise SystemExit(f"{num_tokens} tokens do not fit a {grid}³ grid")
-    cells = torch.argsort(dist, stable=True)[:num_tokens]
-    xyz = torch.stack([cells // grid**2, (cells // grid) % grid, cells % grid], 1)
-    coords = torch.cat([torch.zeros(num_tokens, 1, dtype=torch.long), xyz], 1).int()
-    return coords[block_order(coords, block)]
 
 
 def inputs(num_tokens: int, version: str, radius: float, selection: str, seed: int = 0):

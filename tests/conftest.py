@@ -112,3 +112,16 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused commands must not read an input nor load a model: both fail the test if called."""
+    from consistent3dgen import cli
+    from consistent3dgen.pipeline import Pipeline
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("work started before the checks")
+
+    monkeypatch.setattr(cli, "read_pointmap", fail)
+    monkeypatch.setattr(Pipeline, "from_pretrained", fail)

@@ -175,19 +175,6 @@ def test_plan_refuses_bad_inputs_in_one_line(tmp_path, case):
     assert words[case] in str(e.value)
 
 
-@pytest.fixture
-def no_work(monkeypatch):
-    """Refused batches must not read an input nor load a model."""
-    from consistent3dgen import cli
-    from consistent3dgen.pipeline import Pipeline
-
-    def fail(*args, **kwargs):
-        raise AssertionError("work started before the checks")
-
-    monkeypatch.setattr(cli, "read_pointmap", fail)
-    monkeypatch.setattr(Pipeline, "from_pretrained", fail)
-
-
 def test_bad_arguments_are_one_line_exit_2_before_any_work(tmp_path, capsys, no_work):
     (tmp_path / "afile").write_text("x")
     good = copy_example("teapot", tmp_path / "in")

@@ -24,19 +24,6 @@ def listing(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
-@pytest.fixture
-def no_work(monkeypatch):
-    """Refused commands must not read the input nor load a model."""
-    from consistent3dgen import cli
-    from consistent3dgen.pipeline import Pipeline
-
-    def fail(*args, **kwargs):
-        raise AssertionError("work started before the outputs were checked")
-
-    monkeypatch.setattr(cli, "read_pointmap", fail)
-    monkeypatch.setattr(Pipeline, "from_pretrained", fail)
-
-
 def commands(tmp_path, out=None, report=None, preview=None, folder=None):
     """(command, argv) for each command the paths apply to; the input never exists."""
     never = str(tmp_path / "never_read.npz")

@@ -11,6 +11,7 @@ import yaml
 
 from consistent3dgen.errors import InputError, WeightsNotFoundError
 from consistent3dgen.generators.direct3d_s2 import checkpoints, targets
+from consistent3dgen.generators.direct3d_s2.random_weights import random_state
 from consistent3dgen.io.weights import load_into
 
 TINY_CONFIG = {
@@ -54,24 +55,12 @@ TINY_CONFIG = {
 }
 
 
-def _random_state(entry: dict, seed: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """A state dict with the part's keys/shapes filled with seeded random values (buffers kept)."""
-    model = targets.build(entry, device="meta")
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, v in model.state_dict().items():
-        # weights scaled by 1/sqrt(fan_in) so that activations stay O(1) (fp16 must not overflow)
-        scale = 1.0 / (v[0].numel() ** 0.5) if v.ndim >= 2 else 1.0
-        out[k] = (torch.empty(v.shape).uniform_(-1, 1, generator=g) * scale).to(dtype)
-    return out
-
-
 def _write_dense(folder: Path, config: dict, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     ckpt = {
-        "vae": _random_state(config["dense_vae"], seed, dtype),
-        "dit": _random_state(config["dense_dit"], seed + 1, dtype),
+        "vae": random_state(config["dense_vae"], seed, dtype),
+        "dit": random_state(config["dense_dit"], seed + 1, dtype),
     }
     torch.save(ckpt, folder / "model_dense.ckpt")
     return ckpt
@@ -246,8 +235,8 @@ def test_load_generator_with_sparse_stage(tmp_path):
     _write_dense(tmp_path / "w", config)
     torch.save(
         {
-            "vae": _random_state(TINY_SPARSE["sparse_vae_512"], 7),
-            "dit": _random_state(TINY_SPARSE["sparse_dit_512"], 8),
+            "vae": random_state(TINY_SPARSE["sparse_vae_512"], 7),
+            "dit": random_state(TINY_SPARSE["sparse_dit_512"], 8),
         },
         tmp_path / "w" / "model_sparse_512.ckpt",
     )

@@ -394,13 +394,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def check_colour_option(args: argparse.Namespace) -> None:
     """--colour / --turntable against the output paths, before any work."""
-    from pathlib import Path
+    if args.colour is not None:
+        from .colour import check_colour_mode
 
-    ext = Path(args.out).suffix.lower()
-    if args.colour == "texture" and ext != ".glb":
-        raise InputError(f"--colour texture: the texture is written into a .glb, not {ext or 'no extension'}")
-    if args.colour == "vertex" and ext == ".stl":
-        raise InputError("--colour vertex: STL holds no colours; use .glb .obj .ply")
+        check_colour_mode(args.colour, args.out, "--colour")
     if args.turntable:
         from .turntable import check_turntable_path
 

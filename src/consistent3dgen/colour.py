@@ -12,10 +12,13 @@ way at the image's resolution.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
 from .pointmap import PointMap
 
 COLOUR_MODES = ("none", "vertex", "texture")
@@ -32,6 +35,18 @@ class TextureMap:
     uv: np.ndarray
     image: np.ndarray
     source: np.ndarray
+
+
+def check_colour_mode(mode: str, path: str | os.PathLike, what: str = "colour") -> None:
+    """``mode`` is known and the format of ``path`` holds it (an ``InputError`` naming ``what`` otherwise): a
+    texture goes into a .glb only, STL holds no colours. Cheap, so callers check it before any work."""
+    if mode not in COLOUR_MODES:
+        raise InputError(f"unknown colour mode {mode!r}; use {', '.join(COLOUR_MODES)}")
+    ext = Path(path).suffix.lower()
+    if mode == "texture" and ext != ".glb":
+        raise InputError(f"{what} texture: the texture is written into a .glb, not {ext or 'no extension'}")
+    if mode == "vertex" and ext == ".stl":
+        raise InputError(f"{what} vertex: STL holds no colours; use .glb .obj .ply")
 
 
 def can_colour(pointmap: PointMap) -> bool:

@@ -105,16 +105,13 @@ class PipelineResult:
         ``colour``: ``none``, ``vertex`` (vertex colours from the input image) or ``texture`` (a UV texture
         baked from it, .glb only); default :meth:`default_colour`.
         """
-        from .colour import COLOUR_MODES, bake_texture, can_colour
+        from .colour import bake_texture, can_colour, check_colour_mode
         from .io.meshes import export_mesh
 
         mode = self.default_colour(path) if colour is None else colour
-        if mode not in COLOUR_MODES:
-            raise InputError(f"unknown colour mode {mode!r}; use {', '.join(COLOUR_MODES)}")
+        check_colour_mode(mode, path)
         if mode != "none" and not can_colour(self.pointmap):
             raise InputError(f"colour {mode}: the input has no colour image (or no intrinsics)")
-        if mode != "none" and Path(path).suffix.lower() == ".stl":
-            raise InputError(f"colour {mode}: STL holds no colours; use .glb .obj .ply")
         v, f = self.arrays(frame)
         if mode == "none":
             return export_mesh(v, f, path)

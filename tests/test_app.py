@@ -90,6 +90,9 @@ def test_read_view_reads_an_rgbd_example_as_generate_does():
     np.testing.assert_allclose(pm.intrinsics, ref.intrinsics)
     numbers = read_view(spot_files(intrinsics_file=None, intrinsics="219.798194, 219.798194, 79.5, 79.5"))
     np.testing.assert_allclose(numbers.points[numbers.mask], ref.points[ref.mask], rtol=1e-6)
+    k = np.loadtxt(EXAMPLES_DIR / "spot_intrinsics.txt")  # the nine numbers of the 3x3 matrix, row by row
+    matrix = read_view(spot_files(intrinsics_file=None, intrinsics=" ".join(f"{x:.9g}" for x in k.ravel())))
+    np.testing.assert_allclose(matrix.intrinsics, ref.intrinsics)
     by_fov = read_view(spot_files(intrinsics_file=None, fov=40.0))
     assert by_fov.mask.sum() == ref.mask.sum()
 

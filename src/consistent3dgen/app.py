@@ -141,6 +141,8 @@ def read_view(files: ViewFiles, *, vggt: Callable[[], Any] | None = None, max_pi
 
         depth = _need(files.depth, "depth map", DEPTH_TYPES)
         intr: Any = parse_intrinsics(files.intrinsics)
+        if intr is not None and len(intr) == 9:  # a 3x3 matrix typed row by row
+            intr = np.reshape(intr, (3, 3))
         if files.intrinsics_file:
             if intr is not None:
                 raise InputError("give the intrinsics as numbers or as a file, not both")

@@ -36,12 +36,15 @@ def device_info() -> dict[str, Any]:
     """The accelerator torch sees: CUDA (names, count, CUDA version), else MPS, else the CPU (threads)."""
     import torch
 
+    from .devices import resolve_device
+
     info: dict[str, Any] = {"cpu_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
+    kind = resolve_device("auto").type  # the one detection, as --device auto picks
+    if kind == "cuda":
         n = torch.cuda.device_count()
         info.update(kind="cuda", count=n, cuda=torch.version.cuda,
                     names=[torch.cuda.get_device_name(i) for i in range(n)])
-    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    elif kind == "mps":
         info.update(kind="mps", count=1, names=["Apple MPS"])
     else:
         info.update(kind="cpu", count=0, names=[])

@@ -123,5 +123,5 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("work started before the checks")
 
-    monkeypatch.setattr(cli, "read_pointmap", fail)
+    monkeypatch.setattr(cli, "read_views", fail)
     monkeypatch.setattr(Pipeline, "from_pretrained", fail)

@@ -1,13 +1,14 @@
 """Colour for the output mesh from the input image: what the input camera sees takes its pixels, the rest is filled.
 
 All geometry is in the ``camera`` frame (OpenCV, the camera at the origin), where the input image and its
-intrinsics ``K`` apply directly. A surface point is *seen* when the ray from the camera towards it hits nothing
-closer (ray casting, :mod:`~consistent3dgen.geometry.render`'s caster), it projects inside the image, and the
-pixels around it belong to the object (the point map's mask). Seen points take the image's colour (bilinear,
-over mask pixels only); unseen vertices take the colour of the nearest seen vertex *along the mesh*
-(multi-source Dijkstra over the edge graph), so an occluded back layer is filled from its own visible rim, not
-from the surface in front of it. ``bake_texture`` adds a UV atlas (xatlas) whose texels are coloured the same
-way at the image's resolution.
+intrinsics ``K`` apply directly; with several views, each view's test runs in its own camera (the mesh moved there
+by its pose) and a point seen by several takes the nearest camera's colour. A surface point is *seen* when the ray
+from the camera towards it hits nothing closer (ray casting, :mod:`~consistent3dgen.geometry.render`'s caster),
+it projects inside the image, and the pixels around it belong to the object (the point map's mask). Seen points
+take the image's colour (bilinear, over mask pixels only); unseen vertices take the colour of the nearest seen
+vertex *along the mesh* (multi-source Dijkstra over the edge graph), so an occluded back layer is filled from its
+own visible rim, not from the surface in front of it. ``bake_texture`` adds a UV atlas (xatlas) whose texels are
+coloured the same way at the image's resolution.
 """
 
 from __future__ import annotations
@@ -52,6 +53,36 @@ def check_colour_mode(mode: str, path: str | os.PathLike, what: str = "colour") 
 def can_colour(pointmap: PointMap) -> bool:
     """The point map carries what colouring needs: an image and the intrinsics to project into it."""
     return pointmap.image is not None and pointmap.intrinsics is not None
+
+
+def can_colour_views(views: PointMap | list[PointMap]) -> bool:
+    """At least one view can colour (:func:`can_colour`)."""
+    return any(can_colour(v) for v in _as_views(views))
+
+
+def _as_views(views: PointMap | list[PointMap]) -> list[PointMap]:
+    return [views] if isinstance(views, PointMap) else list(views)
+
+
+def seen_colours(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, views: PointMap | list[PointMap]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``(colours (N, 3) float 0..255, seen (N,) bool)`` of points on the mesh (all in the first view's camera
+    frame): each point seen by some view (:func:`sample_image` inside its mask, :func:`visible_points` from its
+    camera) takes the colour of the nearest such view's camera (the most detailed look at it)."""
+    p = np.asarray(points, np.float64)
+    colours = np.zeros((len(p), 3))
+    best = np.full(len(p), np.inf)
+    for view in _as_views(views):
+        if not can_colour(view):
+            continue
+        local = view.from_shared(p) if view.cam_to_world is not None else p
+        mesh = view.from_shared(vertices) if view.cam_to_world is not None else vertices
+        sampled, inside = sample_image(local, view)
+        seen = inside & visible_points(local, mesh, faces)
+        dist = np.linalg.norm(local, axis=1)  # from this view's camera centre
+        take = seen & (dist < best)
+        colours[take], best[take] = sampled[take], dist[take]
+    return colours, np.isfinite(best)
 
 
 def visible_points(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, tol: float | None = None
@@ -140,13 +171,14 @@ def fill_along_mesh(colours: np.ndarray, known: np.ndarray, faces: np.ndarray) -
     return out
 
 
-def vertex_colours(vertices: np.ndarray, faces: np.ndarray, pointmap: PointMap) -> tuple[np.ndarray, np.ndarray]:
-    """``(colours (V, 3) uint8, seen (V,) bool)`` for a camera-frame mesh from the point map's image."""
-    if not can_colour(pointmap):
+def vertex_colours(vertices: np.ndarray, faces: np.ndarray, views: PointMap | list[PointMap]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``(colours (V, 3) uint8, seen (V,) bool)`` for a mesh in the (first) view's camera frame from the views'
+    images (:func:`seen_colours`), the unseen vertices filled along the mesh."""
+    if not can_colour_views(views):
         raise ValueError("colouring needs a point map with an image and intrinsics")
     v = np.asarray(vertices, np.float64)
-    sampled, inside = sample_image(v, pointmap)
-    seen = inside & visible_points(v, v, faces)
+    sampled, seen = seen_colours(v, v, faces, views)
     filled = fill_along_mesh(sampled, seen, faces)
     return np.clip(np.rint(filled), 0, 255).astype(np.uint8), seen
 
@@ -157,10 +189,10 @@ def texture_size(n_faces: int) -> int:
     return int(np.clip(side, 256, 2048))
 
 
-def bake_texture(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray, pointmap: PointMap | None = None,
-                 size: int | None = None) -> TextureMap:
+def bake_texture(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray,
+                 views: PointMap | list[PointMap] | None = None, size: int | None = None) -> TextureMap:
     """A UV atlas (xatlas) and its texture: texels take the vertex colours interpolated over their triangle, and,
-    where ``pointmap`` is given, texels seen by the input camera take the image itself (at its resolution)."""
+    where ``views`` are given, texels a view sees take its image itself (at its resolution; :func:`seen_colours`)."""
     try:
         import xatlas
     except ImportError as e:  # an optional extra
@@ -205,10 +237,9 @@ def bake_texture(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray, p
     bary /= np.maximum(bary.sum(1, keepdims=True), 1e-12)
     corners = source[new_faces[fid]]  # original vertex ids (T, 3)
     cols = np.einsum("tk,tkc->tc", bary, np.asarray(colours, np.float64)[corners])
-    if pointmap is not None and can_colour(pointmap):
+    if views is not None and can_colour_views(views):
         pos = np.einsum("tk,tkc->tc", bary, np.asarray(vertices, np.float64)[corners])
-        sampled, inside = sample_image(pos, pointmap)
-        seen = inside & visible_points(pos, vertices, faces)
+        sampled, seen = seen_colours(pos, vertices, faces, views)
         cols[seen] = sampled[seen]
     tex = np.zeros((size, size, 3), np.float64)
     tex[ty, tx] = cols

@@ -5,7 +5,8 @@ local folder) uses the paper's base model. A call returns a :class:`PipelineResu
 frame, the frame to give it back in the camera's frame, timings, and what each stage did). Each step is a method
 a reader can open alone:
 
-1. :meth:`~Pipeline.prepare_pointmap`: the point map (given, or from a reconstructor: VGGT / depth / .npz);
+1. :meth:`~Pipeline.prepare_views`: the point map of each view (given, or from a reconstructor: VGGT / depth /
+   .npz), camera poses relative to the first view;
 2. :meth:`~Pipeline.build_seen_side`: seen mesh in the canonical cube, thin shell per sparse stage,
    its latent cells and their camera-side half (:mod:`consistent3dgen.seen_side`);
 3. :meth:`~Pipeline.encode_condition`: image tokens (+ a negative for CFG), or the prior's null input;
@@ -51,8 +52,8 @@ class PipelineResult:
 
     vertices: np.ndarray  # (V, 3) canonical
     faces: np.ndarray  # (F, 3)
-    frame: CanonicalFrame
-    pointmap: PointMap
+    frame: CanonicalFrame  # the first view's camera → canonical
+    pointmap: PointMap  # the first view (as used: downscaled when it was larger than max_pixels)
     options: GenerationOptions  # as resolved for this call
     timings: dict[str, float] = field(default_factory=dict)
     stages: list[dict] = field(default_factory=list)
@@ -61,9 +62,15 @@ class PipelineResult:
     targets: list[SparseLatent | None] = field(default_factory=list)  # the guidance target x_fg of each stage
     runtime: dict[str, Any] = field(default_factory=dict)  # device, dtype, autocast, low_memory of the run
     colours: np.ndarray | None = None  # (V, 3) uint8 vertex colours from the input image (:meth:`colourize`)
+    views: list[PointMap] = field(default_factory=list)  # every view (poses relative to the first); [pointmap]
+
+    def __post_init__(self) -> None:
+        if not self.views:
+            self.views = [self.pointmap]
 
     def arrays(self, frame: str = "camera") -> tuple[np.ndarray, np.ndarray]:
-        """``(vertices, faces)`` in ``camera`` (input camera, its units) or ``canonical`` (generator cube) frame."""
+        """``(vertices, faces)`` in ``camera`` (the first input view's camera, its units) or ``canonical``
+        (generator cube) frame."""
         if frame == "canonical":
             return self.vertices, self.faces
         if frame == "camera":
@@ -85,19 +92,20 @@ class PipelineResult:
         return self.to_trimesh("camera")
 
     def colourize(self) -> np.ndarray | None:
-        """Vertex colours from the input image (:mod:`consistent3dgen.colour`), computed once and kept in
-        :attr:`colours`; None (at no cost) when the point map has no image or no intrinsics."""
-        from .colour import can_colour, vertex_colours
+        """Vertex colours from the input images (:mod:`consistent3dgen.colour`: each seen vertex from the nearest
+        view that sees it), computed once and kept in :attr:`colours`; None (at no cost) when no view has an
+        image and intrinsics."""
+        from .colour import can_colour_views, vertex_colours
 
-        if self.colours is None and len(self.faces) and can_colour(self.pointmap):
-            self.colours, _ = vertex_colours(*self.arrays("camera"), self.pointmap)
+        if self.colours is None and len(self.faces) and can_colour_views(self.views):
+            self.colours, _ = vertex_colours(*self.arrays("camera"), self.views)
         return self.colours
 
     def default_colour(self, path: str | Path) -> str:
         """``vertex`` when the input has an image (and the format holds colours), else ``none``."""
-        from .colour import can_colour
+        from .colour import can_colour_views
 
-        return "vertex" if can_colour(self.pointmap) and Path(path).suffix.lower() != ".stl" else "none"
+        return "vertex" if can_colour_views(self.views) and Path(path).suffix.lower() != ".stl" else "none"
 
     def export(self, path: str | Path, frame: str = "camera", colour: str | None = None) -> Path:
         """Write the mesh; the format follows the extension (.glb .obj .ply .stl).
@@ -105,12 +113,12 @@ class PipelineResult:
         ``colour``: ``none``, ``vertex`` (vertex colours from the input image) or ``texture`` (a UV texture
         baked from it, .glb only); default :meth:`default_colour`.
         """
-        from .colour import bake_texture, can_colour, check_colour_mode
+        from .colour import bake_texture, can_colour_views, check_colour_mode
         from .io.meshes import export_mesh
 
         mode = self.default_colour(path) if colour is None else colour
         check_colour_mode(mode, path)
-        if mode != "none" and not can_colour(self.pointmap):
+        if mode != "none" and not can_colour_views(self.views):
             raise InputError(f"colour {mode}: the input has no colour image (or no intrinsics)")
         v, f = self.arrays(frame)
         if mode == "none":
@@ -118,15 +126,20 @@ class PipelineResult:
         colours = self.colourize()
         if mode == "vertex":
             return export_mesh(v, f, path, vertex_colors=colours)
-        tex = bake_texture(*self.arrays("camera"), colours, self.pointmap)
+        tex = bake_texture(*self.arrays("camera"), colours, self.views)
         return export_mesh(v[tex.source], tex.faces, path, uv=tex.uv, texture=tex.image)
 
     def metrics(self) -> dict:
-        """Input-view consistency of the camera-frame mesh against the input point map."""
+        """Input-view consistency of the camera-frame mesh against the (first) input point map; with several
+        views, ``views`` holds each view's, the mesh seen from that view's camera."""
         from .metrics import input_view_consistency
 
         v, f = self.arrays("camera")
-        return input_view_consistency(v, f, self.pointmap).to_dict()
+        first = input_view_consistency(v, f, self.pointmap).to_dict()
+        if len(self.views) > 1:
+            first["views"] = [input_view_consistency(pm.from_shared(v).astype(np.float32), f, pm).to_dict()
+                              if pm.intrinsics is not None else None for pm in self.views]
+        return first
 
     def report(self) -> dict:
         return {
@@ -138,6 +151,7 @@ class PipelineResult:
             "vertices": len(self.vertices),
             "faces": len(self.faces),
             "input_downscale": self.pointmap.meta.get("downscale"),
+            "views": len(self.views),
         }
 
 
@@ -204,8 +218,10 @@ class Pipeline:
     @torch.no_grad()
     def __call__(self, inputs: PointMap | Any, options: GenerationOptions | None = None, *,
                  callback: Callable[[StepInfo], None] | None = None, **overrides: Any) -> PipelineResult:
-        """Generate a mesh for ``inputs``: a :class:`PointMap`, or what a reconstructor reads (an image path,
-        PIL image or uint8 array; a depth map or point-map ``.npz`` path; a list of those).
+        """Generate a mesh for ``inputs``: a :class:`PointMap` (or a list of them, one per view, each with a
+        ``cam_to_world`` pose), or what a reconstructor reads (an image path, PIL image or uint8 array; a depth map
+        or point-map ``.npz`` path; a list of those: several views of one object). The mesh is in the first view's
+        camera frame.
 
         ``overrides`` are :class:`GenerationOptions` fields (``seed=1, guidance=0``). ``callback`` is called after
         every sampling step with a :class:`~consistent3dgen.sampling.StepInfo` (``stage`` "dense", "sparse128",
@@ -218,11 +234,11 @@ class Pipeline:
         meter = StageMeter(self.device, low_memory=self.low_memory, autocast_dtype=self.autocast_dtype)
         gen = self.generator
         with _timed(timings, "reconstruct"):
-            pointmap = self.prepare_pointmap(inputs)
+            views = self.prepare_views(inputs)
         with _timed(timings, "foreground"):
-            seen = self.build_seen_side(pointmap, opts)
+            seen = self.build_seen_side(views, opts)
             with meter.stage("condition", stage_modules(gen.conditioner)):
-                condition = self.encode_condition(pointmap, opts)
+                condition = self.encode_condition(seen.pointmap, opts)
         with _timed(timings, "dense"):
             with meter.stage("dense", stage_modules(gen.dense)):
                 dense = self.run_dense_stage(seen, condition, opts, rng, callback)
@@ -243,9 +259,9 @@ class Pipeline:
         autocast = self.autocast_dtype
         runtime = {"device": str(self.device), "dtype": None if self.dtype is None else str(self.dtype),
                    "autocast": None if autocast is None else str(autocast), "low_memory": self.low_memory}
-        # the point map as used (downscaled when it was larger than max_pixels)
+        # the point maps as used (downscaled when larger than max_pixels)
         return PipelineResult(vertices, faces, compose_frame(seen.frame, sparse.frame), seen.pointmap, opts,
-                              timings, stages, seen, sparse.latents, sparse.targets, runtime)
+                              timings, stages, seen, sparse.latents, sparse.targets, runtime, views=seen.views)
 
     # ------------------------------------------------------------------------------------------- steps
 
@@ -259,16 +275,22 @@ class Pipeline:
             raise InputError(f"option refine: generator {self.generator.name} has no refiners")
         return opts
 
-    def prepare_pointmap(self, inputs: PointMap | Any) -> PointMap:
-        """A :class:`PointMap` as given, or the first view a reconstructor infers from the inputs."""
+    def prepare_views(self, inputs: PointMap | Any) -> list[PointMap]:
+        """The views' point maps: as given (a :class:`PointMap` or a list of them), or what a reconstructor infers
+        from the inputs; with several, their poses re-expressed relative to the first view
+        (:func:`~consistent3dgen.pointmap.relative_to_first`), whose camera frame the output comes back in."""
+        from .pointmap import relative_to_first
+
         if isinstance(inputs, PointMap):
-            return inputs
+            return [inputs]
+        if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(v, PointMap) for v in inputs):
+            return relative_to_first(list(inputs))
         from .reconstruct.base import get_reconstructor
 
-        return get_reconstructor(None, inputs)(inputs)[0]
+        return relative_to_first(get_reconstructor(None, inputs)(inputs))
 
-    def build_seen_side(self, pointmap: PointMap, opts: GenerationOptions) -> SeenSide:
-        return SeenSide(pointmap, self.generator.sparse, band=opts.band, shell=opts.shell,
+    def build_seen_side(self, views: PointMap | list[PointMap], opts: GenerationOptions) -> SeenSide:
+        return SeenSide(views, self.generator.sparse, band=opts.band, shell=opts.shell,
                         conf_threshold=opts.conf_threshold, drop_percent=opts.drop_percent,
                         front_cut=opts.front_cut, free_space=opts.free_space, max_pixels=opts.max_pixels,
                         max_memory_gb=opts.max_memory_gb)

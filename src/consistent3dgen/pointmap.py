@@ -27,6 +27,10 @@ class PointMap:
     mask:       (H, W) bool object/validity mask (e.g. RGBA alpha > 0, depth > 0).
     image:      optional (H, W, 3) uint8 colours.
     intrinsics: optional (3, 3) float pinhole matrix K (pixels), so points can be projected back.
+    cam_to_world: optional (4, 4) rigid transform from this view's camera frame (where ``points`` are) to a frame
+                shared by several views of one object; None = the identity (a single view). Several views given
+                to the pipeline are first re-expressed relative to the first one (:func:`relative_to_first`),
+                so the output comes back in the first view's camera frame.
     """
 
     points: np.ndarray
@@ -35,6 +39,7 @@ class PointMap:
     image: np.ndarray | None = None
     intrinsics: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    cam_to_world: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         pts = np.asarray(self.points)
@@ -88,6 +93,8 @@ class PointMap:
             if k.shape != (3, 3):
                 raise InputError(f"{self.describe()}: intrinsics must be a 3x3 matrix, got {k.shape}")
             self.intrinsics = intrinsics_matrix(k, w, h)
+        if self.cam_to_world is not None:
+            self.cam_to_world = check_pose(self.cam_to_world, f"{self.describe()}: cam_to_world")
 
     def describe(self) -> str:
         """``point map <path>`` when the map was read from a file (``meta["path"]``), else ``point map``."""
@@ -101,6 +108,88 @@ class PointMap:
     def valid_points(self) -> np.ndarray:
         """(N, 3) points inside the mask."""
         return self.points[self.mask]
+
+    @property
+    def pose(self) -> np.ndarray:
+        """The (4, 4) ``cam_to_world`` (the identity when there is none)."""
+        return np.eye(4) if self.cam_to_world is None else self.cam_to_world
+
+    def to_shared(self, points: np.ndarray) -> np.ndarray:
+        """(..., 3) points of this view's camera frame → the shared frame (float64)."""
+        return transform(points, self.pose)
+
+    def from_shared(self, points: np.ndarray) -> np.ndarray:
+        """(..., 3) points of the shared frame → this view's camera frame (float64)."""
+        return transform(points, rigid_inverse(self.pose))
+
+
+# --------------------------------------------------------------------------- poses of several views
+
+POSE_TOLERANCE = 1e-4  # |RᵀR − I| and |det R − 1| allowed: a pose written with a few decimals is still rigid
+
+
+def check_pose(pose: np.ndarray, what: str = "cam_to_world") -> np.ndarray:
+    """A (4, 4) rigid transform (rotation + translation, last row 0 0 0 1), float64; an ``InputError`` otherwise.
+
+    The rotation is re-orthonormalised (nearest rotation, SVD) so poses written with a few decimals compose
+    without drift; a scale, shear or reflection is refused, since the views would not be of one rigid object.
+    """
+    m = np.asarray(pose)
+    if m.shape == (3, 4):
+        m = np.vstack([m, [0.0, 0.0, 0.0, 1.0]])
+    if m.shape != (4, 4):
+        raise InputError(f"{what} must be a 4x4 (or 3x4) matrix, got shape {m.shape}")
+    if not np.issubdtype(m.dtype, np.number) or np.iscomplexobj(m) or not np.isfinite(m).all():
+        raise InputError(f"{what} must hold finite real numbers")
+    m = m.astype(np.float64)
+    if np.abs(m[3] - [0.0, 0.0, 0.0, 1.0]).max() > POSE_TOLERANCE:
+        raise InputError(f"{what}: the last row must be 0 0 0 1, got {' '.join(f'{v:g}' for v in m[3])}")
+    r = m[:3, :3]
+    if np.abs(r.T @ r - np.eye(3)).max() > POSE_TOLERANCE or abs(np.linalg.det(r) - 1.0) > POSE_TOLERANCE:
+        raise InputError(f"{what} is not rigid: its 3x3 part must be a rotation (orthonormal, det +1; "
+                         f"det = {np.linalg.det(r):.4g})")
+    u, _, vt = np.linalg.svd(r)
+    out = np.eye(4)
+    out[:3, :3] = u @ vt
+    out[:3, 3] = m[:3, 3]
+    return out
+
+
+def rigid_inverse(pose: np.ndarray) -> np.ndarray:
+    """Inverse of a (4, 4) rigid transform (exact: Rᵀ, −Rᵀt)."""
+    out = np.eye(4)
+    out[:3, :3] = pose[:3, :3].T
+    out[:3, 3] = -pose[:3, :3].T @ pose[:3, 3]
+    return out
+
+
+def transform(points: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """Apply a (4, 4) transform to (..., 3) points (float64)."""
+    p = np.asarray(points, np.float64)
+    return p @ pose[:3, :3].T + pose[:3, 3]
+
+
+def relative_to_first(views: list[PointMap]) -> list[PointMap]:
+    """The views with ``cam_to_world`` re-expressed so the shared frame is the first view's camera frame.
+
+    One view: returned as it is. Several: each must carry a ``cam_to_world`` (the first may omit it only when
+    all do, which is refused: without poses the views cannot be placed); the first's becomes the identity.
+    """
+    views = list(views)
+    if len(views) <= 1:
+        return views
+    missing = [i for i, v in enumerate(views) if v.cam_to_world is None]
+    if missing and not (missing == [0]):
+        names = ", ".join(f"{i} ({views[i].describe()})" for i in missing if i)
+        raise InputError(f"{len(views)} views need a camera pose each (cam_to_world); view {names} has none: "
+                         "give each .npz a 'cam_to_world' 4x4, or --cam-to-world per input")
+    first_inv = rigid_inverse(views[0].pose)
+    out = []
+    for v in views:
+        rel = first_inv @ v.pose
+        out.append(PointMap(v.points, conf=v.conf, mask=v.mask, image=v.image, intrinsics=v.intrinsics,
+                            meta=dict(v.meta), cam_to_world=rel))
+    return out
 
 
 # --------------------------------------------------------------------------- downscaling
@@ -172,7 +261,7 @@ def downscale_pointmap(pm: PointMap, stride: int) -> PointMap:
     k = None if pm.intrinsics is None else downscale_intrinsics(pm.intrinsics, stride)
     return PointMap(stride_pixels(pm.points, stride), conf=stride_pixels(pm.conf, stride),
                     mask=stride_pixels(pm.mask, stride), image=stride_pixels(pm.image, stride), intrinsics=k,
-                    meta=meta)
+                    meta=meta, cam_to_world=pm.cam_to_world)
 
 
 def limit_pixels(pm: PointMap, max_pixels: int | None) -> PointMap:

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from .generators.base import SparseLatent, SparseStage
-from .geometry.frames import CanonicalFrame, Similarity, canonical_to_camera, compose_frame
+from .geometry.frames import CanonicalFrame, Similarity, canonical_to_camera, compose_frame, view_frame
 from .geometry.freespace import free_space_mask
 from .geometry.shell import ShellResult, exact_distance, front_half_mask, thin_shell
-from .geometry.surface import SeenMesh, pointmap_to_mesh, to_canonical
+from .geometry.surface import SeenMesh, merge_views, pointmap_to_mesh, to_canonical
 from .geometry.voxels import SparseVoxels, all_voxels, cells_to_occupancy, latent_cells, voxel_centers
 from .limits import DEFAULT_MAX_PIXELS, check_memory, encode_bytes, shell_voxel_bound, surface_bytes
 from .pointmap import PointMap, limit_pixels
@@ -31,11 +31,12 @@ from .pointmap import PointMap, limit_pixels
 
 @dataclass
 class SeenShell:
-    """The seen side of one view, ready for a sparse stage at ``resolution``.
+    """The seen side of one or several views, ready for a sparse stage at ``resolution``.
 
-    seen: canonical-frame single-layer mesh; shell: thin-shell SDF (+ per-voxel distances and camera-side flags);
-    cells: latent cells (``resolution // factor``) touched by the shell; front: bool over ``cells``, True on the
-    camera side (the part kept as the guidance target).
+    seen: canonical-frame single-layer mesh (several views: their meshes merged); shell: thin-shell SDF (+ per-voxel
+    distances and camera-side flags, each surface's own camera's side); cells: latent cells (``resolution //
+    factor``) touched by the shell; front: bool over ``cells``, True on a camera side (the part kept as the
+    guidance target). ``pointmap`` is the first view, ``views`` all of them (camera poses relative to the first).
     """
 
     pointmap: PointMap
@@ -48,6 +49,11 @@ class SeenShell:
     factor: int
     band: float
     shell_offset: float
+    views: list[PointMap] | None = None
+
+    def __post_init__(self) -> None:
+        if self.views is None:
+            self.views = [self.pointmap]
 
     @property
     def sdf(self) -> SparseVoxels:
@@ -63,7 +69,7 @@ class SeenShell:
 
 
 def build_seen_shell(
-    pointmap: PointMap,
+    pointmap: PointMap | list[PointMap],
     resolution: int = 512,
     band: float = 2.0,
     shell: float = 1.0,
@@ -79,29 +85,37 @@ def build_seen_shell(
 ) -> SeenShell:
     """Point map → canonical seen mesh → thin shell at ``resolution``³ → latent cells and their front half.
 
+    Several views (a list; poses ``cam_to_world`` relative to the first, :func:`~consistent3dgen.pointmap.
+    relative_to_first`): each view's seen mesh is built in its own camera, all are merged in the first camera's
+    frame, the canonical frame is fitted to all of them, and each surface's camera side is its own camera's.
+
     Bounded (:mod:`consistent3dgen.limits`): a point map above ``max_pixels`` is downscaled first (the returned
     shell's ``pointmap`` is the one used); the seen surface's and the thin shell's memory are estimated before each
     is built and refused (one ``InputError`` line) above ``max_memory_gb`` (None: 80 % of the memory available).
     """
-    pointmap = limit_pixels(pointmap, max_pixels)
-    h, w = pointmap.shape
-    check_memory("the seen surface", surface_bytes(h, w), max_memory_gb, detail=f"a {w}x{h} point map",
+    views = [limit_pixels(v, max_pixels) for v in (pointmap if isinstance(pointmap, list) else [pointmap])]
+    pixels = sum(v.shape[0] * v.shape[1] for v in views)
+    shapes = ", ".join(f"{v.shape[1]}x{v.shape[0]}" for v in views)
+    check_memory("the seen surface", surface_bytes(pixels, 1), max_memory_gb,
+                 detail=f"{'a' if len(views) == 1 else len(views)} {shapes} point map{'s' * (len(views) > 1)}",
                  hint="lower --max-pixels (max_pixels)")
-    mesh_cam = pointmap_to_mesh(pointmap, conf_threshold=conf_threshold, drop_percent=drop_percent,
-                                max_stretch=max_stretch)
+    meshes = [pointmap_to_mesh(v, conf_threshold=conf_threshold, drop_percent=drop_percent, max_stretch=max_stretch)
+              for v in views]
+    mesh_cam = meshes[0] if len(views) == 1 else merge_views(meshes, [v.pose for v in views])
     seen, frame = to_canonical(mesh_cam, margin=margin, depth_ratio=depth_ratio, frame=frame)
     check_shell_memory(seen, resolution, band, max_memory_gb)
-    result = thin_shell(seen.vertices, seen.faces, resolution, band=band, shell=shell)
+    result = thin_shell(seen.vertices, seen.faces, resolution, band=band, shell=shell, facing=seen.facing)
     cells = latent_cells(result.sdf, factor)
     front = front_half_mask(cells, result.sdf, result.front_side, factor=factor)
-    return SeenShell(pointmap, frame, seen, result, cells, front, resolution, factor, band, shell)
+    return SeenShell(views[0], frame, seen, result, cells, front, resolution, factor, band, shell, views)
 
 
 def check_shell_memory(seen: SeenMesh, resolution: int, band: float, max_memory_gb: float | None = None) -> None:
     """Refuse (one line) a thin shell whose estimated memory is above the limit, before it is allocated."""
     from .geometry.warp_runtime import warp_available
 
-    est = shell_voxel_bound(seen.vertices, seen.faces, resolution, band, pixels=seen.pixels, shape=seen.shape)
+    grid = dict(pixels=seen.pixels, shape=seen.shape) if seen.on_one_grid else {}
+    est = shell_voxel_bound(seen.vertices, seen.faces, resolution, band, **grid)
     backend = "warp" if warp_available("shell") else "numpy"
     check_memory(f"the thin shell at {resolution}^3", est.bytes(backend), max_memory_gb,
                  detail=f"at most {est.voxels:,} voxels within {band:g} voxels of the seen surface",
@@ -109,27 +123,33 @@ def check_shell_memory(seen: SeenMesh, resolution: int, band: float, max_memory_
 
 
 class SeenSide:
-    """The seen side of one view for every sparse stage of a generator (coarse to fine).
+    """The seen side of one or several views for every sparse stage of a generator (coarse to fine).
+
+    Several views (poses relative to the first): one seen mesh and thin shell from all of them, every view's
+    camera-side cells kept in the target, free space carved from every view (a point any view shows empty).
 
     Stage 0's shell fixes the canonical frame (:attr:`frame`); a later stage ``k`` works in that frame followed
     by the similarity ``sim`` that re-normalised the previous stage's mesh, and gets its own shell, built at its
     resolution in that frame the first time it is asked for.
     """
 
-    def __init__(self, pointmap: PointMap, stages: list[SparseStage], *, band: float, shell: float,
+    def __init__(self, pointmap: PointMap | list[PointMap], stages: list[SparseStage], *, band: float, shell: float,
                  conf_threshold: float = 0.0, drop_percent: float = 0.0, front_cut: bool = True,
                  free_space: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  max_memory_gb: float | None = None) -> None:
-        # above max_pixels the point map is downscaled once, here: every stage's shell and free space use it
-        self.pointmap = pointmap = limit_pixels(pointmap, max_pixels)
+        # above max_pixels the point maps are downscaled once, here: every stage's shell and free space use them
+        views = pointmap if isinstance(pointmap, list) else [pointmap]
+        self.views: list[PointMap] = [limit_pixels(v, max_pixels) for v in views]
+        self.pointmap = self.views[0]
         self.stages = stages
         self.front_cut = front_cut
-        # free space needs the camera to project into; without intrinsics nothing is known to be empty
-        self.free_space = free_space and pointmap.intrinsics is not None
+        # free space needs a camera to project into; a view without intrinsics shows nothing empty
+        self._carving = [v for v in self.views if v.intrinsics is not None]
+        self.free_space = free_space and bool(self._carving)
         self.max_memory_gb = max_memory_gb
         self._shell_kw = dict(band=band, shell=shell, conf_threshold=conf_threshold, drop_percent=drop_percent,
                               max_pixels=None, max_memory_gb=max_memory_gb)
-        first = build_seen_shell(pointmap, stages[0].resolution, factor=stages[0].latent_factor, **self._shell_kw)
+        first = build_seen_shell(self.views, stages[0].resolution, factor=stages[0].latent_factor, **self._shell_kw)
         self.frame: CanonicalFrame = first.frame
         self._shells: dict[int, SeenShell] = {0: first}
 
@@ -141,7 +161,7 @@ class SeenSide:
         """Stage ``index``'s seen shell in the first stage's frame followed by ``sim``."""
         if index not in self._shells:
             stage = self.stages[index]
-            self._shells[index] = build_seen_shell(self.pointmap, stage.resolution, factor=stage.latent_factor,
+            self._shells[index] = build_seen_shell(self.views, stage.resolution, factor=stage.latent_factor,
                                                    frame=compose_frame(self.frame, sim), **self._shell_kw)
         return self._shells[index]
 
@@ -156,7 +176,7 @@ class SeenSide:
         if not self.free_space:
             return None
         centres = voxel_centers(all_voxels(resolution), resolution)
-        return free_space_mask(centres, self.pointmap, self.frame, 2.0 / resolution).reshape((resolution,) * 3)
+        return self._free(centres, self.frame, 2.0 / resolution).reshape((resolution,) * 3)
 
     def seen_cells(self) -> SparseVoxels:
         """The first stage's latent cells the view saw (camera side only with the back-half cut): always tokens."""
@@ -170,7 +190,7 @@ class SeenSide:
         res = self.first.cells.resolution
         cells = all_voxels(res)
         # a cell is free when its centre is free by more than a cell diagonal (2·√3 / res)
-        is_free = free_space_mask(voxel_centers(cells, res), self.pointmap, self.frame, 2.0 * np.sqrt(3) / res)
+        is_free = self._free(voxel_centers(cells, res), self.frame, 2.0 * np.sqrt(3) / res)
         return SparseVoxels(cells[is_free], res)
 
     # ------------------------------------------------------------------------------ sparse stages
@@ -200,7 +220,14 @@ class SeenSide:
         if not self.free_space:
             return None
         margin = 2.0 * self._shell_kw["band"] / self.stages[0].resolution
-        return free_space_mask(points, self.pointmap, compose_frame(self.frame, sim), margin)
+        return self._free(points, compose_frame(self.frame, sim), margin)
+
+    def _free(self, points: np.ndarray, frame: CanonicalFrame, margin: float) -> np.ndarray:
+        """(N,) bool: canonical points (``frame``: the first camera → this canonical cube) some view shows empty."""
+        free = np.zeros(len(points), bool)
+        for v in self._carving:
+            free |= free_space_mask(points, v, view_frame(frame, v.cam_to_world), margin)
+        return free
 
 
 def shell_fidelity(fg: SeenShell) -> dict:
@@ -260,8 +287,12 @@ def write_seen_shell(fg: SeenShell, out_dir: str | Path, fidelity: dict | None =
     paths = seen_shell_paths(out, fg.resolution)
     seen_cam = canonical_to_camera(fg.seen.vertices.astype(np.float64), fg.frame)
     colors = None
-    if fg.pointmap.image is not None:
-        colors = fg.pointmap.image.reshape(-1, 3)[fg.seen.pixel_index]
+    if all(v.image is not None for v in fg.views):
+        view = np.zeros(len(fg.seen.vertices), np.int64) if fg.seen.view is None else fg.seen.view
+        colors = np.zeros((len(view), 3), np.uint8)
+        for i, v in enumerate(fg.views):
+            at = view == i
+            colors[at] = v.image[fg.seen.pixels[at, 0], fg.seen.pixels[at, 1]]
     verts, faces = fidelity["_mesh"]
     report = {k: v for k, v in fidelity.items() if not k.startswith("_")}
     report["frame"] = fg.frame.to_dict()

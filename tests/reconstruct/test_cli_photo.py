@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from consistent3dgen.cli import build_parser, main, read_pointmap, surface_drop_percent
+from consistent3dgen.cli import build_parser, main, read_views, surface_drop_percent
 from consistent3dgen.errors import InputError
 from consistent3dgen.reconstruct import segment
 from consistent3dgen.reconstruct.vggt.pretrained import random_vggt
@@ -96,7 +96,7 @@ def test_photo_without_mask_or_segmenter_is_refused_in_one_line(tmp_path, vggt_d
 
 def test_segmenter_and_mask_options_reach_the_reconstructor(vggt_dir, photo, monkeypatch, no_models_around):
     alpha = photo["alpha"]
-    pm = read_pointmap(_args(photo["photo"], "--mask", photo["mask"], "--vggt-weights", vggt_dir))
+    (pm,) = read_views(_args(photo["photo"], "--mask", photo["mask"], "--vggt-weights", vggt_dir))
     np.testing.assert_array_equal(pm.meta["condition_rgba"][..., 3], alpha)
     # the mask's pixels, less those below the median confidence of the whole frame (the default filter)
     np.testing.assert_array_equal(pm.mask, (alpha > 0) & (pm.conf >= np.percentile(pm.conf, 50)))
@@ -104,30 +104,30 @@ def test_segmenter_and_mask_options_reach_the_reconstructor(vggt_dir, photo, mon
     # a registered segmenter, by name (its matte: object at >= 0.5)
     matte = np.clip(alpha.astype(np.int32) + 60, 0, 255).astype(np.uint8)
     monkeypatch.setitem(segment._REGISTRY, "stand-in", lambda weights, device: lambda rgb: matte)
-    pm = read_pointmap(_args(photo["photo"], "--segmenter", "stand-in", "--vggt-weights", vggt_dir,
+    (pm,) = read_views(_args(photo["photo"], "--segmenter", "stand-in", "--vggt-weights", vggt_dir,
                              "--conf-percentile", "0"))
     np.testing.assert_array_equal(pm.mask, matte >= segment.SEGMENT_THRESHOLD)
     # a render on white goes through auto (no model around: the uniform background)
-    pm = read_pointmap(_args(photo["white"], "--vggt-weights", vggt_dir))
+    (pm,) = read_views(_args(photo["white"], "--vggt-weights", vggt_dir))
     iou = (pm.mask & (alpha > 0)).sum() / (pm.mask | (alpha > 0)).sum()
     assert iou > 0.95
     # the whole frame only when asked for
-    pm = read_pointmap(_args(photo["photo"], "--segmenter", "none", "--vggt-weights", vggt_dir,
+    (pm,) = read_views(_args(photo["photo"], "--segmenter", "none", "--vggt-weights", vggt_dir,
                              "--conf-percentile", "0"))
     assert pm.mask.all() and (pm.meta["condition_rgba"][..., 3] == 255).all()
     with pytest.raises(InputError, match="2 masks for 1 images"):
-        read_pointmap(_args(photo["photo"], "--mask", photo["mask"], "--mask", photo["mask"], "--vggt-weights",
+        read_views(_args(photo["photo"], "--mask", photo["mask"], "--mask", photo["mask"], "--vggt-weights",
                             vggt_dir))
     with pytest.raises(InputError, match="unknown segmenter 'magic'"):
-        read_pointmap(_args(photo["photo"], "--segmenter", "magic", "--vggt-weights", vggt_dir))
+        read_views(_args(photo["photo"], "--segmenter", "magic", "--vggt-weights", vggt_dir))
 
 
 def test_conf_percentile_is_vggts_filter_for_images_and_drop_percent_otherwise(tmp_path, vggt_dir, photo):
     img = _args(photo["photo"], "--mask", photo["mask"], "--vggt-weights", vggt_dir)
     assert img.conf_percentile is None and surface_drop_percent(img) == 0.0
-    assert read_pointmap(img).meta["conf_percentile"] == 50  # the VGGT demo's default
+    assert read_views(img)[0].meta["conf_percentile"] == 50  # the VGGT demo's default
     img = _args(photo["photo"], "--mask", photo["mask"], "--vggt-weights", vggt_dir, "--conf-percentile", "0")
-    assert surface_drop_percent(img) == 0.0 and read_pointmap(img).meta["conf_percentile"] == 0
+    assert surface_drop_percent(img) == 0.0 and read_views(img)[0].meta["conf_percentile"] == 0
     npz = _args(tmp_path / "p.npz", "--drop-percent", "20")  # the old spelling: the same option
     assert npz.conf_percentile == 20 and surface_drop_percent(npz) == 20.0
     assert surface_drop_percent(_args(tmp_path / "p.npz")) == 0.0  # depth / .npz: no filter by default

@@ -67,8 +67,8 @@ def test_depth_reconstructor_unprojects_with_intrinsics(tmp_path):
     np.testing.assert_allclose(pm.points[3, 6], [2 * 2 / 100, 0.0, 2.0], atol=1e-6)
     (pm2,) = rec([depth])  # arrays in metres work the same
     np.testing.assert_array_equal(pm2.points[pm2.mask], pm.points[pm.mask])
-    with pytest.raises(InputError, match="one depth map"):
-        rec([depth, depth])
+    with pytest.raises(InputError, match="2 depth maps need a camera pose each"):
+        rec([depth, depth])  # several views without poses cannot be placed together
 
 
 def test_pointmap_file_reconstructor_roundtrip(tmp_path):
@@ -176,7 +176,7 @@ def test_vggt_reconstructor_two_views(tiny_model, tmp_path):
         assert pm.intrinsics[0, 0] > 0 and pm.intrinsics[1, 1] > 0
         assert (pm.conf >= 1).all()  # expp1 confidence
         assert pm.image[0, 0].tolist() == [255, 255, 255]  # transparent corner composited on white
-    np.testing.assert_allclose(np.array(pms[0].meta["camera_to_reference"]), np.eye(4), atol=1e-5)
+    np.testing.assert_allclose(pms[0].cam_to_world, np.eye(4), atol=1e-5)
     # View 0 is in its own camera frame: K projects every point back onto its own pixel.
     pm = pms[0]
     v, u = np.nonzero(pm.mask)
@@ -184,12 +184,13 @@ def test_vggt_reconstructor_two_views(tiny_model, tmp_path):
     proj = p @ pm.intrinsics.T
     np.testing.assert_allclose(proj[:, 0] / proj[:, 2], u, atol=1e-3)
     np.testing.assert_allclose(proj[:, 1] / proj[:, 2], v, atol=1e-3)
-    # View 1's points, mapped back into its own camera, also project onto their pixels.
+    # View 1's points are in its own camera too (cam_to_world takes them to the first camera's frame).
     pm1 = pms[1]
-    back = transform_points(pm1.points[pm1.mask], np.linalg.inv(np.array(pm1.meta["camera_to_reference"])))
     v, u = np.nonzero(pm1.mask)
-    proj = back.astype(np.float64) @ pm1.intrinsics.T
+    proj = pm1.points[pm1.mask].astype(np.float64) @ pm1.intrinsics.T
     np.testing.assert_allclose(proj[:, 0] / proj[:, 2], u, atol=2e-2)
+    assert pm1.cam_to_world.shape == (4, 4)
+    np.testing.assert_allclose(pm1.cam_to_world[:3, :3].T @ pm1.cam_to_world[:3, :3], np.eye(3), atol=1e-9)
 
 
 def test_vggt_reconstructor_options(tiny_model):

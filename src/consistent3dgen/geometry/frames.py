@@ -112,3 +112,15 @@ def compose_frame(frame: CanonicalFrame, sim: Similarity) -> CanonicalFrame:
     scale = frame.scale * sim.scale
     center = np.asarray(frame.center) - frame.R.T @ np.asarray(sim.offset) / scale
     return CanonicalFrame(center=tuple(float(c) for c in center), scale=float(scale), rotation=frame.rotation)
+
+
+def view_frame(frame: CanonicalFrame, cam_to_world: np.ndarray | None) -> CanonicalFrame:
+    """The camera → canonical frame of another view: its camera frame → the shared (first camera's) frame by
+    ``cam_to_world``, then ``frame``. ``scale·R·(T·p − c) = scale·(R·R_k)·(p − R_kᵀ(c − t_k))``."""
+    if cam_to_world is None:
+        return frame
+    rot, t = np.asarray(cam_to_world, np.float64)[:3, :3], np.asarray(cam_to_world, np.float64)[:3, 3]
+    center = rot.T @ (np.asarray(frame.center) - t)
+    r = frame.R @ rot
+    return CanonicalFrame(center=tuple(float(c) for c in center), scale=frame.scale,
+                          rotation=tuple(tuple(float(v) for v in row) for row in r))

@@ -107,11 +107,13 @@ class _Triangles:
     hi: np.ndarray
 
     @classmethod
-    def from_mesh(cls, vox: np.ndarray, faces: np.ndarray) -> _Triangles:
+    def from_mesh(cls, vox: np.ndarray, faces: np.ndarray, facing: np.ndarray | None = None) -> _Triangles:
         t = vox[faces].astype(np.float32)
         a, b, c = (np.ascontiguousarray(t[:, k]) for k in range(3))
         n = np.cross(b - a, c - a).astype(np.float32)
-        n *= np.where(n[:, 2:3] < 0, -1.0, 1.0).astype(np.float32)  # whatever the winding, face the camera
+        # whatever the winding, face the camera: +z (one view), or each face's own camera (``facing``)
+        towards = n[:, 2] if facing is None else np.einsum("ij,ij->i", n, np.asarray(facing, np.float32))
+        n *= np.where(towards[:, None] < 0, -1.0, 1.0).astype(np.float32)
         return cls(a, b, c, n, t.min(axis=1), t.max(axis=1))
 
 
@@ -235,8 +237,12 @@ def thin_shell(
     shell: float = 1.0,
     backend: str = "auto",
     threads: int | None = None,
+    facing: np.ndarray | None = None,
 ) -> ShellResult:
     """Thin-shell SDF of a canonical-frame single-layer mesh at ``resolution``³ (sparse; see module docstring).
+
+    ``front_side`` flags the voxels on the camera side of their closest triangle: the +z side, or, with
+    ``facing`` (F, 3) (several views: per face the direction towards its camera), that face's camera side.
 
     Distances are exact. backend: "auto" (Warp when its kernels compile here), "warp" or "numpy"; threads: Warp
     threads (default: the usable cores, :func:`~consistent3dgen.geometry.warp_runtime.default_threads`).
@@ -248,7 +254,9 @@ def thin_shell(
     if threads is not None and (int(threads) != threads or threads < 1):
         raise ValueError(f"threads must be a positive integer, got {threads}")
     v, f = _check_mesh(vertices, faces)
-    tris = _Triangles.from_mesh(to_voxel_units(v, resolution), f)
+    if facing is not None and np.shape(facing) != (len(f), 3):
+        raise ValueError(f"facing must be (F, 3) = ({len(f)}, 3), got {np.shape(facing)}")
+    tris = _Triangles.from_mesh(to_voxel_units(v, resolution), f, facing)
     res = int(resolution)
     if backend == "warp" or (backend == "auto" and warp_available("shell")):
         coords, udf, sdf, front, n_eval = warp_kernels("shell").thin_shell_passes(

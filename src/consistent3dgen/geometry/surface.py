@@ -32,12 +32,21 @@ class SeenMesh:
 
     vertices: (V, 3) float32; faces: (F, 3) int32, normals facing the camera;
     pixels: (V, 2) int32 (row, col) of each vertex in the point map; shape: the point map's (H, W).
+    Several views merged (:func:`merge_views`): ``view`` (V,) int32, the view of each vertex (``pixels`` index that
+    view's map; ``shape`` is the first view's), and ``facing`` (F, 3): per face, the direction towards its camera.
     """
 
     vertices: np.ndarray
     faces: np.ndarray
     pixels: np.ndarray
     shape: tuple[int, int]
+    view: np.ndarray | None = None
+    facing: np.ndarray | None = None
+
+    @property
+    def on_one_grid(self) -> bool:
+        """All vertices lie on one view's pixel grid (what the grid-based size bound needs)."""
+        return self.view is None
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return iter((self.vertices, self.faces))
@@ -203,7 +212,27 @@ def to_canonical(
     if frame is None:
         frame = fit_canonical_frame(mesh.vertices, margin=margin, depth_ratio=depth_ratio)
     verts = camera_to_canonical(mesh.vertices.astype(np.float64), frame).astype(np.float32)
-    return SeenMesh(verts, mesh.faces, mesh.pixels, mesh.shape), frame
+    facing = None if mesh.facing is None else (mesh.facing @ frame.R.T).astype(np.float32)
+    return SeenMesh(verts, mesh.faces, mesh.pixels, mesh.shape, mesh.view, facing), frame
+
+
+def merge_views(meshes: list[SeenMesh], cam_to_world: list[np.ndarray]) -> SeenMesh:
+    """Several views' seen meshes (each in its own camera frame) → one mesh in the shared frame.
+
+    Each face remembers the direction towards its own camera (``facing``: minus that camera's optical axis), so
+    the thin shell can tell each surface's camera side; each vertex its view (``view``).
+    """
+    verts, faces, pixels, view, facing = [], [], [], [], []
+    offset = 0
+    for i, (m, pose) in enumerate(zip(meshes, cam_to_world, strict=True)):
+        verts.append((np.asarray(m.vertices, np.float64) @ pose[:3, :3].T + pose[:3, 3]).astype(np.float32))
+        faces.append(np.asarray(m.faces, np.int64) + offset)
+        pixels.append(m.pixels)
+        view.append(np.full(len(m.vertices), i, np.int32))
+        facing.append(np.broadcast_to(-pose[:3, 2], (len(m.faces), 3)))
+        offset += len(m.vertices)
+    return SeenMesh(np.concatenate(verts), np.concatenate(faces).astype(np.int32), np.concatenate(pixels),
+                    meshes[0].shape, np.concatenate(view), np.concatenate(facing).astype(np.float32))
 
 
 def pointmap_to_canonical_mesh(

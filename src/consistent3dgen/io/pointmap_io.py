@@ -332,14 +332,17 @@ def load_depth(
     image: str | os.PathLike | np.ndarray | None = None,
     mask: str | os.PathLike | np.ndarray | None = None,
     *,
+    cam_to_world: str | os.PathLike | np.ndarray | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
 ) -> PointMap:
     """Read a depth map (PNG mm / npy m / exr m) plus optional image and mask files into a PointMap.
 
-    ``intrinsics`` may also be a path to a text/.npy file holding a 3x3 matrix or ``fx fy cx cy``. Sizes: see the
-    module docstring (files above ``max_input_pixels`` are refused unread, maps above ``max_pixels`` downscaled).
+    ``intrinsics`` may also be a path to a text/.npy file holding a 3x3 matrix or ``fx fy cx cy``;
+    ``cam_to_world`` a 4x4 pose or a text/.npy file holding one (:func:`read_pose`). Sizes: see the module
+    docstring (files above ``max_input_pixels`` are refused unread, maps above ``max_pixels`` downscaled).
     """
+    pose = read_pose(cam_to_world) if cam_to_world is not None else None
     depth, (h, w), stride = _read_depth(path, max_pixels, max_input_pixels)
     if isinstance(intrinsics, (str, os.PathLike)):
         intrinsics = _read_intrinsics_file(intrinsics)
@@ -355,7 +358,33 @@ def load_depth(
     if stride > 1:
         pm.meta["downscale"] = downscale_record(h, w, stride)
     pm.meta["path"] = str(path)
+    pm.cam_to_world = pose
     return pm
+
+
+def read_pose(source: str | os.PathLike | np.ndarray | Sequence[float]) -> np.ndarray:
+    """A camera pose (``cam_to_world``, OpenCV camera → shared frame): a 4x4 / 3x4 matrix, 16 / 12 numbers, or a
+    text / ``.npy`` file holding them; checked rigid (:func:`~consistent3dgen.pointmap.check_pose`)."""
+    from ..pointmap import check_pose
+
+    what = "cam_to_world"
+    arr = source
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        what = f"pose file {p}"
+        try:
+            arr = np.load(p, allow_pickle=False) if p.suffix.lower() == ".npy" else np.loadtxt(p, ndmin=1)
+        except FileNotFoundError:
+            raise _fail(f"pose file not found: {p}") from None
+        except (OSError, ValueError) as e:
+            raise _fail(f"cannot read pose {p}: {one_line(e)}") from None
+    try:
+        arr = np.asarray(arr, np.float64)
+    except (TypeError, ValueError):
+        raise _fail(f"{what} must be numbers") from None
+    if arr.size not in (12, 16):
+        raise _fail(f"{what} must hold a 4x4 (16 numbers) or 3x4 (12) camera-to-world matrix, got {arr.size}")
+    return check_pose(arr.reshape(-1, 4), what)
 
 
 def _read_beside(source: str | os.PathLike | np.ndarray | None, what: str, shape: tuple[int, int],
@@ -416,7 +445,8 @@ def _what_it_is(p: Path) -> str:
     return "it is a text file"
 
 
-NPZ_KEYS = ("points", "conf", "mask", "image", "intrinsics")  # the members read; any other is left undecoded
+# the members read; any other is left undecoded
+NPZ_KEYS = ("points", "conf", "mask", "image", "intrinsics", "cam_to_world")
 _PER_PIXEL_KEYS = ("points", "conf", "mask", "image")
 _ROW_BLOCK_BYTES = 16 * 2**20  # rows skipped while streaming a downscaled member are read in blocks of this size
 
@@ -475,6 +505,7 @@ def load_npz(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PI
         image=image,
         intrinsics=intrinsics,
         meta=meta,
+        cam_to_world=arrays.get("cam_to_world"),
     )
     return pm
 
@@ -488,6 +519,8 @@ def _npz_stride(p: Path, headers: dict, max_pixels: int | None, max_input_pixels
     check_input_pixels(f"point map {p}", h, w, max_input_pixels)
     if "intrinsics" in headers and int(np.prod(headers["intrinsics"][0])) > 16:
         raise _fail(f"intrinsics in {p} must be a 3x3 matrix, got shape {headers['intrinsics'][0]}")
+    if "cam_to_world" in headers and int(np.prod(headers["cam_to_world"][0])) > 16:
+        raise _fail(f"cam_to_world in {p} must be a 4x4 matrix, got shape {headers['cam_to_world'][0]}")
     stride = 1 if max_pixels is None else pixel_stride(h, w, max_pixels)
     if stride > 1:  # PointMap would name the downscaled shapes: name the file's instead
         for key in _PER_PIXEL_KEYS[1:]:
@@ -567,6 +600,8 @@ def save_npz(pm: PointMap, path: str | os.PathLike) -> None:
         arrays["image"] = pm.image
     if pm.intrinsics is not None:
         arrays["intrinsics"] = pm.intrinsics
+    if pm.cam_to_world is not None:
+        arrays["cam_to_world"] = pm.cam_to_world
     atomic_write_npz(path, **arrays)
 
 

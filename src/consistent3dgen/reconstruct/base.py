@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import InputError
 from ..pointmap import PointMap
 
-RECONSTRUCTORS = ("vggt", "depth", "pointmap")
+RECONSTRUCTORS = ("vggt", "depth", "pointmap")  # (+ "mixed": depth and point maps together, inferred)
 POINTMAP_SUFFIXES = (".npz",)
 DEPTH_ONLY_SUFFIXES = (".npy", ".exr")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -66,8 +66,11 @@ def infer_reconstructor(inputs: Sequence[Any] | Any) -> str:
                              f"{'|'.join(RECONSTRUCTORS)}")
     if not kinds:
         raise InputError("no input given: pass an image, a depth map, a point map .npz or a PointMap")
+    if kinds == {"depth", "pointmap"}:
+        return "mixed"  # depth maps and point maps with poses: each read by its own reconstructor
     if len(kinds) != 1:
-        raise InputError(f"inputs mix kinds ({', '.join(sorted(kinds))}); give one kind or pass --reconstructor")
+        raise InputError(f"inputs mix kinds ({', '.join(sorted(kinds))}): images (VGGT: its own poses and "
+                         "scale) cannot be mixed with depth or point maps; give one kind, or depth and point maps")
     return kinds.pop()
 
 
@@ -112,4 +115,43 @@ def get_reconstructor(name: str | None = None, inputs: Sequence[Any] | Any = Non
         from .pointmap_file import PointMapFileReconstructor
 
         return PointMapFileReconstructor(**options)
+    if name == "mixed":
+        return MixedReconstructor(**options)
     raise InputError(f"unknown reconstructor {name!r}; choose one of {', '.join(RECONSTRUCTORS)}")
+
+
+class MixedReconstructor(Reconstructor):
+    """Depth maps and ``.npz`` point maps of one object together, each with its pose: every input is read by its
+    own kind's reconstructor (``cam_to_world``: one per input, in input order; the other options, such as
+    ``intrinsics``, ``image`` and ``mask``, apply to the depth maps, one per depth map)."""
+
+    name = "mixed"
+
+    def __init__(self, cam_to_world: Sequence[Any] | None = None, max_pixels: int | None = None,
+                 max_input_pixels: int | None = None, **depth_options: Any) -> None:
+        self.cam_to_world = cam_to_world
+        self.limits = {k: v for k, v in (("max_pixels", max_pixels), ("max_input_pixels", max_input_pixels))
+                       if v is not None}
+        self.depth_options = depth_options
+
+    def reconstruct(self, inputs: Sequence[Any]) -> list[PointMap]:
+        from .depth import DepthReconstructor, per_view
+        from .pointmap_file import PointMapFileReconstructor
+
+        poses = per_view(self.cam_to_world, len(inputs), "cam_to_world")
+        kinds = [infer_reconstructor([item]) for item in inputs]
+        out: list[PointMap | None] = [None] * len(inputs)
+        for kind, make in (("depth", lambda p: DepthReconstructor(cam_to_world=p, **self.depth_options,
+                                                                   **self.limits)),
+                           ("pointmap", lambda p: PointMapFileReconstructor(cam_to_world=p, **self.limits))):
+            idx = [i for i, k in enumerate(kinds) if k == kind]
+            if not idx:
+                continue
+            views = make([poses[i] for i in idx])([inputs[i] for i in idx])
+            for i, pm in zip(idx, views, strict=True):
+                if pm.cam_to_world is None and i > 0:
+                    raise InputError(f"input {i} ({pm.describe()}) has no camera pose: give --cam-to-world per "
+                                     "input, or a 'cam_to_world' in the .npz")
+                pm.meta["view"] = i
+                out[i] = pm
+        return [pm for pm in out if pm is not None]

@@ -1,4 +1,7 @@
-"""VGGT as a :class:`Reconstructor`: one or several RGB(A) images of an object → PointMaps in the first camera frame.
+"""VGGT as a :class:`Reconstructor`: one or several RGB(A) images of an object → one PointMap per view.
+
+Each view's points are in its own camera frame (its intrinsics project them) and its ``cam_to_world`` is VGGT's
+predicted pose relative to the first camera (the identity for the first view), in one pass over all images.
 
 Points come from the depth head unprojected with the predicted camera (default; the VGGT paper reports this as
 the more accurate route), or from the point head (``points_from="point_head"``). Network maps are sampled
@@ -205,7 +208,7 @@ class VGGTReconstructor(Reconstructor):
 
     def _view(self, i: int, img: np.ndarray, geom: FrameGeometry, preds: dict[str, torch.Tensor], k_net: np.ndarray,
               extr: np.ndarray, cam_to_ref: np.ndarray) -> dict[str, np.ndarray]:
-        """One view's points (reference frame), confidence and valid pixels, at the input image's pixels."""
+        """One view's points (its own camera frame), confidence and valid pixels, at the input image's pixels."""
         from ...io.pointmap_io import depth_to_points
 
         k = intrinsics_to_original(k_net, geom)
@@ -214,14 +217,14 @@ class VGGTReconstructor(Reconstructor):
             conf = sample_to_original(preds["depth_conf"][i].float().cpu(), geom, mode="bilinear").numpy()
             valid = np.isfinite(depth) & (depth > 0)
             # no inf/NaN enters the arithmetic: those pixels are dropped (``valid``) and their points blanked below
-            points = transform_points(depth_to_points(np.where(valid, depth, 0.0), k), cam_to_ref)
+            points = depth_to_points(np.where(valid, depth, 0.0), k).astype(np.float32)
         else:
             world = sample_to_original(preds["world_points"][i].float().cpu(), geom).numpy()
             conf = sample_to_original(preds["world_points_conf"][i].float().cpu(), geom, mode="bilinear").numpy()
-            w2ref = np.eye(4)
-            w2ref[:3, :4] = extr[0]
+            w2cam = np.eye(4)
+            w2cam[:3, :4] = extr[i]  # VGGT's world frame → this view's camera
             valid = np.isfinite(world).all(axis=2)
-            points = transform_points(np.where(valid[..., None], world, 0.0), w2ref)
+            points = transform_points(np.where(valid[..., None], world, 0.0), w2cam)
             valid &= np.isfinite(points).all(axis=2)
         # Crop mode cuts rows off: those input pixels were never seen by the network.
         gx, gy = original_pixel_grid(geom)
@@ -253,14 +256,13 @@ class VGGTReconstructor(Reconstructor):
                              f"percentile {self.conf_percentile or 0:g})")
         points = np.where(mask[..., None], view["points"], np.nan).astype(np.float32)
         meta = {"source": "vggt", "view": i, "points_from": self.points_from, "preprocess": self.mode,
-                "camera_to_reference": cam_to_ref.tolist(), "network_size_hw": [geom.net_h, geom.net_w],
+                "network_size_hw": [geom.net_h, geom.net_w],
                 "conf_percentile": float(self.conf_percentile or 0.0),
                 # the image with its soft object alpha, for an image conditioner (official preprocessing)
                 "condition_rgba": np.dstack([split_alpha(view["image"])[0], soft]).astype(np.uint8)}
-        # Intrinsics project this view's own camera-frame points; for views > 0 first map the points back with
-        # the inverse of ``camera_to_reference``.
+        # points in this view's own camera frame (its intrinsics project them); cam_to_world: → the first camera
         return PointMap(points, conf=view["conf"].astype(np.float32), mask=mask, image=view["rgb"],
-                        intrinsics=view["k"], meta=meta)
+                        intrinsics=view["k"], meta=meta, cam_to_world=cam_to_ref)
 
 
 def _describe(src: Any, i: int) -> str:

@@ -178,6 +178,8 @@ def test_plan_refuses_bad_inputs_in_one_line(tmp_path, case):
 def test_bad_arguments_are_one_line_exit_2_before_any_work(tmp_path, capsys, no_work):
     (tmp_path / "afile").write_text("x")
     good = copy_example("teapot", tmp_path / "in")
+    bare = copy_example("teapot", tmp_path / "bare", "plain")
+    (bare.parent / "plain_rgba.png").unlink()  # a depth map and its camera, no image
     (tmp_path / "o2" / "teapot.glb").mkdir(parents=True)
     cases = [
         (["batch", str(tmp_path / "never_read_depth.png"), "--out", str(tmp_path / "afile")], "is a file"),
@@ -187,6 +189,8 @@ def test_bad_arguments_are_one_line_exit_2_before_any_work(tmp_path, capsys, no_
         (["batch", "--out", str(tmp_path / "o")], "no inputs"),
         (["batch", str(good), "--out", str(tmp_path / "o"), "--guidance", "nan"], "guidance"),
         (["batch", str(good), "--out", str(tmp_path / "o2")], "is a folder"),
+        (["batch", str(good), "--out", str(tmp_path / "o"), "--format", "stl", "--colour", "vertex"], "STL holds no"),
+        (["batch", str(bare), "--out", str(tmp_path / "o"), "--colour", "vertex"], "have no image"),
     ]
     for argv, words in cases:
         before = listing(tmp_path)
@@ -265,6 +269,31 @@ def test_rerun_skips_what_is_done_and_retries_failures_only_when_asked(tmp_path,
     assert batch._is_done(recs[3], item, out, "ply")
     (out / "teapot.json").unlink()  # an output that went missing: the item is not done any more
     assert not batch._is_done(recs[3], item, out, "ply")
+
+
+def test_batch_meshes_carry_the_input_images_colours_unless_colour_none(tmp_path, fast_prior):
+    import trimesh
+
+    teapot = copy_example("teapot", tmp_path / "in")
+    image = np.asarray(Image.open(tmp_path / "in" / "teapot_rgba.png"))
+    seen = image[image[..., 3] > 0, :3].astype(float)
+    common = ["--generator", str(fast_prior), "--device", "cpu", "--quiet"]
+    assert main(["batch", str(teapot), "--out", str(tmp_path / "vertex"), *common]) == 0  # the default: vertex
+    assert main(["batch", str(teapot), "--out", str(tmp_path / "none"), "--colour", "none", *common]) == 0
+
+    coloured = trimesh.load(tmp_path / "vertex" / "teapot.glb", force="mesh", process=False)
+    assert coloured.visual.kind == "vertex"
+    c = np.asarray(coloured.visual.vertex_colors)[:, :3].astype(float)
+    assert len(c) == len(coloured.vertices) > 0
+    assert (np.ptp(c, axis=1) > 20).mean() > 0.5  # not grey: the teapot image's warm browns
+    assert np.sign(c[:, 0].mean() - c[:, 2].mean()) == np.sign(seen[:, 0].mean() - seen[:, 2].mean())
+    assert np.abs(c.mean(0) - seen.mean(0)).max() < 40  # about the image's mean colour
+    assert json.loads((tmp_path / "vertex" / "teapot.json").read_text())["colour"] == "vertex"
+
+    plain = trimesh.load(tmp_path / "none" / "teapot.glb", force="mesh", process=False)
+    assert plain.visual.kind is None  # no colours written
+    assert len(plain.faces) == len(coloured.faces)  # the same mesh otherwise (same seed)
+    assert json.loads((tmp_path / "none" / "teapot.json").read_text())["colour"] == "none"
 
 
 def _marked_pids(marker: str) -> list[int]:

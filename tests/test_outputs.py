@@ -192,7 +192,7 @@ def test_demo_stopped_part_way_says_what_is_missing(tmp_path, capsys, monkeypatc
         return real(image, path)
 
     monkeypatch.setattr(preview, "save_image", save)
-    monkeypatch.setattr(preview, "preview_panel", lambda v, f, pm: np.zeros((4, 4, 3), np.uint8))
+    monkeypatch.setattr(preview, "preview_panel", lambda v, f, pm, **kw: np.zeros((4, 4, 3), np.uint8))
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--examples", "teapot", "spot", "--quiet"]) == 1
     err = capsys.readouterr().err.strip()

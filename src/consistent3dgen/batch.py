@@ -15,7 +15,9 @@
 Every input is checked before the first item runs (the file exists and is readable, its kind is known from its
 extension and header, a depth map has a camera, the names are unique), after the output folder.
 
-**Outputs** in ``--out DIR``: per item the mesh and the report (what ``generate --report`` writes), written by the
+**Outputs** in ``--out DIR``: per item the mesh (with vertex colours from the input image, as ``generate`` writes
+it: by default when the input has an image and the format holds colours, not .stl; ``--colour none|vertex``) and
+the report (what ``generate --report`` writes, plus ``colour``), written by the
 driver as one output set (:func:`consistent3dgen.io.atomic.output_set`: both or neither) and synced, then one line
 appended to ``DIR/manifest.jsonl`` with flush + fsync (one ``write`` of a whole line): ``name``, ``input``,
 ``status`` (``ok`` / ``failed``), ``outputs`` (file names in DIR), ``faces``, ``metrics``, ``error`` (the one-line
@@ -371,15 +373,17 @@ class BatchConfig:
 
     generator: str = "mini"
     generator_kwargs: dict = field(default_factory=dict)  # from_pretrained keywords: dtype, low_memory, weights
-    reader_args: dict = field(default_factory=dict)  # the command line's input arguments (cli.read_pointmap)
+    reader_args: dict = field(default_factory=dict)  # the command line's input arguments (cli.read_views)
     options: Any = None  # GenerationOptions (validated; progress off)
     frame: str = "camera"
     device: str | None = None  # a device name (cli --device); None: from_pretrained's default
     threads: int | None = None  # torch CPU threads of a worker process
+    colour: str | None = None  # none | vertex; None: vertex colours when the input has an image and fmt holds them
+    fmt: str = "glb"  # the mesh format (run_batch sets it: the default colour depends on it)
 
 
 def item_arguments(reader_args: dict, item: BatchItem) -> argparse.Namespace:
-    """The arguments :func:`consistent3dgen.cli.read_pointmap` reads one item with: the batch's input arguments,
+    """The arguments :func:`consistent3dgen.cli.read_views` reads one item with: the batch's input arguments,
     with the item's input, kind and depth-map files."""
     ns = argparse.Namespace(**reader_args)
     ns.input, ns.reconstructor = [item.input], item.kind
@@ -417,25 +421,31 @@ class ItemWorker:
         self.pipe.set_progress_bar_config(disable=True)
 
     def run(self, item: BatchItem) -> dict:
-        from .cli import read_pointmap
+        from .cli import read_views
+        from .colour import can_colour_views
 
         start = time.perf_counter()
         worker = {"host": socket.gethostname(), "pid": os.getpid(), "device": str(self.pipe.device)}
         try:
-            pointmap = read_pointmap(item_arguments(self.config.reader_args, item))
+            (pointmap,) = read_views(item_arguments(self.config.reader_args, item))  # one view per item
             read = time.perf_counter() - start
             res = self.pipe(pointmap, self.config.options.with_changes(drop_percent=item.drop_percent))
             metrics = res.metrics() if pointmap.intrinsics is not None else {}
             vertices, faces = res.arrays(self.config.frame)
+            colour = self.config.colour or res.default_colour(item.outputs(self.config.fmt)["mesh"])
+            if colour != "none" and not can_colour_views(pointmap):  # --colour vertex asked for, as generate says
+                raise InputError(f"--colour {colour}: the input has no colour image (or no intrinsics)")
+            # vertex colours do not depend on the frame: one per vertex, computed in the camera frame
+            colours = res.colourize() if colour != "none" else None
             report = {"input": item.input, "generator": self.pipe.generator.name, "metrics": metrics,
-                      **res.report()}
+                      **res.report(), "colour": colour}
         except Exception as e:  # noqa: BLE001 - one item's failure is recorded; the batch goes on
             error = one_line(e) if isinstance(e, UserError) else one_line(f"{type(e).__name__}: {e}")
             return {"status": "failed", "error": error or type(e).__name__, "error_type": type(e).__name__,
                     "timings": {"attempt": time.perf_counter() - start}, "worker": worker}
         timings = {"read": read, **res.timings, "attempt": time.perf_counter() - start}
-        return {"status": "ok", "vertices": vertices, "faces": faces, "report": report, "metrics": metrics,
-                "timings": timings, "worker": worker}
+        return {"status": "ok", "vertices": vertices, "faces": faces, "colours": colours, "report": report,
+                "metrics": metrics, "timings": timings, "worker": worker}
 
 
 def _failure(error: str, error_type: str = "WorkerDied") -> dict:
@@ -695,7 +705,7 @@ def _write_outputs(out: Path, item: BatchItem, result: dict, fmt: str) -> dict[s
     names = item.outputs(fmt)
     report = {**result["report"], "input": item.input, "name": item.name}
     with output_set():
-        export_mesh(result["vertices"], result["faces"], out / names["mesh"])
+        export_mesh(result["vertices"], result["faces"], out / names["mesh"], vertex_colors=result.get("colours"))
         atomic_write_text(out / names["report"], json.dumps(report, indent=2, default=_json_default))
     for name in names.values():
         _fsync_path(out / name)
@@ -729,6 +739,7 @@ def run_batch(items: Sequence[BatchItem], out: str | os.PathLike, config: BatchC
     from .io.atomic import remove_stale_temps
 
     out = Path(out)
+    config = dataclasses.replace(config, fmt=fmt)  # the workers' default colour follows the format written
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -826,6 +837,11 @@ def run_batch_command(args: argparse.Namespace) -> int:
     if getattr(args, "image", None) or getattr(args, "mask", None):
         raise InputError("batch: --image and --mask name one file; put NAME_rgba.png / NAME_mask.png beside each "
                          "depth map, or give \"image\" / \"mask\" in a --list line")
+    colour = getattr(args, "colour", None)
+    if colour is not None:
+        from .colour import check_colour_mode
+
+        check_colour_mode(colour, f"mesh.{args.format}", "--colour")  # STL holds no colours: before any work
     use_ray = args.ray is not None
     if use_ray:
         if args.ray != "local" and os.path.exists(args.ray):
@@ -853,10 +869,16 @@ def run_batch_command(args: argparse.Namespace) -> int:
         drop = cli.surface_drop_percent(item_arguments(reader_args, item))  # --conf-percentile for this kind
         base.with_changes(drop_percent=drop)  # checked for every item before the first runs
         checked.append(dataclasses.replace(item, drop_percent=drop))
+    if colour == "vertex":  # a depth map without an image beside it cannot be coloured: said before any work
+        bare = [it.input for it in checked if it.kind == "depth" and not it.image]
+        if bare:
+            raise InputError(f"--colour vertex: {len(bare)} depth map(s) have no image ({', '.join(bare[:3])}"
+                             f"{', ...' if len(bare) > 3 else ''}); put NAME_rgba.png beside them or use --colour "
+                             f"none")
     check_output_folder(out, [n for it in checked for n in it.outputs(args.format).values()])
     kwargs = {k: getattr(args, k) for k in ("dtype", "low_memory") if hasattr(args, k)}
     config = BatchConfig(generator=args.generator, reader_args=reader_args, options=base, frame=args.frame,
-                         generator_kwargs={**kwargs, **cli.generator_weights(args)}, device=device)
+                         generator_kwargs={**kwargs, **cli.generator_weights(args)}, device=device, colour=colour)
     summary = run_batch(checked, out, config, fmt=args.format, workers=workers, retry_failed=args.retry_failed,
                         ray_address=None if args.ray in (None, "local") else args.ray, use_ray=use_ray,
                         progress=not args.quiet)

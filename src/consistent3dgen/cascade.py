@@ -269,7 +269,7 @@ class SeenView(Protocol):
 
     def target(self, index: int, sim: Similarity) -> SparseLatent | None: ...
 
-    def fusion_sdf(self, index: int, sim: Similarity) -> SparseVoxels | None: ...
+    def fusion_sdf(self, index: int, sim: Similarity, level: float | None = None) -> SparseVoxels | None: ...
 
     def free_voxels(self, points: np.ndarray, sim: Similarity) -> np.ndarray | None: ...
 
@@ -280,6 +280,7 @@ class SparseStageConfig:
     guidance_strength: float = 0.0
     guidance_variant: str = "paper"
     fusion: bool = False  # write the seen shell's SDF into the decoded SDF
+    fusion_at: str = "shell"  # shell: the seen shell's SDF; surface: the extracted level on the seen surface
     mc_level: float = 0.0  # marching-cubes level of this stage's decoded SDF (its refiner derives its own)
     refine: bool = False  # run the stage's refiner (when it has one) after fusion and free space
     cell_distance: float = 4.0  # voxels, for the next stage's tokens from this stage's mesh
@@ -350,7 +351,9 @@ def run_sparse_stages(
             sdf = decode(latent) if cfg.decode_chunks is None else decode(latent, chunk_size=cfg.decode_chunks)
             sdf, decoded = sdf if refiner is not None else (sdf, None)
             if cfg.fusion:
-                seen_sdf = seen.fusion_sdf(k, frame)
+                # "surface": the level the mesh is extracted at (the refiner's own, when one runs) on the seen surface
+                at = None if cfg.fusion_at == "shell" else (refiner.level(cfg.mc_level) if refiner else cfg.mc_level)
+                seen_sdf = seen.fusion_sdf(k, frame) if at is None else seen.fusion_sdf(k, frame, level=at)
                 if seen_sdf is not None:
                     sdf = fuse_sdf(sdf, seen_sdf)
             free = seen.free_voxels(sdf.centers(), frame)

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from .errors import InputError, UserError
 
@@ -93,15 +94,25 @@ def main(argv: list[str] | None = None) -> int:
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def _add_input_arguments(p: argparse.ArgumentParser, nargs: str = "+", help_input: str | None = None) -> None:
-    """INPUT + how to read it (shared by foreground / generate / batch)."""
-    p.add_argument("input", nargs=nargs, help=help_input or "image(s), a depth map (16-bit PNG mm, .npy m, .exr) "
-                                                            "or a point map .npz")
+def _add_input_arguments(p: argparse.ArgumentParser, nargs: str = "+", help_input: str | None = None,
+                         multi_view: bool = True) -> None:
+    """INPUT + how to read it (shared by foreground / generate / batch). ``multi_view``: the inputs are views of one
+    object (the per-view options may be repeated, once per view); else (batch) each input is an object of its own."""
+    p.add_argument("input", nargs=nargs, help=help_input or "the views of one object: image(s) (VGGT), depth map(s) "
+                                                            "(16-bit PNG mm, .npy m, .exr) and/or point map(s) .npz; "
+                                                            "several views need poses (docs/formats.md)")
     p.add_argument("--reconstructor", choices=["auto", "vggt", "depth", "pointmap"], default="auto",
                    help="how to get the point map (default: inferred from the input)")
-    p.add_argument("--intrinsics", help="depth maps: 'fx,fy,cx,cy' or a file with a 3x3 matrix")
+    per_view = dict(action="append") if multi_view else {}
+    again = " (once per depth map, or once for all)" if multi_view else ""
+    p.add_argument("--intrinsics", **per_view, help=f"depth maps: 'fx,fy,cx,cy' or a file with a 3x3 matrix{again}")
     p.add_argument("--fov", type=float, help="depth maps: horizontal field of view in degrees (instead of intrinsics)")
-    p.add_argument("--image", help="depth maps: the RGB(A) image (alpha = object mask)")
+    p.add_argument("--image", **per_view, help="depth maps: the RGB(A) image (alpha = object mask)"
+                                               + (", once per depth map in their order" if multi_view else ""))
+    if multi_view:
+        p.add_argument("--cam-to-world", action="append", metavar="FILE",
+                       help="several views: the camera pose of each input (a text/.npy file with a 4x4 OpenCV "
+                            "camera-to-world matrix), once per input in their order; a .npz may hold its own")
     p.add_argument("--mask", action="append", metavar="FILE",
                    help="an object mask image, non-zero = object: for a photo without alpha (once per input image, "
                         "in their order) or for a depth map")
@@ -145,7 +156,7 @@ def input_kind(args: argparse.Namespace) -> str:
 
 def surface_drop_percent(args: argparse.Namespace) -> float:
     """``--conf-percentile`` as ``GenerationOptions.drop_percent`` (depth maps / .npz; VGGT filters in its
-    reconstructor instead, see :func:`read_pointmap`). Checked first: one line naming both spellings."""
+    reconstructor instead, see :func:`read_views`). Checked first: one line naming both spellings."""
     p = getattr(args, "conf_percentile", None)
     if p is None:
         return 0.0
@@ -154,26 +165,55 @@ def surface_drop_percent(args: argparse.Namespace) -> float:
     return 0.0 if input_kind(args) == "vggt" else float(p)
 
 
-def read_pointmap(args: argparse.Namespace):  # noqa: ANN201 - a PointMap (imported lazily)
-    """The point map of ``args.input`` through the reconstructor the arguments name (or infer)."""
-    from .reconstruct.base import get_reconstructor
+def _listed(value: str | list[str] | None) -> list[str] | None:
+    return [value] if isinstance(value, str) else value
+
+
+def _intrinsics_argument(text: str) -> str | list[float]:
+    """``fx,fy,cx,cy`` → numbers; anything else is a file path."""
+    if "," not in text:
+        return text
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"--intrinsics must be 'fx,fy,cx,cy' numbers or a file, got {text!r}") from None
+
+
+def _per_depth_map(values: list | None, n: int, what: str) -> Any:
+    """A repeated per-view option for ``n`` depth maps: None, one for all (intrinsics only), or one each."""
+    if not values:
+        return None
+    if len(values) == 1 and (n == 1 or what == "--intrinsics"):
+        return values[0]
+    if len(values) != n:
+        raise InputError(f"{len(values)} {what} for {n} depth maps: give one per depth map, in their order")
+    return list(values)
+
+
+def read_views(args: argparse.Namespace) -> list:
+    """The point maps of ``args.input`` (the views of one object) through the reconstructor the arguments name (or
+    infer), poses relative to the first view."""
+    from .pointmap import relative_to_first
+    from .reconstruct.base import get_reconstructor, infer_reconstructor
 
     name = input_kind(args)
-    masks = getattr(args, "mask", None)
-    if isinstance(masks, str):
-        masks = [masks]
+    masks = _listed(getattr(args, "mask", None))
+    poses = _listed(getattr(args, "cam_to_world", None))
     options: dict = {}
-    if name == "depth":
-        intr = args.intrinsics
-        if intr and "," in intr:
-            try:
-                intr = [float(v) for v in intr.split(",")]
-            except ValueError:
-                raise InputError(f"--intrinsics must be 'fx,fy,cx,cy' numbers or a file, got {args.intrinsics!r}"
-                                 ) from None
-        if masks and len(masks) != 1:
-            raise InputError(f"a depth map takes one --mask, got {len(masks)}")
-        options = dict(intrinsics=intr, fov_deg=args.fov, image=args.image, mask=masks[0] if masks else None)
+    if poses:
+        if name == "vggt":
+            raise InputError("--cam-to-world applies to depth and point maps; VGGT estimates the images' poses")
+        if len(poses) != len(args.input):
+            raise InputError(f"{len(poses)} --cam-to-world for {len(args.input)} inputs: give one per input, in "
+                             "their order")
+        options["cam_to_world"] = poses
+    if name in ("depth", "mixed"):
+        n = len(args.input) if name == "depth" else sum(infer_reconstructor([i]) == "depth" for i in args.input)
+        intr = _listed(args.intrinsics)
+        intr = [_intrinsics_argument(t) for t in intr] if intr else None
+        options.update(intrinsics=_per_depth_map(intr, n, "--intrinsics"), fov_deg=args.fov,
+                       image=_per_depth_map(_listed(args.image), n, "--image"),
+                       mask=_per_depth_map(masks, n, "--mask"))
     elif name == "vggt":
         options = dict(segmenter=getattr(args, "segmenter", "auto"),
                        segmenter_weights=getattr(args, "birefnet_weights", None))
@@ -185,9 +225,9 @@ def read_pointmap(args: argparse.Namespace):  # noqa: ANN201 - a PointMap (impor
             options["conf_percentile"] = args.conf_percentile  # else the demo's default
     elif masks:
         raise InputError("--mask applies to images and depth maps, not to a point map .npz (it has its own mask)")
-    if name in ("depth", "pointmap"):  # the pixel limits (VGGT's own preprocessing sizes its input)
+    if name in ("depth", "pointmap", "mixed"):  # the pixel limits (VGGT's own preprocessing sizes its input)
         options.update({k: v for k, v in limit_overrides(args).items() if k != "max_memory_gb"})
-    return get_reconstructor(name, args.input, **options)(args.input)[0]
+    return relative_to_first(get_reconstructor(name, args.input, **options)(args.input))
 
 
 # ----------------------------------------------------------------------------------------------- foreground
@@ -214,8 +254,8 @@ def run_foreground(args: argparse.Namespace) -> int:
     from .seen_side import build_seen_shell, seen_shell_paths, shell_fidelity, write_seen_shell
 
     check_output_folder(args.out, [p.name for p in seen_shell_paths(args.out, args.resolution).values()])
-    pm = read_pointmap(args)
-    fg = build_seen_shell(pm, resolution=args.resolution, band=args.band, shell=args.shell,
+    views = read_views(args)
+    fg = build_seen_shell(views, resolution=args.resolution, band=args.band, shell=args.shell,
                           conf_threshold=args.conf_threshold, drop_percent=limits.drop_percent,
                           max_pixels=limits.max_pixels, max_memory_gb=limits.max_memory_gb)
     fid = shell_fidelity(fg)
@@ -249,6 +289,9 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fusion", action=argparse.BooleanOptionalAction, default=None,
                    help="pin the decoded SDF to the seen shell (default: on when guided)")
+    p.add_argument("--fusion-at", choices=["shell", "surface"], default=None,
+                   help="where fusion puts the output's seen side: shell (the seen shell's outer wall, half a shell in "
+                        "front of the reconstruction) or surface (on the reconstruction itself)")
     p.add_argument("--free-space", action=argparse.BooleanOptionalAction, default=None,
                    help="clear what the view shows to be empty")
     p.add_argument("--front-cut", action=argparse.BooleanOptionalAction, default=None,
@@ -300,7 +343,8 @@ def generator_weights(args: argparse.Namespace) -> dict:
 
 # argument name → GenerationOptions field
 _OPTION_ARGUMENTS = {"guidance": "guidance", "variant": "guidance_variant", "fusion": "fusion",
-                     "free_space": "free_space", "front_cut": "front_cut", "max_faces": "max_faces", "refine": "refine"}
+                     "fusion_at": "fusion_at", "free_space": "free_space", "front_cut": "front_cut",
+                     "max_faces": "max_faces", "refine": "refine"}
 
 
 def generation_overrides(args: argparse.Namespace) -> dict:
@@ -352,21 +396,23 @@ def run_generate(args: argparse.Namespace) -> int:
     devices = device_settings(args)  # CUDA / MPS asked for and missing: one line, before the input is read
     from .pipeline import Pipeline
 
-    pm = read_pointmap(args)
+    views = read_views(args)
+    pm = views[0]
     if args.colour in ("vertex", "texture"):
-        from .colour import can_colour
+        from .colour import can_colour_views
 
-        if not can_colour(pm):  # before the models load
+        if not can_colour_views(views):  # before the models load
             raise InputError(f"--colour {args.colour}: the input has no colour image (or no intrinsics)")
     pipe = Pipeline.from_pretrained(args.generator, **devices, **generator_weights(args))
-    res = pipe(pm, options)
+    res = pipe(views, options)
     metrics = res.metrics() if pm.intrinsics is not None else {}
     panel = None
+    colour = res.default_colour(args.out) if args.colour is None else args.colour
     if args.preview:
         from .preview import preview_panel
 
-        panel = preview_panel(*res.arrays("camera"), pm)
-    colour = res.default_colour(args.out) if args.colour is None else args.colour
+        # the preview in the written mesh's colours (grey when it has none)
+        panel = preview_panel(*res.arrays("camera"), pm, colours=res.colourize() if colour != "none" else None)
     frames = turntable(res, colour) if args.turntable else None
     with output_set():  # the mesh, the preview and the report appear together, or none of them
         path = res.export(args.out, frame=args.frame, colour=colour)
@@ -454,13 +500,16 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ablation-seeds", type=int, default=1)
     p.add_argument("--size", type=int, default=160,
                    help=f"input view size in pixels ({EVAL_SIZES[0]} to {EVAL_SIZES[1]})")
+    p.add_argument("--views", type=int, nargs="+", default=None, metavar="N",
+                   help="numbers of input views to compare (e.g. 1 2 4: cameras evenly spaced in azimuth); one "
+                        "report with a row per count, no ablations")
     p.set_defaults(run=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .evaluate import EVAL_MESHES, evaluate, report_files
+    from .evaluate import EVAL_MESHES, evaluate, evaluate_views, report_files, views_report_files
     from .io.atomic import check_output_folder
 
     for name in ("seeds", "ablation_seeds"):
@@ -468,7 +517,10 @@ def run_eval(args: argparse.Namespace) -> int:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not EVAL_SIZES[0] <= args.size <= EVAL_SIZES[1]:
         raise InputError(f"--size must be between {EVAL_SIZES[0]} and {EVAL_SIZES[1]} pixels, got {args.size}")
-    check_output_folder(args.out, report_files())
+    counts = None if args.views is None else list(dict.fromkeys(args.views))  # repeated counts run once
+    if counts is not None and min(counts) < 1:
+        raise InputError(f"--views: every number of views must be at least 1, got {min(counts)}")
+    check_output_folder(args.out, report_files() if counts is None else views_report_files())
     paths = [Path(m) for m in args.meshes]
     if not paths:
         folder = Path(args.meshes_dir) if args.meshes_dir else Path.cwd().parent / "shared" / "data" / "meshes"
@@ -476,6 +528,12 @@ def run_eval(args: argparse.Namespace) -> int:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise InputError(f"mesh files not found: {', '.join(missing)} (give paths or --meshes-dir)")
+    if counts is not None:  # the comparison by number of views: its own report, without ablations
+        if not args.no_ablations:
+            print("--views: ablations are not run (one report of the main settings per number of views)")
+        evaluate_views(paths, args.out, counts, args.generator, seeds=args.seeds, size=args.size)
+        print(f"report: {Path(args.out) / 'report.md'}")
+        return 0
     report = evaluate(paths, args.out, args.generator, seeds=args.seeds, ablations=not args.no_ablations,
                       ablation_seeds=args.ablation_seeds, size=args.size)
     for k, ok in report["summary"]["targets"].items():
@@ -491,7 +549,8 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
     from .batch import MESH_FORMATS  # the batch module imports no torch (nor numpy) at the top
 
     p = sub.add_parser("batch", help="many inputs → one mesh + report each and a manifest; resumable, parallel")
-    _add_input_arguments(p, nargs="*", help_input="depth maps (NAME_intrinsics.txt, NAME_rgba.png, NAME_mask.png "
+    _add_input_arguments(p, nargs="*", multi_view=False,
+                         help_input="depth maps (NAME_intrinsics.txt, NAME_rgba.png, NAME_mask.png "
                                                   "read from beside them), point maps .npz, images, or folders of "
                                                   "*_depth.* / *.npz files")
     add_generation_arguments(p)
@@ -501,6 +560,9 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder: NAME.FORMAT and NAME.json per input, manifest.jsonl")
     p.add_argument("--format", choices=MESH_FORMATS, default="glb", help="mesh format (default glb)")
     p.add_argument("--frame", choices=["camera", "canonical"], default="camera", help="as for generate")
+    p.add_argument("--colour", choices=["none", "vertex"], default=None,
+                   help="vertex colours from each input's image, or none (default: vertex when the input has an "
+                        "image and the format holds colours, i.e. not stl)")
     p.add_argument("--workers", type=int, default=None,
                    help="local worker processes, each loading the pipeline once (default 1: in this process)")
     p.add_argument("--retry-failed", action="store_true", help="run again the items the manifest records as failed")

@@ -77,7 +77,7 @@ def run_demo(out_dir: str | Path, generator: str = "mini", examples: list[str] |
             for label, extra in runs:
                 res = pipe(pm, seed=seed, progress=progress, **{**options, **extra})
                 v, f = res.arrays("camera")
-                panel = preview_panel(v, f, pm)
+                panel = preview_panel(v, f, pm, colours=res.colourize())  # as the .glb: coloured when it can be
                 with output_set():
                     mesh_path = res.export(out / f"{name}_{label}.glb", frame="camera")
                     preview = save_image(panel, out / f"{name}_{label}_preview.png")

@@ -24,6 +24,10 @@ from .limits import DEFAULT_MAX_INPUT_PIXELS, DEFAULT_MAX_PIXELS
 BASELINE: dict[str, Any] = {"guidance": 0.0}
 
 DENSE_STARTS = ("sdedit", "noise")
+# where fusion puts the output's surface on the seen side: ``shell``, the seen shell's own SDF (its outer wall, the
+# extracted level, lies the shell's half thickness in front of the seen surface); ``surface``, the extracted level
+# on the seen surface itself (the camera-side voxels get ``mc_level + distance / (band − shell)``)
+FUSION_AT = ("shell", "surface")
 MAX_SEED = 2**63 - 1
 
 
@@ -50,6 +54,7 @@ class GenerationOptions:
     guidance_variant: str | None = None  # paper | noised | x0 | replace (sampling.guidance)
     cfg_scale: float | None = None  # classifier-free guidance; used only when the generator has a negative input
     fusion: bool | None = None  # write the seen shell's SDF into the decoded SDF; None = on when guidance > 0
+    fusion_at: str = "shell"  # shell | surface: where fusion puts the extracted seen side (FUSION_AT)
     refine: bool | None = None  # run the stages' refiners (Direct3D-S2's); None = when the generator has them
     # --- extraction
     mc_level: float | None = None  # marching-cubes level of the decoded SDF (a refiner derives its own from it)
@@ -109,6 +114,7 @@ class GenerationOptions:
         _number(self, "band", optional=True, lo=0.0, lo_open=True, hi=64.0)
         _number(self, "shell", optional=True, lo=0.0, hi=64.0, lo_open=True)
         _choice(self, "dense_start", DENSE_STARTS)
+        _choice(self, "fusion_at", FUSION_AT)
         _number(self, "dense_start_sigma", lo=0.0, hi=1.0, lo_open=True)
         _number(self, "dense_guidance", lo=0.0)
         _number(self, "occupancy_threshold", optional=True, lo=0.0, hi=1.0, lo_open=True, hi_open=True)

@@ -346,7 +346,8 @@ class Pipeline:
 
         gen = self.generator
         configs = [SparseStageConfig(FlowMatchSchedule.shifted(steps, sampler.shift), opts.guidance,
-                                     opts.guidance_variant, fusion=opts.fusion, mc_level=opts.mc_level,
+                                     opts.guidance_variant, fusion=opts.fusion, fusion_at=opts.fusion_at,
+                                     mc_level=opts.mc_level,
                                      refine=bool(opts.refine),
                                      decode_chunks=low_memory_chunks(stage) if self.low_memory else None)
                    for steps, sampler, stage in zip(opts.sparse_steps, gen.sparse_samplers, gen.sparse, strict=True)]

@@ -1,5 +1,5 @@
 """Preview images: the input beside the generated mesh rendered from the input camera and from three turned views
-(the sides and the back)."""
+(the sides and the back), shaded grey or in the mesh's vertex colours."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 
 from .geometry.render import look_at, raycast
 from .pointmap import PointMap
+from .turntable import render_coloured
 
 
 def shade(vertices: np.ndarray, faces: np.ndarray, k: np.ndarray, width: int, height: int,
@@ -23,10 +24,13 @@ def shade(vertices: np.ndarray, faces: np.ndarray, k: np.ndarray, width: int, he
     return np.where(hit.mask[..., None], img, 255.0).astype(np.uint8)
 
 
-def orbit_views(vertices_cam: np.ndarray, angles_deg: tuple[float, ...] = (90.0, 180.0)) -> list[np.ndarray]:
-    """cam_from_world poses looking at the mesh centre from the input camera rotated about the image's up axis."""
+def orbit_views(vertices_cam: np.ndarray, angles_deg: tuple[float, ...] = (90.0, 180.0),
+                distance: float | None = None) -> list[np.ndarray]:
+    """cam_from_world poses looking at the mesh's bounding-box centre from the input camera rotated about the
+    image's up axis through it (the input's elevation kept), ``distance`` from the centre (default: the input
+    camera's distance)."""
     center = (vertices_cam.min(0) + vertices_cam.max(0)) / 2
-    dist = max(np.linalg.norm(center), 1e-6)
+    dist = max(np.linalg.norm(center), 1e-6) if distance is None else float(distance)
     poses = []
     for a in angles_deg:
         t = np.radians(a)
@@ -38,8 +42,27 @@ def orbit_views(vertices_cam: np.ndarray, angles_deg: tuple[float, ...] = (90.0,
     return poses
 
 
+def fit_distance(vertices_cam: np.ndarray, k: np.ndarray, width: int, height: int, fill: float = 0.85) -> float:
+    """The distance from the bounding-box centre at which a camera with intrinsics ``k`` looking at it sees the
+    mesh's bounding sphere (about that centre) ``fill`` of the tile across, in its narrower direction.
+
+    The sphere's image is the cone of half-angle asin(r / d): it spans ``fill`` of the room beside the principal
+    point when tan(asin(r / d)) = fill · room / f, i.e. d = r / sin(atan(fill · room / f)); everything inside the
+    sphere, so the whole mesh, is then inside the tile whatever way it turns."""
+    v = np.asarray(vertices_cam, np.float64)
+    center = (v.min(0) + v.max(0)) / 2
+    radius = max(float(np.linalg.norm(v - center, axis=1).max()), 1e-9)
+    k = np.asarray(k, np.float64)
+    # room from the principal point to the nearer edge, pixel centres on integers (edges at -0.5, size - 0.5)
+    room_x = min(k[0, 2] + 0.5, width - 0.5 - k[0, 2])
+    room_y = min(k[1, 2] + 0.5, height - 0.5 - k[1, 2])
+    tan_half = max(min(fill * room_x / k[0, 0], fill * room_y / k[1, 1]), 1e-9)
+    return radius / np.sin(np.arctan(tan_half))
+
+
 PREVIEW_ANGLES = (90.0, 180.0, 270.0)  # the other views: the input camera turned about the object's vertical axis
 PREVIEW_TILE = 256  # smallest side of a preview tile in pixels
+PREVIEW_FILL = 0.85  # the turned views: the bounding sphere's share of the tile's narrower side
 
 
 def _fit_tile(image: np.ndarray, size: int) -> np.ndarray:
@@ -52,13 +75,17 @@ def _fit_tile(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def preview_panel(vertices_cam: np.ndarray, faces: np.ndarray, pointmap: PointMap,
-                  angles_deg: tuple[float, ...] = PREVIEW_ANGLES, tile: int = PREVIEW_TILE) -> np.ndarray:
+                  angles_deg: tuple[float, ...] = PREVIEW_ANGLES, tile: int = PREVIEW_TILE,
+                  colours: np.ndarray | None = None, fill: float = PREVIEW_FILL) -> np.ndarray:
     """[input | output from the input view | the views turned by ``angles_deg``] as one uint8 image.
 
-    The other views look at the mesh's bounding-box centre from the input camera's distance, turned about the
-    vertical axis (the input image's up) through that centre: 90° and 270° show the sides, 180° the back. Every
-    tile is at least ``tile`` pixels high: the mesh is rendered with the input intrinsics scaled to that size, the
-    input image is enlarged (nearest neighbour).
+    The output tiles are Lambert-shaded: in the mesh's vertex ``colours`` ((V, 3) uint8) when given, else in one
+    blue-grey. The input-view tile is the input camera itself; the other views look at the mesh's bounding-box
+    centre turned about the vertical axis (the input image's up) through that centre, at the input's elevation
+    (90° and 270° show the sides, 180° the back), from as far as makes the mesh's bounding sphere ``fill`` the
+    tile (:func:`fit_distance`: the whole object in view, not small nor cut off). Every tile is at least ``tile``
+    pixels high: the mesh is rendered with the input intrinsics scaled to that size, the input image is enlarged
+    (nearest neighbour).
     """
     h, w = pointmap.shape
     scale = max(1.0, tile / h)
@@ -74,9 +101,19 @@ def preview_panel(vertices_cam: np.ndarray, faces: np.ndarray, pointmap: PointMa
         zn = (z - np.nanmin(z)) / max(np.nanmax(z) - np.nanmin(z), 1e-9)
         inp = np.where(pointmap.mask[..., None], (255 * (1 - 0.8 * zn))[..., None], 255).astype(np.uint8)
         inp = np.repeat(inp, 3, axis=2) if inp.shape[2] == 1 else inp
-    tiles = [_fit_tile(inp[..., :3], th)[:, :tw], shade(vertices_cam, faces, k, tw, th)]
-    for pose in orbit_views(vertices_cam, angles_deg):
-        tiles.append(shade(vertices_cam, faces, k, tw, th, cam_from_world=pose))
+
+    def render(pose: np.ndarray | None) -> np.ndarray:
+        if colours is None:
+            return shade(vertices_cam, faces, k, tw, th, cam_from_world=pose)
+        # the turntable's renderer: one way to draw a coloured mesh
+        return render_coloured(vertices_cam, faces, k, tw, th, cam_from_world=pose, colours=colours)
+
+    tiles = [_fit_tile(inp[..., :3], th)[:, :tw], render(None)]
+    if len(vertices_cam) and len(faces):
+        dist = fit_distance(vertices_cam, k, tw, th, fill)
+        tiles += [render(pose) for pose in orbit_views(vertices_cam, angles_deg, distance=dist)]
+    else:  # nothing to turn about: blank tiles keep the panel's layout
+        tiles += [np.full((th, tw, 3), 255, np.uint8) for _ in angles_deg]
     return np.concatenate(tiles, axis=1)
 
 

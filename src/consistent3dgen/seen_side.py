@@ -210,10 +210,27 @@ class SeenSide:
         return SparseLatent(latent.coords[idx.to(latent.coords.device)], latent.feats[idx.to(latent.feats.device)],
                             latent.resolution)
 
-    def fusion_sdf(self, index: int, sim: Similarity) -> SparseVoxels:
-        """The shell voxels on the camera side of the seen surface: trustworthy SDF values for fusion."""
+    def fusion_sdf(self, index: int, sim: Similarity, level: float | None = None) -> SparseVoxels:
+        """Trustworthy SDF values near the seen surface, for fusion.
+
+        ``level`` None: the thin shell's own values on the camera side of the seen surface (its zero ``shell``
+        voxels in front of it). Else values that put ``level`` on the seen surface itself, with the shell's slope
+        ``1 / (band − shell)`` a voxel: ``level + slope·d`` on the camera side (d: distance to the seen surface) and
+        ``level − slope·d`` behind it for ``d`` up to the shell's half thickness (``shell`` voxels), so the seen side
+        is one closed layer whatever the prior made behind it.
+        """
         shell = self.shell(index, sim)
-        return shell.sdf.select(np.flatnonzero(shell.shell.front_side))
+        side = shell.shell.front_side
+        if level is None:
+            return shell.sdf.select(np.flatnonzero(side))
+        band, half = self._shell_kw["band"], self._shell_kw["shell"]
+        slope = 1.0 / (band - half)
+        depth = half  # 1 voxel (the depth the shell mode extracts at) left cracks on the teapot; 2 did not
+        udf = shell.shell.udf
+        keep = np.flatnonzero(side | (udf <= depth))
+        signed = np.where(side[keep], udf[keep], -udf[keep])
+        feats = np.clip(level + slope * signed, -1.0, 1.0).astype(np.float32)[:, None]
+        return SparseVoxels(shell.sdf.coords[keep], shell.sdf.resolution, feats)
 
     def free_voxels(self, points: np.ndarray, sim: Similarity) -> np.ndarray | None:
         """(N,) bool: stage points (frame ``sim``) the view shows empty; None when free space is off."""

@@ -290,8 +290,8 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fusion", action=argparse.BooleanOptionalAction, default=None,
                    help="pin the decoded SDF to the seen shell (default: on when guided)")
     p.add_argument("--fusion-at", choices=["shell", "surface"], default=None,
-                   help="where fusion puts the output's seen side: shell (the seen shell's outer wall, half a shell in "
-                        "front of the reconstruction) or surface (on the reconstruction itself)")
+                   help="where fusion puts the output's seen side: surface (default: on the reconstruction itself) or "
+                        "shell (the seen shell's outer wall, about a voxel in front of it)")
     p.add_argument("--free-space", action=argparse.BooleanOptionalAction, default=None,
                    help="clear what the view shows to be empty")
     p.add_argument("--front-cut", action=argparse.BooleanOptionalAction, default=None,

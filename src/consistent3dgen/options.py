@@ -54,7 +54,10 @@ class GenerationOptions:
     guidance_variant: str | None = None  # paper | noised | x0 | replace (sampling.guidance)
     cfg_scale: float | None = None  # classifier-free guidance; used only when the generator has a negative input
     fusion: bool | None = None  # write the seen shell's SDF into the decoded SDF; None = on when guidance > 0
-    fusion_at: str = "shell"  # shell | surface: where fusion puts the extracted seen side (FUSION_AT)
+    # shell | surface: where fusion puts the extracted seen side (FUSION_AT). surface by measurement on the three
+    # bundled examples (mini prior, seed 0): depth error mean 0.96/0.87/1.04 % → 0.06/0.09/0.43 % of the object,
+    # silhouette IoU 0.986/0.974/0.948 → 0.984/0.974/0.954 (spot/bunny/teapot)
+    fusion_at: str = "surface"
     refine: bool | None = None  # run the stages' refiners (Direct3D-S2's); None = when the generator has them
     # --- extraction
     mc_level: float | None = None  # marching-cubes level of the decoded SDF (a refiner derives its own from it)

@@ -185,3 +185,32 @@ def test_depth_maps_with_pose_files(tmp_path, sphere):
                                               "--out", str(tmp_path)]))
     with pytest.raises(InputError, match="2 depth maps need a camera pose each"):
         read_views(build_parser().parse_args(["foreground", *args, *intr, "--out", str(tmp_path)]))
+
+
+def test_a_depth_map_and_a_point_map_together(tmp_path, sphere):
+    from consistent3dgen.cli import build_parser, read_views
+    from consistent3dgen.io.pointmap_io import save_npz
+    from consistent3dgen.views import orbit_camera, render_rgbd
+
+    first = orbit_camera(0.0, 15.0, 2.0)
+    paths = render_rgbd(*sphere, first, size=40).save(tmp_path, "d")
+    second = _views(sphere, (150.0,), size=40)[0]  # carries its own cam_to_world
+    save_npz(second, tmp_path / "p.npz")
+    np.savetxt(tmp_path / "pose.txt", rigid_inverse(first))
+    args = build_parser().parse_args(["foreground", str(paths["depth"]), str(tmp_path / "p.npz"),
+                                      "--intrinsics", str(paths["intrinsics"]), "--image", str(paths["image"]),
+                                      "--cam-to-world", str(tmp_path / "pose.txt"), "--cam-to-world",
+                                      str(tmp_path / "pose.txt"), "--out", str(tmp_path)])
+    # the second --cam-to-world replaces the .npz's own pose: both views then sit at the same camera
+    same = read_views(args)
+    np.testing.assert_allclose(same[1].cam_to_world, np.eye(4), atol=1e-9)
+    # in the API a view may leave its pose to its file (None): the depth map gets one, the .npz keeps its own
+    from consistent3dgen.reconstruct.base import get_reconstructor
+
+    inputs = [paths["depth"], tmp_path / "p.npz"]
+    rec = get_reconstructor(None, inputs, cam_to_world=[tmp_path / "pose.txt", None],
+                            intrinsics=paths["intrinsics"], image=paths["image"])
+    views = relative_to_first(rec(inputs))
+    assert rec.name == "mixed" and [v.meta["source"] for v in views] == ["depth", "pointmap"]
+    # the .npz's camera relative to the depth map's: camera 1 → world → camera 0
+    np.testing.assert_allclose(views[1].cam_to_world, first @ second.cam_to_world, atol=1e-6)

@@ -100,3 +100,76 @@ def test_baselines_are_summarised_and_reported():
     md = markdown({"generator": "g", "seeds": 1, "meshes": meshes, "summary": s, "ablations": {}, "seconds": 1.0})
     assert "## Unseen side and structure" in md and "**mean mirrored**" in md and "a seen shell" in md
     assert "| 0.200 |" in md  # the mirrored row's unseen F-score
+
+
+# ------------------------------------------------------------------------- several input views
+
+
+def test_a_single_view_case_is_as_before(case):
+    assert case.views == [case.pointmap] and case.pointmap.cam_to_world is None and case.inputs is case.pointmap
+    (k, w, h, pose), = case.cameras()
+    assert pose is None and (w, h) == (64, 64) and np.array_equal(k, case.pointmap.intrinsics)
+
+
+@pytest.fixture(scope="module")
+def cases_by_views(meshes_dir):
+    return {n: make_case(meshes_dir / "spot.obj", size=48, views=n) for n in (1, 2)}
+
+
+def test_opposite_views_leave_fewer_unseen_points_and_the_reference_fits_every_view(cases_by_views):
+    from consistent3dgen.metrics import hidden_from_camera, hidden_from_cameras, sample_surface
+
+    one, two = cases_by_views[1], cases_by_views[2]
+    assert np.array_equal(one.ref_vertices, two.ref_vertices)  # both in the first (same) camera's frame
+    assert np.array_equal(one.pointmap.points, two.pointmap.points, equal_nan=True)  # the same first view
+    pts = sample_surface(one.ref_vertices, one.ref_faces, 4000, seed=1)
+    k, w, h, _ = one.cameras()[0]
+    single = hidden_from_camera(pts, one.ref_vertices, one.ref_faces, k, w, h, 0.01)
+    assert np.array_equal(hidden_from_cameras(pts, one.ref_vertices, one.ref_faces, one.cameras(), 0.01), single)
+    both = hidden_from_cameras(pts, two.ref_vertices, two.ref_faces, two.cameras(), 0.01)
+    assert not np.any(both & ~single)  # seen by view 1 stays seen
+    assert both.sum() < 0.5 * single.sum()  # the opposite camera sees most of the back
+    ref = (two.ref_vertices, two.ref_faces)
+    scores = score_runs(two, [ref], n_points=4000)
+    assert scores["unseen_share"] < score_runs(one, [ref], n_points=4000)["unseen_share"]
+    assert len(scores["views"]) == 2
+    for view in scores["views"]:  # the reference moved into each view's camera matches that view
+        assert view["depth_error_mean"] < 1e-4 and view["silhouette_iou"] > 0.97
+
+
+def test_the_seen_shell_of_two_views_covers_more_of_the_back(cases_by_views):
+    one, two = cases_by_views[1], cases_by_views[2]
+    shell_one = score_runs(one, [seen_shell_baseline(one.pointmap, 64, 4.0, 2.0)], n_points=4000)
+    shell_two = score_runs(one, [seen_shell_baseline(two.views, 64, 4.0, 2.0)], n_points=4000)  # one view's back
+    assert shell_two["unseen_completeness"] < shell_one["unseen_completeness"]
+    # still in the first camera's frame: its depth error is the shell's offset (voxels), as with one view
+    assert shell_two["depth_error_mean"] < 1.5 * shell_one["depth_error_mean"]
+
+
+def test_eval_views_writes_one_report_with_a_row_per_view_count(meshes_dir, tmp_path, monkeypatch, capsys):
+    import json
+
+    from consistent3dgen import evaluate
+    from consistent3dgen.cli import main
+
+    # one setting, one sampling step: the harness is under test here, not the prior
+    monkeypatch.setattr(evaluate, "VIEW_SETTINGS", (("guided", {"dense_steps": 1, "sparse_steps": 1}),))
+    out = tmp_path / "eval"
+    rc = main(["eval", str(meshes_dir / "spot.obj"), "--views", "1", "2", "--seeds", "1", "--size", "48",
+               "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md"]
+    md = (out / "report.md").read_text()
+    assert "| 1 view |" in md and "| 2 views |" in md  # the guided table's rows
+    assert "| 1 view, mirrored |" in md and "2 views, mirrored" not in md and "| 2 views, seen shell |" in md
+    assert "| 2 views: view 2 |" in md
+    report = json.loads((out / "report.json").read_text())
+    assert report["view_counts"] == [1, 2] and set(report["meshes"]["spot"]) == {"1", "2"}
+    assert len(report["summary"]["2"]["guided"]["views"]) == 2 and "views" not in report["summary"]["1"]["guided"]
+
+
+def test_eval_views_below_one_is_refused_before_any_work(tmp_path, capsys, no_work):
+    from consistent3dgen.cli import main
+
+    assert main(["eval", str(tmp_path / "never.obj"), "--views", "1", "0", "--out", str(tmp_path / "e")]) == 2
+    assert "--views" in capsys.readouterr().err

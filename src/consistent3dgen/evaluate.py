@@ -11,22 +11,26 @@ watertightness; two naive baselines without any prior (the seen shell alone, the
 are scored the same way, so the prior's contribution is a measured difference.
 Ablations: λ sweep, with/without the back-half cut, guidance variants, fusion on/off, free space on/off,
 dense-stage start. Writes ``report.json``, ``report.md`` and PNG plots at the end, together (an output set).
+
+Several input views (:func:`evaluate_views`, ``eval --views 1 2 4``): the same settings and the seen-shell baseline
+for each number of views (cameras evenly spaced in azimuth from the single-view camera); seen-side scores per view,
+unseen-side scores on the samples hidden from every view; one report with a row per number of views.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .geometry.render import render_depth
-from .metrics import input_view_consistency, mesh_distance, mesh_structure, unseen_side_distance
+from .metrics import input_view_consistency, mesh_distance, mesh_structure, unseen_side_distance_views
 from .options import BASELINE
-from .pointmap import PointMap
-from .views import load_normalized_mesh, orbit_camera, render_rgbd
+from .pointmap import PointMap, relative_to_first, rigid_inverse
+from .views import load_normalized_mesh, orbit_camera, orbit_views_rgbd, render_rgbd, views_to_pointmaps
 
 EVAL_MESHES = ("spot", "stanford-bunny", "teapot", "suzanne")
 # (azimuth, elevation) of the input view per mesh; others get the default
@@ -54,42 +58,91 @@ ABLATIONS: dict[str, list[tuple[str, dict]]] = {
 @dataclass
 class EvalCase:
     name: str
-    pointmap: PointMap
-    ref_vertices: np.ndarray  # camera frame
+    pointmap: PointMap  # the (first) input view
+    ref_vertices: np.ndarray  # the first view's camera frame
     ref_faces: np.ndarray
+    # every input view, poses relative to the first (relative_to_first); one view: [pointmap], no pose
+    views: list[PointMap] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.views:
+            self.views = [self.pointmap]
+
+    @property
+    def inputs(self) -> PointMap | list[PointMap]:
+        """What the pipeline is given: the point map itself for one view (exactly as before), else the list."""
+        return self.pointmap if len(self.views) == 1 else self.views
+
+    def cameras(self) -> list[tuple[np.ndarray, int, int, np.ndarray | None]]:
+        """``(K, width, height, cam_from_first)`` per view, for :func:`~consistent3dgen.metrics.hidden_from_cameras`
+        (None where a view has no pose: the single view, whose frame the reference is in)."""
+        return [(pm.intrinsics, pm.shape[1], pm.shape[0],
+                 None if pm.cam_to_world is None else rigid_inverse(pm.pose)) for pm in self.views]
 
 
-def make_case(mesh_path: str | Path, size: int = 160, view: tuple[float, float] | None = None) -> EvalCase:
-    """Normalise the mesh, render the input RGB-D view, keep the mesh in that camera's frame as reference."""
+def make_case(mesh_path: str | Path, size: int = 160, view: tuple[float, float] | None = None,
+              views: int = 1) -> EvalCase:
+    """Normalise the mesh, render the input RGB-D view(s), keep the mesh in the first camera's frame as reference.
+
+    ``views`` > 1: that many cameras evenly spaced in azimuth from the single-view camera (same elevation and
+    distance, :func:`~consistent3dgen.views.orbit_views_rgbd`), poses relative to the first; one view is the
+    case as it always was (no pose), so single-view numbers do not change.
+    """
+    if views < 1:
+        raise ValueError(f"number of views must be at least 1, got {views}")
     path = Path(mesh_path)
     name = path.stem
     v, f = load_normalized_mesh(path)
     az, el = view or VIEWS.get(name, DEFAULT_VIEW)
-    pose = orbit_camera(az, el, 2.5)
-    rgbd = render_rgbd(v, f, pose, size=size)
+    if views == 1:
+        pose = orbit_camera(az, el, 2.5)
+        rgbd = render_rgbd(v, f, pose, size=size)
+        v_cam = v @ pose[:3, :3].T + pose[:3, 3]
+        return EvalCase(name, rgbd.to_pointmap(), v_cam.astype(np.float32), f)
+    rgbds = orbit_views_rgbd(v, f, views, size=size, azimuth_deg=az, elevation_deg=el, distance=2.5)
+    pms = relative_to_first(views_to_pointmaps(rgbds))  # as the pipeline re-expresses them
+    pose = rgbds[0].cam_from_world
     v_cam = v @ pose[:3, :3].T + pose[:3, 3]
-    return EvalCase(name, rgbd.to_pointmap(), v_cam.astype(np.float32), f)
+    return EvalCase(name, pms[0], v_cam.astype(np.float32), f, pms)
 
 
 def score_runs(case: EvalCase, meshes: list[tuple[np.ndarray, np.ndarray]], n_points: int = 20_000,
                tau: float = 0.02) -> dict:
-    """Per-seed metrics averaged, plus the seen-side depth spread across seeds (relative to object size)."""
+    """Per-seed metrics averaged, plus the seen-side depth spread across seeds (relative to object size).
+
+    Seen side: the first view's scores as the top-level keys; with several views also ``views`` (each view's
+    scores, the mesh moved into its camera) and their means ``views_*``. Unseen side: reference and output
+    samples hidden from every view; ``unseen_share`` = the share of the reference's samples hidden so.
+    """
     pm = case.pointmap
     h, w = pm.shape
-    per_seed, depths = [], []
+    multi = len(case.views) > 1
+    cameras = case.cameras()
+    per_seed, per_view, depths = [], [], []
     for v, f in meshes:
         ivc = input_view_consistency(v, f, pm).to_dict()
         dist = mesh_distance(v, f, case.ref_vertices, case.ref_faces, n_points=n_points, tau=tau).to_dict()
-        unseen = unseen_side_distance(v, f, case.ref_vertices, case.ref_faces, pm.intrinsics, w, h,
-                                      n_points=n_points, tau=tau).to_dict()
+        # one view, no pose: the single-camera test exactly (unseen_side_distance is this with one camera)
+        unseen = unseen_side_distance_views(v, f, case.ref_vertices, case.ref_faces, cameras,
+                                            n_points=n_points, tau=tau).to_dict()
         structure = mesh_structure(v, f)
-        per_seed.append({**ivc, **{k: dist[k] for k in ("chamfer_l1", "fscore")},
-                         **{f"unseen_{k}": unseen[k] for k in ("completeness", "accuracy", "fscore")},
-                         "pieces": float(structure["pieces"]),
-                         "largest_piece_share": structure["largest_area_fraction"],
-                         "watertight": float(structure["watertight"])})  # averaged: the share of watertight runs
+        row = {**ivc, **{k: dist[k] for k in ("chamfer_l1", "fscore")},
+               **{f"unseen_{k}": unseen[k] for k in ("completeness", "accuracy", "fscore")},
+               "unseen_share": unseen["ref_hidden"] / n_points,
+               "pieces": float(structure["pieces"]),
+               "largest_piece_share": structure["largest_area_fraction"],
+               "watertight": float(structure["watertight"])}  # averaged: the share of watertight runs
+        if multi:  # each view's own consistency: the mesh (first view's frame) moved into that view's camera
+            views = [input_view_consistency(view.from_shared(v).astype(np.float32), f, view).to_dict()
+                     for view in case.views]
+            per_view.append(views)
+            row.update({f"views_{k}": float(np.nanmean([s[k] for s in views])) for k in VIEW_KEYS})
+        per_seed.append(row)
         depths.append(render_depth(v, f, pm.intrinsics, w, h))
     out = {k: float(np.nanmean([r[k] for r in per_seed])) for k in per_seed[0]}
+    if multi:
+        out["views"] = [{k: float(np.nanmean([seed[i][k] for seed in per_view])) for k in VIEW_KEYS}
+                        for i in range(len(case.views))]
     if len(depths) > 1:
         d = np.stack(depths)  # (S, H, W), NaN where a seed's mesh misses
         seen = pm.mask & np.isfinite(d).all(axis=0)
@@ -102,6 +155,7 @@ def score_runs(case: EvalCase, meshes: list[tuple[np.ndarray, np.ndarray]], n_po
 METRIC_KEYS = ("depth_error_mean", "depth_error_p90", "normal_error_deg_mean", "silhouette_iou", "object_size",
                "overlap_pixels", "chamfer_l1", "fscore", "unseen_completeness", "unseen_accuracy", "unseen_fscore",
                "pieces", "largest_piece_share", "watertight", "seen_spread")
+VIEW_KEYS = ("depth_error_mean", "depth_error_p90", "normal_error_deg_mean", "silhouette_iou")  # per input view
 
 
 # ------------------------------------------------------------------------- naive baselines (no prior at all)
@@ -109,10 +163,15 @@ METRIC_KEYS = ("depth_error_mean", "depth_error_p90", "normal_error_deg_mean", "
 BASELINES = ("seen shell", "mirrored")
 
 
-def seen_shell_baseline(pointmap: PointMap, resolution: int, band: float, shell: float, conf_threshold: float = 0.0,
-                        drop_percent: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def seen_shell_baseline(pointmap: PointMap | list[PointMap], resolution: int, band: float, shell: float,
+                        conf_threshold: float = 0.0, drop_percent: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """The seen surface alone, closed as a thin shell: marching cubes of the thin-shell SDF the pipeline guides
-    towards (its zero level lies ``shell`` voxels either side of the seen surface), in the camera frame."""
+    towards (its zero level lies ``shell`` voxels either side of the seen surface), in the camera frame.
+
+    Several views (a list, poses ``cam_to_world``): all their seen meshes merged, as the pipeline does
+    (re-expressed relative to the first view), the result in the first view's camera frame."""
+    if isinstance(pointmap, list):
+        pointmap = relative_to_first(pointmap)
     from .geometry.frames import canonical_to_camera
     from .geometry.marching_cubes import sparse_marching_cubes
     from .seen_side import build_seen_shell
@@ -168,16 +227,18 @@ def mirrored_baseline(pointmap: PointMap, resolution: int = 128) -> tuple[np.nda
 
 
 def run_baselines(pipe, case: EvalCase) -> dict[str, dict]:  # noqa: ANN001 - a Pipeline
-    """Both naive baselines scored like the generated meshes (deterministic: one run each)."""
+    """The naive baselines scored like the generated meshes (deterministic: one run each). Several views: the seen
+    shell of all of them; no mirrored baseline (mirroring one view about its mid-depth plane ignores the others)."""
     opts = pipe.resolve_options()
     resolution = int(pipe.generator.sparse[-1].resolution)
+    seen = case.pointmap if len(case.views) == 1 else case.views
     builders = {
-        "seen shell": lambda: seen_shell_baseline(case.pointmap, resolution, opts.band, opts.shell,
+        "seen shell": lambda: seen_shell_baseline(seen, resolution, opts.band, opts.shell,
                                                   opts.conf_threshold, opts.drop_percent),
         "mirrored": lambda: mirrored_baseline(case.pointmap),
     }
     out = {}
-    for label in BASELINES:
+    for label in BASELINES if len(case.views) == 1 else ("seen shell",):
         t0 = time.perf_counter()
         mesh = builders[label]()
         out[label] = {**score_runs(case, [mesh]), "seconds": time.perf_counter() - t0, "failed_runs": 0}
@@ -191,7 +252,7 @@ def run_setting(pipe, case: EvalCase, seeds: list[int], options: dict) -> dict:
     meshes, seconds, failed = [], [], []
     for s in seeds:
         try:
-            res = pipe(case.pointmap, seed=s, progress=False, **options)
+            res = pipe(case.inputs, seed=s, progress=False, **options)
         except NoSurfaceError as e:
             failed.append(str(e))
             continue
@@ -371,3 +432,125 @@ def plots(report: dict, out: Path) -> None:
     for key in PLOT_KEYS:
         line_plot(lams, [v["mean"][key] for v in sweep.values()], out / f"lambda_sweep_{key}.png", title=key,
                   x_label="guidance strength λ")
+
+
+# ------------------------------------------------------------------------- several input views
+
+# the settings run per view count (read when evaluate_views runs, so a test may swap in fewer steps)
+VIEW_SETTINGS = MAIN_SETTINGS
+
+# the views report's columns: the unseen side (hidden from every view), then the seen side
+VIEW_COLUMNS = [("unseen_fscore", "unseen F@0.02", "{:.3f}"), ("unseen_completeness", "unseen completeness", "{:.4f}"),
+                ("unseen_accuracy", "unseen accuracy", "{:.4f}"), ("depth_error_mean", "depth err (view 1)", "{:.4f}"),
+                ("views_depth_error_mean", "depth err (all views)", "{:.4f}"),
+                ("silhouette_iou", "IoU (view 1)", "{:.3f}"), ("views_silhouette_iou", "IoU (all views)", "{:.3f}"),
+                ("pieces", "pieces", "{:.1f}"), ("unseen_share", "unseen share", "{:.3f}"),
+                ("failed_runs", "failed", "{:.0f}")]
+PER_VIEW_COLUMNS = [("depth_error_mean", "depth err", "{:.4f}"), ("depth_error_p90", "p90", "{:.4f}"),
+                    ("normal_error_deg_mean", "normal °", "{:.1f}"), ("silhouette_iou", "IoU", "{:.3f}")]
+
+
+def views_report_files() -> list[str]:
+    """The files :func:`evaluate_views` writes into its folder (at the end, together)."""
+    return ["report.json", "report.md"]
+
+
+def evaluate_views(mesh_paths: list[str | Path], out_dir: str | Path, view_counts: list[int],
+                   generator: str = "mini", seeds: int = 1, size: int = 160) -> dict:
+    """The main settings and the seen-shell baseline (plus mirrored with one view) on each mesh, for each number
+    of input views (:func:`make_case` ``views=n``); one report (``report.json``, ``report.md``) of them all."""
+    from .io.atomic import atomic_write_text, output_set
+    from .pipeline import Pipeline
+
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    pipe = Pipeline.from_pretrained(generator)
+    report: dict = {"generator": pipe.generator.name, "defaults": pipe.resolve_options().to_dict(), "seeds": seeds,
+                    "size": size, "view_counts": list(view_counts), "settings": [label for label, _ in VIEW_SETTINGS],
+                    "meshes": {}}
+    for path in mesh_paths:
+        per_count: dict[str, dict] = {}
+        for n in view_counts:
+            case = make_case(path, size=size, views=n)
+            row = {label: run_setting(pipe, case, list(range(seeds)), opts) for label, opts in VIEW_SETTINGS}
+            row.update(run_baselines(pipe, case))
+            for label, scores in row.items():
+                print(f"{case.name:>16s} {n} view{'s' * (n > 1):1s} {label:>17s}: {_fmt_views(scores)}", flush=True)
+            per_count[str(n)] = row
+        report["meshes"][Path(path).stem] = per_count
+    report["summary"] = {str(n): _mean_rows([m[str(n)] for m in report["meshes"].values()]) for n in view_counts}
+    report["seconds"] = time.perf_counter() - t0
+    with output_set():  # report.json and report.md appear together, or neither
+        atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=float))
+        atomic_write_text(out / "report.md", views_markdown(report))
+    return report
+
+
+def _mean_rows(rows: list[dict[str, dict]]) -> dict[str, dict]:
+    """Per label (setting or baseline): the mean over meshes, the per-view scores averaged view by view."""
+    out = {}
+    for label in rows[0]:
+        per_mesh = {str(i): r[label] for i, r in enumerate(rows) if label in r}
+        mean = _mean_over(per_mesh)
+        views = [r["views"] for r in per_mesh.values() if "views" in r]
+        if views:
+            mean["views"] = [_mean_over({str(j): v[i] for j, v in enumerate(views)}) for i in range(len(views[0]))]
+        out[label] = mean
+    return out
+
+
+def _fmt_views(m: dict) -> str:
+    if m.get("failed_runs") and not np.isfinite(m.get("unseen_fscore", np.nan)):
+        return f"{m['failed_runs']} run(s) without a surface ({m.get('failure', '')})"
+    parts = [f"unseen F {m['unseen_fscore']:.3f}", f"compl {m['unseen_completeness']:.4f}",
+             f"acc {m['unseen_accuracy']:.4f}", f"depth {m['depth_error_mean']:.4f}",
+             f"IoU {m['silhouette_iou']:.3f}", f"pieces {m['pieces']:.0f}"]
+    if "views" in m:
+        parts.append("per view depth " + "/".join(f"{v['depth_error_mean']:.4f}" for v in m["views"]))
+    return ", ".join(parts) + f", {m.get('seconds', 0):.1f} s"
+
+
+def _views_label(n: int) -> str:
+    return f"{n} view{'s' * (n > 1)}"
+
+
+def _with_view_fallback(m: dict) -> dict:
+    """One view: its scores are also the "all views" ones."""
+    return {**{f"views_{k}": m[k] for k in VIEW_KEYS if k in m}, **m}
+
+
+def views_markdown(report: dict) -> str:
+    counts = report["view_counts"]
+    s = report["summary"]
+    settings = report["settings"]
+    lines = [f"# Evaluation by number of input views ({report['generator']}, {report['seeds']} seed"
+             f"{'s' * (report['seeds'] > 1)}, {report['size']} px)", "",
+             "Views: cameras evenly spaced in azimuth around the mesh from the single-view evaluation's camera (same "
+             "elevation and distance), poses given to the pipeline; the output and the reference are in the first "
+             "view's camera frame. Unseen side: reference / output surface samples hidden from EVERY view (depth test "
+             "per camera, as with one view); unseen share = the share of the reference's samples hidden so. Seen "
+             "side: each view's depth error (relative to the object size) and silhouette IoU, the mesh rendered from "
+             "that view's camera; view 1 = the single-view camera, all views = their mean. Seen shell = the seen "
+             "surfaces of all views merged and closed as a thin shell (no prior). The mirrored baseline is reported "
+             "for one view only: mirroring one view about its mid-depth plane ignores the other views.", "",
+             "## Guided, by number of views (mean over meshes)", "",
+             _table([(_views_label(n), _with_view_fallback(s[str(n)]["guided"])) for n in counts
+                     if "guided" in s[str(n)]], VIEW_COLUMNS), "",
+             "## Every setting and baseline, by number of views (mean over meshes)", ""]
+    labels = [*settings, *BASELINES]
+    rows = [(f"{_views_label(n)}, {label}", _with_view_fallback(s[str(n)][label]))
+            for n in counts for label in labels if label in s[str(n)]]
+    lines += [_table(rows, VIEW_COLUMNS), ""]
+    multi = [n for n in counts if n > 1]
+    if multi:
+        lines += ["## Seen side per view, guided (mean over meshes)", ""]
+        rows = [(f"{_views_label(n)}: view {i + 1}", v) for n in multi if "guided" in s[str(n)]
+                for i, v in enumerate(s[str(n)]["guided"].get("views", []))]
+        lines += [_table(rows, PER_VIEW_COLUMNS), ""]
+    lines += ["## Per mesh", ""]
+    for name, per_count in report["meshes"].items():
+        rows = [(f"{_views_label(n)}, {label}", _with_view_fallback(per_count[str(n)][label]))
+                for n in counts for label in labels if label in per_count[str(n)]]
+        lines += [f"### {name}", "", _table(rows, VIEW_COLUMNS), ""]
+    lines += [f"Total time {report['seconds']:.0f} s."]
+    return "\n".join(lines) + "\n"

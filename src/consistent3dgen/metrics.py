@@ -17,6 +17,7 @@ Conventions, stated once:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -241,6 +242,27 @@ def hidden_from_camera(points: np.ndarray, vertices: np.ndarray, faces: np.ndarr
     return ~visible
 
 
+def hidden_from_cameras(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
+                        cameras: Sequence[tuple[np.ndarray, int, int, np.ndarray | None]], tol: float) -> np.ndarray:
+    """(N,) bool: the ``points`` (on the mesh, both in one frame) are hidden from EVERY camera.
+
+    ``cameras``: ``(K, width, height, cam_from_frame)`` each, ``cam_from_frame`` a (4, 4) rigid transform from
+    the points' frame to that camera's (None = the identity: the points are in that camera's frame). A point is
+    seen when :func:`hidden_from_camera` finds it visible from at least one camera (same depth test, same ``tol``).
+    With one camera and no transform, this is :func:`hidden_from_camera` itself.
+    """
+    p = np.asarray(points, np.float64)
+    hidden = np.ones(len(p), bool)
+    for k, width, height, pose in cameras:
+        if pose is None:  # no transform: exactly the single-camera test (same arithmetic, same numbers)
+            pts, verts = p, vertices
+        else:
+            r, t = np.asarray(pose, np.float64)[:3, :3], np.asarray(pose, np.float64)[:3, 3]
+            pts, verts = p @ r.T + t, np.asarray(vertices, np.float64) @ r.T + t
+        hidden &= hidden_from_camera(pts, verts, faces, k, width, height, tol)
+    return hidden
+
+
 @dataclass
 class UnseenSideDistance:
     """Scores on the side the input camera does not see; distances are fractions of the reference's diagonal.
@@ -276,6 +298,16 @@ def unseen_side_distance(vertices: np.ndarray, faces: np.ndarray, ref_vertices: 
     output samples against the whole reference, so a back that exists but sits in the wrong place is penalised
     on both sides, and a missing back only in completeness / recall (and F).
     """
+    return unseen_side_distance_views(vertices, faces, ref_vertices, ref_faces, [(K, width, height, None)],
+                                      n_points=n_points, tau=tau, visibility_tol=visibility_tol, seed=seed)
+
+
+def unseen_side_distance_views(vertices: np.ndarray, faces: np.ndarray, ref_vertices: np.ndarray,
+                               ref_faces: np.ndarray, cameras: Sequence[tuple[np.ndarray, int, int, np.ndarray | None]],
+                               n_points: int = 20_000, tau: float = 0.02, visibility_tol: float = 0.01,
+                               seed: int = 0) -> UnseenSideDistance:
+    """:func:`unseen_side_distance` for several input cameras: "unseen" = hidden from every one of them
+    (:func:`hidden_from_cameras`; ``cameras`` as there, from the meshes' frame). Both meshes in one frame."""
     from scipy.spatial import cKDTree
 
     out_pts = sample_surface(vertices, faces, n_points, seed=seed)
@@ -285,9 +317,8 @@ def unseen_side_distance(vertices: np.ndarray, faces: np.ndarray, ref_vertices: 
         raise ValueError("reference has zero extent: cannot normalise distances")
     if not tau > 0:
         raise ValueError(f"F-score threshold must be positive, got {tau}")
-    ref_hidden = ref_pts[hidden_from_camera(ref_pts, ref_vertices, ref_faces, K, width, height,
-                                            visibility_tol * scale)]
-    out_hidden = out_pts[hidden_from_camera(out_pts, vertices, faces, K, width, height, visibility_tol * scale)]
+    ref_hidden = ref_pts[hidden_from_cameras(ref_pts, ref_vertices, ref_faces, cameras, visibility_tol * scale)]
+    out_hidden = out_pts[hidden_from_cameras(out_pts, vertices, faces, cameras, visibility_tol * scale)]
     nan = float("nan")
     if len(ref_hidden):
         d_ref = cKDTree(out_pts).query(ref_hidden, workers=-1)[0] / scale

@@ -104,3 +104,33 @@ def render_rgbd(
     alpha = np.where(hit.mask, 255, 0).astype(np.uint8)
     depth = np.where(hit.mask, hit.depth, 0.0).astype(np.float32)
     return RGBDView(np.dstack([rgb, alpha]), depth, k, np.asarray(cam_from_world, np.float64))
+
+
+def orbit_views_rgbd(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    n: int,
+    size: int = 256,
+    azimuth_deg: float = 30.0,
+    elevation_deg: float = 20.0,
+    distance: float = 2.5,
+    fov_deg: float = 40.0,
+) -> list[RGBDView]:
+    """``n`` RGB-D views around the mesh: azimuths evenly spaced over 360° from ``azimuth_deg`` (so view 0 is the
+    single-view evaluation's camera), all at ``elevation_deg`` and ``distance``, looking at the origin."""
+    if n < 1:
+        raise ValueError(f"number of views must be at least 1, got {n}")
+    return [render_rgbd(vertices, faces, orbit_camera(azimuth_deg + 360.0 * i / n, elevation_deg, distance),
+                        size=size, fov_deg=fov_deg) for i in range(n)]
+
+
+def views_to_pointmaps(views: list[RGBDView]) -> list[PointMap]:
+    """Each view's point map (points in its own camera frame) with ``cam_to_world`` = the inverse of its
+    ``cam_from_world``: the shared frame is the mesh's, and :func:`~consistent3dgen.pointmap.relative_to_first`
+    re-expresses the poses relative to view 0 as the pipeline does."""
+    from dataclasses import replace
+
+    from .pointmap import rigid_inverse
+
+    # replace() re-runs PointMap's checks, so the pose is validated (rigid) like any given pose
+    return [replace(v.to_pointmap(), cam_to_world=rigid_inverse(v.cam_from_world)) for v in views]

@@ -45,3 +45,34 @@ def test_fusion_at_the_surface_puts_the_seen_side_on_the_reconstruction(tiny_pri
     assert surface_err < 0.33 and surface_err < 0.3 * shell_err
     # and the silhouette stays (the random prior's own bulges past it vary with the mode: not compared)
     assert surface_iou > 0.95 and shell_iou > 0.8
+
+
+def test_signed_seen_field_has_its_zero_level_on_the_seen_surface(sphere_view):
+    """For a prior trained on signed distances (``seen_field="signed"``): ``±d / band``, camera side positive."""
+    from consistent3dgen.seen_side import build_seen_shell
+
+    shell = build_seen_shell(sphere_view, resolution=64, band=4.0, shell=1.0)
+    signed = build_seen_shell(sphere_view, resolution=64, band=4.0, shell=1.0, field="signed")
+    np.testing.assert_array_equal(signed.sdf.coords, shell.sdf.coords)  # the same band of voxels
+    v = signed.sdf.feats[:, 0]
+    front = signed.shell.front_side
+    np.testing.assert_allclose(np.abs(v), np.clip(signed.shell.udf / 4.0, 0, 1), atol=1e-6)
+    assert (v[front] >= 0).all() and (v[~front] <= 0).all()
+    # the zero crossing is the seen surface: along the view axis, where the sphere faces the camera (the central
+    # pixels), the voxel nearest 1.5 voxels in front is positive and the one 1.5 voxels behind negative (a nearest
+    # voxel centre is within √3/2 voxel of the sample, so it stays on the sample's side)
+    from consistent3dgen.geometry.frames import camera_to_canonical
+    from consistent3dgen.geometry.shell import to_voxel_units
+
+    h, w = sphere_view.shape
+    rows, cols = np.nonzero(sphere_view.mask)
+    centre = np.array([rows.mean(), cols.mean()])
+    radius = np.sqrt(sphere_view.mask.sum() / np.pi)
+    central = np.hypot(rows - centre[0], cols - centre[1]) < 0.4 * radius
+    p = camera_to_canonical(sphere_view.points[rows[central], cols[central]].astype(np.float64), signed.frame)
+    step = np.array([0.0, 0.0, 1.5 * 2.0 / signed.resolution])  # canonical +z faces the camera
+    for offset, sign in ((step, 1.0), (-step, -1.0)):
+        vox = np.rint(to_voxel_units(p + offset, signed.resolution)).astype(np.int64)
+        rows_in = signed.sdf.lookup(vox)
+        assert (rows_in >= 0).all()
+        assert (np.sign(v[rows_in]) == sign).all()

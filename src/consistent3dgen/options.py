@@ -28,6 +28,11 @@ DENSE_STARTS = ("sdedit", "noise")
 # extracted level, lies the shell's half thickness in front of the seen surface); ``surface``, the extracted level
 # on the seen surface itself (the camera-side voxels get ``mc_level + distance / (band − shell)``)
 FUSION_AT = ("shell", "surface")
+# what the seen side is written as, to match what the generator's sparse VAE was trained on: ``thin_shell``, the
+# method's unsigned narrow band ``(d − shell) / (band − shell)`` (the paper's, and the mini prior v1's); ``signed``,
+# ``±d / band`` with the camera side positive and behind the seen surface negative (for a prior trained on signed
+# distances of solids)
+SEEN_FIELDS = ("thin_shell", "signed")
 MAX_SEED = 2**63 - 1
 
 
@@ -58,6 +63,7 @@ class GenerationOptions:
     # bundled examples (mini prior, seed 0): depth error mean 0.96/0.87/1.04 % → 0.06/0.09/0.43 % of the object,
     # silhouette IoU 0.986/0.974/0.948 → 0.984/0.974/0.954 (spot/bunny/teapot)
     fusion_at: str = "surface"
+    seen_field: str | None = None  # thin_shell | signed (SEEN_FIELDS); None = the generator's, else thin_shell
     refine: bool | None = None  # run the stages' refiners (Direct3D-S2's); None = when the generator has them
     # --- extraction
     mc_level: float | None = None  # marching-cubes level of the decoded SDF (a refiner derives its own from it)
@@ -91,6 +97,8 @@ class GenerationOptions:
         out = replace(self, **filled)
         if out.fusion is None:
             out = replace(out, fusion=bool(out.guidance and out.guidance > 0))
+        if out.seen_field is None:
+            out = replace(out, seen_field="thin_shell")
         steps = out.sparse_steps
         if isinstance(steps, int):
             steps = (steps,) * num_sparse_stages
@@ -118,6 +126,7 @@ class GenerationOptions:
         _number(self, "shell", optional=True, lo=0.0, hi=64.0, lo_open=True)
         _choice(self, "dense_start", DENSE_STARTS)
         _choice(self, "fusion_at", FUSION_AT)
+        _choice(self, "seen_field", SEEN_FIELDS, optional=True)
         _number(self, "dense_start_sigma", lo=0.0, hi=1.0, lo_open=True)
         _number(self, "dense_guidance", lo=0.0)
         _number(self, "occupancy_threshold", optional=True, lo=0.0, hi=1.0, lo_open=True, hi_open=True)

@@ -293,7 +293,7 @@ class Pipeline:
         return SeenSide(views, self.generator.sparse, band=opts.band, shell=opts.shell,
                         conf_threshold=opts.conf_threshold, drop_percent=opts.drop_percent,
                         front_cut=opts.front_cut, free_space=opts.free_space, max_pixels=opts.max_pixels,
-                        max_memory_gb=opts.max_memory_gb)
+                        max_memory_gb=opts.max_memory_gb, field=opts.seen_field)
 
     def encode_condition(self, pointmap: PointMap, opts: GenerationOptions) -> Condition:
         """Image tokens with a zero negative for CFG, or the prior's null condition and no negative branch."""

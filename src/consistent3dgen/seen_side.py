@@ -13,7 +13,7 @@ half cut), the dense stage's start occupancy, the seen shell's SDF that fusion w
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -82,12 +82,17 @@ def build_seen_shell(
     frame: CanonicalFrame | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_memory_gb: float | None = None,
+    field: str = "thin_shell",
 ) -> SeenShell:
     """Point map → canonical seen mesh → thin shell at ``resolution``³ → latent cells and their front half.
 
     Several views (a list; poses ``cam_to_world`` relative to the first, :func:`~consistent3dgen.pointmap.
     relative_to_first`): each view's seen mesh is built in its own camera, all are merged in the first camera's
     frame, the canonical frame is fitted to all of them, and each surface's camera side is its own camera's.
+
+    ``field``: the values of the shell voxels, as the generator's VAE was trained (:data:`~consistent3dgen.options.
+    SEEN_FIELDS`): ``thin_shell`` ``clip((d − shell) / (band − shell))``; ``signed`` ``clip(±d / band)``, positive on
+    each surface's camera side, negative behind it.
 
     Bounded (:mod:`consistent3dgen.limits`): a point map above ``max_pixels`` is downscaled first (the returned
     shell's ``pointmap`` is the one used); the seen surface's and the thin shell's memory are estimated before each
@@ -105,6 +110,12 @@ def build_seen_shell(
     seen, frame = to_canonical(mesh_cam, margin=margin, depth_ratio=depth_ratio, frame=frame)
     check_shell_memory(seen, resolution, band, max_memory_gb)
     result = thin_shell(seen.vertices, seen.faces, resolution, band=band, shell=shell, facing=seen.facing)
+    if field == "signed":
+        signed = np.where(result.front_side, result.udf, -result.udf) / np.float32(band)
+        result = replace(result, sdf=SparseVoxels(result.sdf.coords, result.sdf.resolution,
+                                                  np.clip(signed, -1.0, 1.0).astype(np.float32)[:, None]))
+    elif field != "thin_shell":
+        raise ValueError(f"unknown seen field {field!r}")
     cells = latent_cells(result.sdf, factor)
     front = front_half_mask(cells, result.sdf, result.front_side, factor=factor)
     return SeenShell(views[0], frame, seen, result, cells, front, resolution, factor, band, shell, views)
@@ -136,7 +147,7 @@ class SeenSide:
     def __init__(self, pointmap: PointMap | list[PointMap], stages: list[SparseStage], *, band: float, shell: float,
                  conf_threshold: float = 0.0, drop_percent: float = 0.0, front_cut: bool = True,
                  free_space: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 max_memory_gb: float | None = None) -> None:
+                 max_memory_gb: float | None = None, field: str = "thin_shell") -> None:
         # above max_pixels the point maps are downscaled once, here: every stage's shell and free space use them
         views = pointmap if isinstance(pointmap, list) else [pointmap]
         self.views: list[PointMap] = [limit_pixels(v, max_pixels) for v in views]
@@ -148,7 +159,7 @@ class SeenSide:
         self.free_space = free_space and bool(self._carving)
         self.max_memory_gb = max_memory_gb
         self._shell_kw = dict(band=band, shell=shell, conf_threshold=conf_threshold, drop_percent=drop_percent,
-                              max_pixels=None, max_memory_gb=max_memory_gb)
+                              max_pixels=None, max_memory_gb=max_memory_gb, field=field)
         first = build_seen_shell(self.views, stages[0].resolution, factor=stages[0].latent_factor, **self._shell_kw)
         self.frame: CanonicalFrame = first.frame
         self._shells: dict[int, SeenShell] = {0: first}
@@ -213,18 +224,18 @@ class SeenSide:
     def fusion_sdf(self, index: int, sim: Similarity, level: float | None = None) -> SparseVoxels:
         """Trustworthy SDF values near the seen surface, for fusion.
 
-        ``level`` None: the thin shell's own values on the camera side of the seen surface (its zero ``shell``
-        voxels in front of it). Else values that put ``level`` on the seen surface itself, with the shell's slope
-        ``1 / (band − shell)`` a voxel: ``level + slope·d`` on the camera side (d: distance to the seen surface) and
-        ``level − slope·d`` behind it for ``d`` up to the shell's half thickness (``shell`` voxels), so the seen side
-        is one closed layer whatever the prior made behind it.
+        ``level`` None: the seen field's own values on the camera side of the seen surface (the thin shell's zero
+        lies ``shell`` voxels in front of it). Else values that put ``level`` on the seen surface itself, with the
+        field's slope (thin shell ``1 / (band − shell)`` a voxel, signed ``1 / band``): ``level + slope·d`` on the
+        camera side (d: distance to the seen surface) and ``level − slope·d`` behind it for ``d`` up to the shell's
+        half thickness (``shell`` voxels), so the seen side is one closed layer whatever the prior made behind it.
         """
         shell = self.shell(index, sim)
         side = shell.shell.front_side
         if level is None:
             return shell.sdf.select(np.flatnonzero(side))
         band, half = self._shell_kw["band"], self._shell_kw["shell"]
-        slope = 1.0 / (band - half)
+        slope = 1.0 / (band if self._shell_kw["field"] == "signed" else band - half)  # the field's own slope
         depth = half  # 1 voxel (the depth the shell mode extracts at) left cracks on the teapot; 2 did not
         udf = shell.shell.udf
         keep = np.flatnonzero(side | (udf <= depth))

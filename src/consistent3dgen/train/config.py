@@ -232,13 +232,13 @@ class MiniPriorConfig:
         except (OSError, json.JSONDecodeError, TypeError) as e:
             raise InputError(f"cannot read mini-prior config {path}: {e}") from e
 
-    def field_convention(self) -> dict[str, float]:
+    def field_convention(self) -> dict[str, float | str]:
         """The seen-shell settings matching the training data (the exported prior's defaults): same band
         and shell; marching cubes at the level of distance 1 voxel (the shell-1 / band-2 default's level 0), so a
         thicker training shell, easier for a tiny VAE to resolve, still gives a surface 1 voxel off the seen one."""
         d = self.data
-        if d.convention != "thin_shell":
-            return {"band": d.band_voxels, "shell": 1.0, "mc_level": 0.0}  # the paper: a 1-voxel shell
+        if d.convention != "thin_shell":  # signed: the seen side written as the same signed field, level 0
+            return {"band": d.band_voxels, "shell": 1.0, "mc_level": 0.0, "seen_field": "signed"}
         level = min(0.0, (1.0 - d.shell_voxels) / (d.band_voxels - d.shell_voxels))
         return {"band": d.band_voxels, "shell": d.shell_voxels, "mc_level": level}
 

@@ -178,5 +178,6 @@ def test_structure_of_two_disjoint_boxes() -> None:
     s = mesh_structure(both.vertices, both.faces)
     assert s["pieces"] == 2 and s["watertight"]
     assert s["largest_area_fraction"] == pytest.approx(10.0 / 16.0)  # areas 6 and 10
+    assert s["large_pieces"] == 2
     opened = mesh_structure(both.vertices, both.faces[1:])  # one triangle removed: a hole
     assert opened["pieces"] == 2 and not opened["watertight"]

@@ -130,6 +130,7 @@ def score_runs(case: EvalCase, meshes: list[tuple[np.ndarray, np.ndarray]], n_po
                **{f"unseen_{k}": unseen[k] for k in ("completeness", "accuracy", "fscore")},
                "unseen_share": unseen["ref_hidden"] / n_points,
                "pieces": float(structure["pieces"]),
+               "large_pieces": float(structure["large_pieces"]),  # > 0.5 % of the area each
                "largest_piece_share": structure["largest_area_fraction"],
                "watertight": float(structure["watertight"])}  # averaged: the share of watertight runs
         if multi:  # each view's own consistency: the mesh (first view's frame) moved into that view's camera
@@ -154,7 +155,7 @@ def score_runs(case: EvalCase, meshes: list[tuple[np.ndarray, np.ndarray]], n_po
 
 METRIC_KEYS = ("depth_error_mean", "depth_error_p90", "normal_error_deg_mean", "silhouette_iou", "object_size",
                "overlap_pixels", "chamfer_l1", "fscore", "unseen_completeness", "unseen_accuracy", "unseen_fscore",
-               "pieces", "largest_piece_share", "watertight", "seen_spread")
+               "pieces", "large_pieces", "largest_piece_share", "watertight", "seen_spread")
 VIEW_KEYS = ("depth_error_mean", "depth_error_p90", "normal_error_deg_mean", "silhouette_iou")  # per input view
 
 
@@ -364,8 +365,8 @@ COLUMNS = [("failed_runs", "failed", "{:.0f}"), ("depth_error_mean", "depth err"
 # the side the input camera does not see, and the mesh's structure (pieces, largest piece's area share, watertight)
 UNSEEN_COLUMNS = [("unseen_completeness", "unseen completeness", "{:.4f}"),
                   ("unseen_accuracy", "unseen accuracy", "{:.4f}"), ("unseen_fscore", "unseen F@0.02", "{:.3f}"),
-                  ("pieces", "pieces", "{:.1f}"), ("largest_piece_share", "largest piece", "{:.3f}"),
-                  ("watertight", "watertight", "{:.2f}")]
+                  ("pieces", "pieces", "{:.1f}"), ("large_pieces", "pieces > 0.5 %", "{:.1f}"),
+                  ("largest_piece_share", "largest piece", "{:.3f}"), ("watertight", "watertight", "{:.2f}")]
 
 
 def _table(rows: list[tuple[str, dict]], columns: list[tuple[str, str, str]] = COLUMNS) -> str:
@@ -444,8 +445,8 @@ VIEW_COLUMNS = [("unseen_fscore", "unseen F@0.02", "{:.3f}"), ("unseen_completen
                 ("unseen_accuracy", "unseen accuracy", "{:.4f}"), ("depth_error_mean", "depth err (view 1)", "{:.4f}"),
                 ("views_depth_error_mean", "depth err (all views)", "{:.4f}"),
                 ("silhouette_iou", "IoU (view 1)", "{:.3f}"), ("views_silhouette_iou", "IoU (all views)", "{:.3f}"),
-                ("pieces", "pieces", "{:.1f}"), ("unseen_share", "unseen share", "{:.3f}"),
-                ("failed_runs", "failed", "{:.0f}")]
+                ("pieces", "pieces", "{:.1f}"), ("large_pieces", "pieces > 0.5 %", "{:.1f}"),
+                ("unseen_share", "unseen share", "{:.3f}"), ("failed_runs", "failed", "{:.0f}")]
 PER_VIEW_COLUMNS = [("depth_error_mean", "depth err", "{:.4f}"), ("depth_error_p90", "p90", "{:.4f}"),
                     ("normal_error_deg_mean", "normal °", "{:.1f}"), ("silhouette_iou", "IoU", "{:.3f}")]
 

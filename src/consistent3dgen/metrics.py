@@ -339,8 +339,9 @@ def unseen_side_distance_views(vertices: np.ndarray, faces: np.ndarray, ref_vert
 
 
 def mesh_structure(vertices: np.ndarray, faces: np.ndarray) -> dict:
-    """``{"pieces", "largest_area_fraction", "watertight"}``: :func:`~consistent3dgen.geometry.mesh_ops.mesh_pieces`
-    (connected pieces sharing a vertex, the largest piece's share of the area, every edge shared by two faces)."""
+    """``{"pieces", "large_pieces", "largest_area_fraction", "watertight"}``: :func:`~consistent3dgen.geometry.
+    mesh_ops.mesh_pieces` (connected pieces sharing a vertex, those above 0.5 % of the area, the largest piece's
+    share of the area, every edge shared by two faces)."""
     from .geometry.mesh_ops import mesh_pieces
 
     return mesh_pieces(vertices, faces)

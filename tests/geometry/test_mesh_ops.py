@@ -47,18 +47,26 @@ def test_mesh_pieces_of_two_disjoint_boxes() -> None:
     large.apply_translation([5.0, 0.0, 0.0])
     both = trimesh.util.concatenate([small, large])
     stats = mesh_pieces(both.vertices, both.faces)
-    assert stats == {"pieces": 2, "largest_area_fraction": pytest.approx(24 / 30), "watertight": True}
+    assert stats == {"pieces": 2, "large_pieces": 2, "largest_area_fraction": pytest.approx(24 / 30),
+                     "watertight": True}
     assert isinstance(stats["pieces"], int) and isinstance(stats["watertight"], bool)
+    speck = trimesh.creation.box(extents=(0.05, 0.05, 0.05))  # area 0.015: 0.05 % of the total, a speck
+    speck.apply_translation([-3.0, 0.0, 0.0])
+    with_speck = trimesh.util.concatenate([small, large, speck])
+    stats = mesh_pieces(with_speck.vertices, with_speck.faces)
+    assert stats["pieces"] == 3 and stats["large_pieces"] == 2
 
 
 def test_mesh_pieces_of_a_sphere_and_of_open_or_empty_meshes() -> None:
     sphere = trimesh.creation.icosphere(subdivisions=3)
-    assert mesh_pieces(sphere.vertices, sphere.faces) == {"pieces": 1, "largest_area_fraction": 1.0, "watertight": True}
+    assert mesh_pieces(sphere.vertices, sphere.faces) == {"pieces": 1, "large_pieces": 1, "largest_area_fraction": 1.0,
+                                                          "watertight": True}
     open_cap = sphere.faces[sphere.vertices[sphere.faces].mean(axis=1)[:, 2] > 0]
     stats = mesh_pieces(sphere.vertices, open_cap)  # unused vertices do not count as pieces
     assert stats["pieces"] == 1 and stats["largest_area_fraction"] == 1.0 and not stats["watertight"]
     assert mesh_pieces(sphere.vertices, np.zeros((0, 3), np.int64)) == {
         "pieces": 0,
+        "large_pieces": 0,
         "largest_area_fraction": 0.0,
         "watertight": False,
     }

@@ -33,11 +33,16 @@ def remove_small_components(verts: np.ndarray, faces: np.ndarray, min_fraction: 
     return verts[used], remap[faces]
 
 
-def mesh_pieces(vertices: np.ndarray, faces: np.ndarray) -> dict:
-    """``{"pieces", "largest_area_fraction", "watertight"}`` of a triangle mesh, as it is (no vertex merging).
+LARGE_PIECE_SHARE = 0.005  # a piece holding more than this share of the area counts as a "large" piece
 
-    pieces: connected pieces (faces sharing a vertex), isolated vertices not counted; largest_area_fraction: the
-    surface area of the largest piece (by area) over the total, 0.0 for no faces or zero total area; watertight:
+
+def mesh_pieces(vertices: np.ndarray, faces: np.ndarray) -> dict:
+    """``{"pieces", "large_pieces", "largest_area_fraction", "watertight"}`` of a mesh, as it is (no merging).
+
+    pieces: connected pieces (faces sharing a vertex), isolated vertices not counted; large_pieces: those with more
+    than :data:`LARGE_PIECE_SHARE` (0.5 %) of the area (specks aside, how many bodies the mesh is);
+    largest_area_fraction: the surface area of the largest piece (by area) over the total, 0.0 for no faces or zero
+    total area; watertight:
     every edge is shared by exactly two faces (trimesh's ``is_watertight``).
     """
     import trimesh
@@ -49,7 +54,7 @@ def mesh_pieces(vertices: np.ndarray, faces: np.ndarray) -> dict:
     if f.ndim != 2 or f.shape[1] != 3 or (len(f) and (f.min() < 0 or f.max() >= len(v))):
         raise ValueError("faces must have shape (M, 3) with indices into the vertices")
     if len(f) == 0:
-        return {"pieces": 0, "largest_area_fraction": 0.0, "watertight": False}
+        return {"pieces": 0, "large_pieces": 0, "largest_area_fraction": 0.0, "watertight": False}
     f = f.astype(np.int64)
     label = _face_components(len(v), f)
     _, piece = np.unique(label, return_inverse=True)
@@ -59,6 +64,7 @@ def mesh_pieces(vertices: np.ndarray, faces: np.ndarray) -> dict:
     total = float(piece_area.sum())
     return {
         "pieces": int(len(piece_area)),
+        "large_pieces": int((piece_area > LARGE_PIECE_SHARE * total).sum()) if total > 0 else 0,
         "largest_area_fraction": float(piece_area.max() / total) if total > 0 else 0.0,
         "watertight": bool(trimesh.Trimesh(v, f, process=False).is_watertight),
     }

@@ -166,7 +166,7 @@ class FakeSeen:
         self.frames.append(sim)
         return SparseLatent.from_voxels(transform_voxels(self.cells, sim))
 
-    def fusion_sdf(self, index, sim):
+    def fusion_sdf(self, index, sim, level=None):
         return None
 
     def free_voxels(self, points, sim):

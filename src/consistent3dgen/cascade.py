@@ -353,7 +353,7 @@ def run_sparse_stages(
             if cfg.fusion:
                 # "surface": the level the mesh is extracted at (the refiner's own, when one runs) on the seen surface
                 at = None if cfg.fusion_at == "shell" else (refiner.level(cfg.mc_level) if refiner else cfg.mc_level)
-                seen_sdf = seen.fusion_sdf(k, frame) if at is None else seen.fusion_sdf(k, frame, level=at)
+                seen_sdf = seen.fusion_sdf(k, frame, level=at)
                 if seen_sdf is not None:
                     sdf = fuse_sdf(sdf, seen_sdf)
             free = seen.free_voxels(sdf.centers(), frame)

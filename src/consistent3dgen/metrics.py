@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .geometry.render import raycast
-from .pointmap import PointMap
+from .pointmap import PointMap, transform
 
 
 @dataclass
@@ -257,8 +257,7 @@ def hidden_from_cameras(points: np.ndarray, vertices: np.ndarray, faces: np.ndar
         if pose is None:  # no transform: exactly the single-camera test (same arithmetic, same numbers)
             pts, verts = p, vertices
         else:
-            r, t = np.asarray(pose, np.float64)[:3, :3], np.asarray(pose, np.float64)[:3, 3]
-            pts, verts = p @ r.T + t, np.asarray(vertices, np.float64) @ r.T + t
+            pts, verts = transform(p, np.asarray(pose, np.float64)), transform(vertices, np.asarray(pose, np.float64))
         hidden &= hidden_from_camera(pts, verts, faces, k, width, height, tol)
     return hidden
 

@@ -195,7 +195,7 @@ class FakeSeen:
     def target(self, index, sim):
         return None
 
-    def fusion_sdf(self, index, sim):
+    def fusion_sdf(self, index, sim, level=None):
         c = np.argwhere(np.ones((16, 16, 16), bool))
         return SparseVoxels(c, 16, np.full((len(c), 1), 0.75, np.float32))
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..pointmap import MAX_ABS_COORD, PointMap
+from ..pointmap import MAX_ABS_COORD, PointMap, transform
 from .frames import CanonicalFrame, camera_to_canonical, fit_canonical_frame
 
 
@@ -225,7 +225,7 @@ def merge_views(meshes: list[SeenMesh], cam_to_world: list[np.ndarray]) -> SeenM
     verts, faces, pixels, view, facing = [], [], [], [], []
     offset = 0
     for i, (m, pose) in enumerate(zip(meshes, cam_to_world, strict=True)):
-        verts.append((np.asarray(m.vertices, np.float64) @ pose[:3, :3].T + pose[:3, 3]).astype(np.float32))
+        verts.append(transform(m.vertices, pose).astype(np.float32))
         faces.append(np.asarray(m.faces, np.int64) + offset)
         pixels.append(m.pixels)
         view.append(np.full(len(m.vertices), i, np.int32))

@@ -370,14 +370,8 @@ def read_pose(source: str | os.PathLike | np.ndarray | Sequence[float]) -> np.nd
     what = "cam_to_world"
     arr = source
     if isinstance(source, (str, os.PathLike)):
-        p = Path(source)
-        what = f"pose file {p}"
-        try:
-            arr = np.load(p, allow_pickle=False) if p.suffix.lower() == ".npy" else np.loadtxt(p, ndmin=1)
-        except FileNotFoundError:
-            raise _fail(f"pose file not found: {p}") from None
-        except (OSError, ValueError) as e:
-            raise _fail(f"cannot read pose {p}: {one_line(e)}") from None
+        what = f"pose file {source}"
+        arr = _read_numbers_file(source, "pose")
     try:
         arr = np.asarray(arr, np.float64)
     except (TypeError, ValueError):
@@ -409,15 +403,22 @@ def _stride_beside(array: np.ndarray | None, what: str, shape: tuple[int, int], 
     return stride_pixels(a, stride)
 
 
-def _read_intrinsics_file(path: str | os.PathLike) -> np.ndarray:
+def _read_numbers_file(path: str | os.PathLike, what: str) -> np.ndarray:
+    """The numbers of a text (``numpy.savetxt``) or ``.npy`` file holding a small matrix, as float64; a missing or
+    unreadable file is one line naming ``what`` (intrinsics, pose)."""
     p = Path(path)
     try:
         arr = np.load(p, allow_pickle=False) if p.suffix.lower() == ".npy" else np.loadtxt(p, ndmin=1)
     except FileNotFoundError:
-        raise _fail(f"intrinsics file not found: {p}") from None
+        raise _fail(f"{what} file not found: {p}") from None
     except (OSError, ValueError) as e:
-        raise _fail(f"cannot read intrinsics {p}: {e}") from None
-    arr = np.asarray(arr, np.float64)
+        raise _fail(f"cannot read {what} {p}: {one_line(e)}") from None
+    return np.asarray(arr, np.float64)
+
+
+def _read_intrinsics_file(path: str | os.PathLike) -> np.ndarray:
+    p = Path(path)
+    arr = _read_numbers_file(p, "intrinsics")
     if arr.size == 9:
         return arr.reshape(3, 3)
     if arr.size == 4:

@@ -21,6 +21,7 @@ import torch
 from ...errors import InputError
 from ...io.images import read_mask, split_alpha
 from ...pointmap import PointMap
+from ...pointmap import transform as apply_transform
 from ..base import Reconstructor
 from ..segment import SEGMENT_THRESHOLD, BackgroundSegmenter, Segmenter, background_mask, check_alpha, get_segmenter
 from .model import VGGT
@@ -71,9 +72,8 @@ def reference_from_camera(extrinsics: np.ndarray, ref: int = 0) -> np.ndarray:
 
 def transform_points(points: np.ndarray, transform: np.ndarray) -> np.ndarray:
     """Apply a 4x4 rigid transform to (..., 3) points (float64 math)."""
-    p = points.astype(np.float64)
     with np.errstate(over="ignore"):  # beyond float32: inf, which the callers mask out as non-finite
-        return (p @ transform[:3, :3].T + transform[:3, 3]).astype(np.float32)
+        return apply_transform(points, transform).astype(np.float32)
 
 
 class VGGTReconstructor(Reconstructor):

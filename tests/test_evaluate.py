@@ -47,12 +47,48 @@ def test_summary_ratios_targets_and_report():
     assert s["depth_error_ratio_no_fusion"] == pytest.approx(0.08 / 0.3)
     t = s["targets"]
     assert t["depth error guided <= 1/5 unguided"] and t["seen-side spread guided <= 1/5 unguided"]
-    assert not t["silhouette IoU >= 0.95 (every mesh)"]  # mesh b misses it
+    assert not t["silhouette IoU >= 0.97 (every mesh)"]  # mesh b misses it
     # a ~0 baseline makes the ratio undefined, never a claimed success
     zero = summarize({"a": {"unguided": m(0.0, 0.0), "guided": m(0.01, 0.0)}})
     assert np.isnan(zero["depth_error_ratio"]) and not zero["targets"]["depth error guided <= 1/5 unguided"]
     md = markdown({"generator": "g", "seeds": 2, "meshes": meshes, "summary": s, "ablations": {}, "seconds": 1.0})
     assert "NOT met" in md and "a guided, no fusion" in md and "Without fusion" in md
+
+
+def test_the_targets_are_checked_on_every_mesh_and_the_prior_samples():
+    def m(p90=0.005, large=2.0, unseen=0.7, depth=0.003, spread=0.001):
+        return {"depth_error_mean": depth, "depth_error_p90": p90, "seen_spread": spread, "silhouette_iou": 0.98,
+                "large_pieces": large, "unseen_fscore": unseen}
+
+    def mesh(**kw):
+        return {"unguided": m(0.1, 9.0, 0.3, depth=0.05, spread=0.05), "guided": m(**kw),
+                "seen shell": m(unseen=0.5), "mirrored": m(unseen=0.4)}
+
+    prior = [{"largest_area_fraction": x} for x in [0.99] * 9 + [0.5]]
+    t = summarize({"a": mesh(), "b": mesh()}, prior)["targets"]
+    assert all(t.values()), t
+    coherence = "prior alone: >= 9 of 10 samples with the largest piece >= 95% of the area"
+    unseen = "unseen F@0.02 >= 0.65 (mean) and above both naive baselines (every mesh)"
+    t = summarize({"a": mesh(p90=0.009, large=4.0), "b": mesh()}, prior[1:] + [prior[-1]])["targets"]
+    assert not t["depth error mean <= 0.4 % and p90 <= 0.8 % (every mesh)"]  # mesh a's p90
+    assert not t["at most 3 pieces above 0.5 % of the area (every mesh)"] and not t[coherence]  # 8 of 10
+    baseline_better = mesh(unseen=0.7)
+    baseline_better["seen shell"] = m(unseen=0.75)
+    assert not summarize({"a": baseline_better, "b": mesh()})["targets"][unseen]
+
+
+def test_prior_samples_need_no_view_and_follow_their_seeds(tiny_prior_dir):
+    from consistent3dgen.evaluate import prior_samples
+    from consistent3dgen.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(str(tiny_prior_dir))
+    fast = {"dense_steps": 2, "sparse_steps": 2}
+    rows = prior_samples(pipe, count=2, first_seed=5, **fast)
+    assert [r["seed"] for r in rows] == [5, 6]
+    assert {"tokens", "pieces", "large_pieces", "largest_area_fraction", "watertight"} <= set(rows[0])
+    again = prior_samples(pipe, count=1, first_seed=6, **fast)[0]
+    assert again == rows[1]  # the seed is the whole randomness
+    assert all(0.0 <= r["largest_area_fraction"] <= 1.0 for r in rows)
 
 
 def test_the_baseline_is_the_prior_alone():

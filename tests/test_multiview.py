@@ -104,6 +104,35 @@ def test_free_space_is_carved_from_every_view(sphere):
     assert not two._free(camera_to_canonical(c0[None], two.frame), two.frame, 0.01)[0]
 
 
+def test_the_silhouette_slack_is_the_free_space_dilation(sphere):
+    """A point beside the sphere's silhouette, 1.5 pixels out at the centre's depth: empty with 0 or 1 pixel of
+    slack around the mask, unknown with 2 (the mask dilated past it)."""
+    from consistent3dgen.geometry.frames import camera_to_canonical
+    from consistent3dgen.seen_side import SeenSide
+
+    class Stage:
+        resolution, latent_factor = 64, 8
+
+    posed = _views(sphere, (0.0,))[0]
+    view = relative_to_first([posed])[0]  # as the pipeline gives it: a lone view's pose is the identity
+    assert posed.cam_to_world is not None and np.allclose(posed.cam_to_world[:3, 3], 0) is False
+    np.testing.assert_allclose(view.cam_to_world, np.eye(4), atol=1e-12)
+    c0 = _centre_in_first_camera(sphere)
+    fx = view.intrinsics[0, 0]
+    # the silhouette of a sphere seen from distance D: tangent rays at angle asin(r / D), so at the centre's depth
+    # the rim lies r·D / sqrt(D² − r²) from the centre, in the image plane through it
+    dist = float(np.linalg.norm(c0))
+    rim = RADIUS * dist / np.sqrt(dist**2 - RADIUS**2)
+    right = np.cross(c0 / dist, [0.0, 1.0, 0.0])
+    right /= np.linalg.norm(right)
+    probe = c0 + right * (rim + 1.5 * c0[2] / fx)
+    free = {}
+    for px in (0, 1, 2):
+        side = SeenSide(view, [Stage()], band=2.0, shell=1.0, free_space_dilation=px)
+        free[px] = bool(side._free(camera_to_canonical(probe[None], side.frame), side.frame, 0.01)[0])
+    assert free == {0: True, 1: True, 2: False}
+
+
 def test_colours_come_from_the_nearest_view_that_sees_each_vertex(sphere):
     from consistent3dgen.colour import vertex_colours
 

@@ -114,7 +114,7 @@ def test_a_refused_output_is_refused_at_once(scene):
 
 
 @pytest.mark.parametrize("argv", [["--seeds", "0"], ["--ablation-seeds", "0"], ["--size", "8"],
-                                  ["--size", "100000"]])
+                                  ["--size", "100000"], ["--prior-samples", "-1"]])
 def test_eval_numbers_are_refused_before_any_work(tmp_path, capsys, no_work, argv):
     assert_refused(["eval", str(tmp_path / "never_read.obj"), "--out", str(tmp_path / "e"), *argv], tmp_path,
                    capsys, argv[0])

@@ -294,6 +294,9 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
                         "shell (the seen shell's outer wall, about a voxel in front of it)")
     p.add_argument("--free-space", action=argparse.BooleanOptionalAction, default=None,
                    help="clear what the view shows to be empty")
+    p.add_argument("--free-space-dilation", type=int, default=None, metavar="PX",
+                   help="pixels of slack around the object mask before outside the silhouette counts as empty "
+                        "(default: the generator's, else 1; raise it for a rough mask)")
     p.add_argument("--front-cut", action=argparse.BooleanOptionalAction, default=None,
                    help="keep only the camera-side half of the shell's latent cells as the target (the paper)")
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
@@ -343,7 +346,8 @@ def generator_weights(args: argparse.Namespace) -> dict:
 
 # argument name → GenerationOptions field
 _OPTION_ARGUMENTS = {"guidance": "guidance", "variant": "guidance_variant", "fusion": "fusion",
-                     "fusion_at": "fusion_at", "free_space": "free_space", "front_cut": "front_cut",
+                     "fusion_at": "fusion_at", "free_space": "free_space", "free_space_dilation": "free_space_dilation",
+                     "front_cut": "front_cut",
                      "max_faces": "max_faces", "refine": "refine"}
 
 
@@ -498,6 +502,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--no-ablations", action="store_true")
     p.add_argument("--ablation-seeds", type=int, default=1)
+    p.add_argument("--prior-samples", type=int, default=10, metavar="N",
+                   help="samples of the prior alone, with no view (an unconditional prior), for its coherence "
+                        "(0: none)")
     p.add_argument("--size", type=int, default=160,
                    help=f"input view size in pixels ({EVAL_SIZES[0]} to {EVAL_SIZES[1]})")
     p.add_argument("--views", type=int, nargs="+", default=None, metavar="N",
@@ -515,6 +522,8 @@ def run_eval(args: argparse.Namespace) -> int:
     for name in ("seeds", "ablation_seeds"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.prior_samples < 0:
+        raise InputError(f"--prior-samples must be at least 0, got {args.prior_samples}")
     if not EVAL_SIZES[0] <= args.size <= EVAL_SIZES[1]:
         raise InputError(f"--size must be between {EVAL_SIZES[0]} and {EVAL_SIZES[1]} pixels, got {args.size}")
     counts = None if args.views is None else list(dict.fromkeys(args.views))  # repeated counts run once
@@ -535,7 +544,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"report: {Path(args.out) / 'report.md'}")
         return 0
     report = evaluate(paths, args.out, args.generator, seeds=args.seeds, ablations=not args.no_ablations,
-                      ablation_seeds=args.ablation_seeds, size=args.size)
+                      ablation_seeds=args.ablation_seeds, size=args.size, prior_count=args.prior_samples)
     for k, ok in report["summary"]["targets"].items():
         print(f"{'met' if ok else 'NOT met'}: {k}")
     print(f"report: {Path(args.out) / 'report.md'}")
@@ -585,8 +594,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the mini prior from procedural shapes (+ cow, fandisk, beetle)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, loss curves, latent caches")
     p.add_argument("--data-cache", default=None, help="folder of cached training samples (default: OUT/data)")
-    p.add_argument("--stages", default=",".join(TRAIN_STAGES),
-                   help=f"comma list out of {','.join(TRAIN_STAGES)} (default all)")
+    p.add_argument("--stages", default=None,
+                   help=f"comma list out of {','.join(TRAIN_STAGES)} (and sparse_vae_2,sparse_dit_2 with a second "
+                        "sparse stage, data.second_resolution); default: every stage of the config")
     p.add_argument("--config", default=None, help="training config JSON (default: the built-in tiny config; "
                                                   "a prior's training.json retrains it)")
     p.add_argument("--smoke", action="store_true", help="a few shapes and steps: checks the whole chain quickly")

@@ -47,6 +47,13 @@ class GenerationOptions:
     shell: float | None = None  # half thickness (voxels) of the seen shell; None = the generator's convention
     front_cut: bool = True  # keep only the camera-side half of the shell's latent cells as target
     free_space: bool = True  # drop tokens / clear SDF in front of the seen surface and outside its silhouette
+    # pixels of slack around each view's object mask before "outside the silhouette" counts as empty (mask error,
+    # and the voxel-centre test's half pixel); None = the generator's default, else 1, by measurement (eval's
+    # "silhouette slack" ablation, mini prior v1, one 128² view, seed 0; spot/bunny/teapot/suzanne): silhouette
+    # IoU 0.997/0.989/0.976/0.984 at 0 px, 0.988/0.977/0.972/0.975 at 1, 0.988/0.975/0.970/0.968 at 2; unseen
+    # F@0.02 (mean) 0.305 / 0.333 / 0.338: 1 px is the least slack with IoU >= 0.97 on every mesh and about
+    # 2 px's back (0 px trims the back's rim as well as the excess)
+    free_space_dilation: int | None = None
     # --- dense stage (step 4)
     dense_steps: int | None = None
     dense_start: str = "sdedit"  # sdedit: start from the encoded seen occupancy; noise: plain sampling
@@ -99,6 +106,8 @@ class GenerationOptions:
             out = replace(out, fusion=bool(out.guidance and out.guidance > 0))
         if out.seen_field is None:
             out = replace(out, seen_field="thin_shell")
+        if out.free_space_dilation is None:
+            out = replace(out, free_space_dilation=1)
         steps = out.sparse_steps
         if isinstance(steps, int):
             steps = (steps,) * num_sparse_stages
@@ -127,6 +136,7 @@ class GenerationOptions:
         _choice(self, "dense_start", DENSE_STARTS)
         _choice(self, "fusion_at", FUSION_AT)
         _choice(self, "seen_field", SEEN_FIELDS, optional=True)
+        _integer(self, "free_space_dilation", optional=True, lo=0, hi=64)
         _number(self, "dense_start_sigma", lo=0.0, hi=1.0, lo_open=True)
         _number(self, "dense_guidance", lo=0.0)
         _number(self, "occupancy_threshold", optional=True, lo=0.0, hi=1.0, lo_open=True, hi_open=True)

@@ -282,7 +282,7 @@ class Pipeline:
         from .pointmap import relative_to_first
 
         if isinstance(inputs, PointMap):
-            return [inputs]
+            return relative_to_first([inputs])
         if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(v, PointMap) for v in inputs):
             return relative_to_first(list(inputs))
         from .reconstruct.base import get_reconstructor
@@ -292,7 +292,8 @@ class Pipeline:
     def build_seen_side(self, views: PointMap | list[PointMap], opts: GenerationOptions) -> SeenSide:
         return SeenSide(views, self.generator.sparse, band=opts.band, shell=opts.shell,
                         conf_threshold=opts.conf_threshold, drop_percent=opts.drop_percent,
-                        front_cut=opts.front_cut, free_space=opts.free_space, max_pixels=opts.max_pixels,
+                        front_cut=opts.front_cut, free_space=opts.free_space,
+                        free_space_dilation=opts.free_space_dilation, max_pixels=opts.max_pixels,
                         max_memory_gb=opts.max_memory_gb, field=opts.seen_field)
 
     def encode_condition(self, pointmap: PointMap, opts: GenerationOptions) -> Condition:

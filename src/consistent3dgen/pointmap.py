@@ -172,11 +172,13 @@ def transform(points: np.ndarray, pose: np.ndarray) -> np.ndarray:
 def relative_to_first(views: list[PointMap]) -> list[PointMap]:
     """The views with ``cam_to_world`` re-expressed so the shared frame is the first view's camera frame.
 
-    One view: returned as it is. Several: each must carry a ``cam_to_world`` (the first may omit it only when
-    all do, which is refused: without poses the views cannot be placed); the first's becomes the identity.
+    One view: returned as it is when it has no pose, else with the identity (its pose says nothing about the
+    object; left in, free space and colour would place the view by it in its own frame). Several: each must carry
+    a ``cam_to_world`` (the first may omit it only when all do, which is refused: without poses the views cannot
+    be placed); the first's becomes the identity.
     """
     views = list(views)
-    if len(views) <= 1:
+    if not views or (len(views) == 1 and views[0].cam_to_world is None):
         return views
     missing = [i for i, v in enumerate(views) if v.cam_to_world is None]
     if missing and not (missing == [0]):

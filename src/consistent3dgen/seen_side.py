@@ -146,7 +146,7 @@ class SeenSide:
 
     def __init__(self, pointmap: PointMap | list[PointMap], stages: list[SparseStage], *, band: float, shell: float,
                  conf_threshold: float = 0.0, drop_percent: float = 0.0, front_cut: bool = True,
-                 free_space: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 free_space: bool = True, free_space_dilation: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  max_memory_gb: float | None = None, field: str = "thin_shell") -> None:
         # above max_pixels the point maps are downscaled once, here: every stage's shell and free space use them
         views = pointmap if isinstance(pointmap, list) else [pointmap]
@@ -157,6 +157,7 @@ class SeenSide:
         # free space needs a camera to project into; a view without intrinsics shows nothing empty
         self._carving = [v for v in self.views if v.intrinsics is not None]
         self.free_space = free_space and bool(self._carving)
+        self.free_space_dilation = int(free_space_dilation)  # pixels of slack around each mask
         self.max_memory_gb = max_memory_gb
         self._shell_kw = dict(band=band, shell=shell, conf_threshold=conf_threshold, drop_percent=drop_percent,
                               max_pixels=None, max_memory_gb=max_memory_gb, field=field)
@@ -254,7 +255,8 @@ class SeenSide:
         """(N,) bool: canonical points (``frame``: the first camera → this canonical cube) some view shows empty."""
         free = np.zeros(len(points), bool)
         for v in self._carving:
-            free |= free_space_mask(points, v, view_frame(frame, v.cam_to_world), margin)
+            free |= free_space_mask(points, v, view_frame(frame, v.cam_to_world), margin,
+                                    mask_dilation_px=self.free_space_dilation)
         return free
 
 

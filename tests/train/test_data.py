@@ -133,3 +133,18 @@ def test_bad_sources_and_empty_shapes(small_config):
     far = shapes.Shape("far", shapes.sphere((5.0, 5.0, 5.0), 0.5))
     with pytest.raises(ValueError):
         build_sample(far, small_config, "far")
+
+
+def test_the_second_resolution_uses_the_same_builder_in_its_own_voxels(small_config, tmp_path):
+    cfg = DataConfig(**{**small_config.__dict__, "second_resolution": 128})
+    second = cfg.at_second_resolution()
+    assert (second.sparse_resolution, second.second_resolution, second.band_voxels) == (128, None, 2.0)
+    s = build_sample(shapes.Shape("sphere", shapes.sphere((0.1, -0.05, 0.0), 0.55)), second, "sphere")
+    assert (s.resolution, s.cell_resolution) == (128, 16)
+    vox = s.all_voxels()
+    d_vox = (np.linalg.norm(vox.centers().astype(np.float64) - [0.1, -0.05, 0.0], axis=1) - 0.55) * 128 / 2
+    assert np.allclose(vox.feats[:, 0], np.clip(np.abs(d_vox) - 1.0, -1, 1), atol=2e-3)  # band/shell in 128³ voxels
+    # cached beside the first resolution's samples, in a folder of its own
+    first = build_dataset(tmp_path, cfg, ["coin:0"], log=None)
+    again = build_dataset(tmp_path, second, ["coin:0"], log=None)
+    assert first[0].parent != again[0].parent and again[0].parent.name.startswith("r128_")

@@ -23,9 +23,11 @@ def _project(points_canonical: np.ndarray, pointmap: PointMap, frame: CanonicalF
     with np.errstate(divide="ignore", invalid="ignore"):
         uvw = p @ pointmap.intrinsics.T
         u, v = uvw[:, 0] / uvw[:, 2], uvw[:, 1] / uvw[:, 2]
-    in_image = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-    col = np.clip(np.nan_to_num(u, nan=0.0), 0, w - 1).astype(np.int64)
-    row = np.clip(np.nan_to_num(v, nan=0.0), 0, h - 1).astype(np.int64)
+    # pixel centres at integer (u, v), as the point maps are unprojected (``np.arange``): pixel i covers
+    # [i - 0.5, i + 0.5), so the nearest integer is the pixel (truncating read half a pixel up and to the left)
+    in_image = (z > 0) & (u >= -0.5) & (u < w - 0.5) & (v >= -0.5) & (v < h - 0.5)
+    col = np.clip(np.rint(np.nan_to_num(u, nan=0.0)), 0, w - 1).astype(np.int64)
+    row = np.clip(np.rint(np.nan_to_num(v, nan=0.0)), 0, h - 1).astype(np.int64)
     return in_image, row, col, z
 
 
@@ -49,7 +51,7 @@ def free_space_mask(
     pointmap: PointMap,
     frame: CanonicalFrame,
     margin: float,
-    mask_dilation_px: int = 2,
+    mask_dilation_px: int = 1,
 ) -> np.ndarray:
     """(N,) bool: points the view shows to be empty (see module docstring); ``margin`` in canonical units."""
     in_image, in_mask, gap = view_depth_gap(points_canonical, pointmap, frame)

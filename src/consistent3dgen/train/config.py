@@ -1,8 +1,12 @@
 """The tiny configuration of the bundled mini prior: data, the four models, and how each is trained.
 
-Sizes (chosen so the weights stay far below 20 MB and all four stages train in about 2 h on 2 CPU cores):
+Sizes (chosen so the weights stay far below the 40 MB budget and all four stages train in about 2 h on 2 CPU cores):
 
 * one sparse stage at 128³ SDF voxels, latent factor 8 → tokens on a 16³ latent-cell grid;
+* optionally (``data.second_resolution``, off by default) a second sparse stage, e.g. 256³ → a 32³ cell grid,
+  fine-tuned from the first (see :meth:`MiniPriorConfig.second_stage_entries`): its VAE starts from the first
+  VAE's weights, its DiT from the first DiT's, with the positional ``factor`` first / second resolution (0.5) so
+  its token coordinates land in the first stage's range, as Direct3D-S2's 1024 DiT (``factor: 0.5``) does;
 * the dense stage's occupancy is that 16³ cell grid (as Direct3D-S2's 64³ occupancy is the 512 stage's cell
   grid); its VAE downsamples by 4 like the official one (64³ → 16³ there, 16³ → 4³ here) to an (8, 4, 4, 4)
   latent, and the dense DiT runs on its 64 tokens (patch 1).
@@ -16,8 +20,9 @@ the same classes (``generators/direct3d_s2``, resolved through its registry) bui
 
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +46,30 @@ class DataConfig:
     mesh_views: int = 12  # yaws per training mesh
     families: list[str] | None = None  # None = all procedural families
     seed: int = 0
+    # optional second sparse stage (None: one stage): the SDF resolution of its samples, e.g. 256; band, shell and
+    # convention are then in voxels of that resolution
+    second_resolution: int | None = None
+    # how many of the training shapes are also built at second_resolution (0 = all), to bound the data cost; the
+    # held-out shapes of the first stage are built at it too (for its metrics), so the split stays by shape
+    second_samples: int = 100
 
     @property
     def occupancy_resolution(self) -> int:
         return self.sparse_resolution // self.latent_factor
+
+    def at_second_resolution(self) -> DataConfig:
+        """The same sample builder at ``second_resolution`` (a one-stage config of that resolution)."""
+        if self.second_resolution is None:
+            raise ValueError("this data config has no second sparse stage")
+        return replace(self, sparse_resolution=int(self.second_resolution), second_resolution=None)
+
+    def check(self) -> None:
+        r2 = self.second_resolution
+        if r2 is not None and (r2 <= self.sparse_resolution or r2 % self.latent_factor):
+            raise InputError(f"data.second_resolution must be above sparse_resolution ({self.sparse_resolution}) "
+                             f"and a multiple of latent_factor ({self.latent_factor}), got {r2}")
+        if self.second_samples < 0:
+            raise InputError(f"data.second_samples must be >= 0 (0 = all), got {self.second_samples}")
 
 
 TIMESTEP_SAMPLINGS = ("logit_normal", "shifted_uniform")
@@ -190,6 +215,21 @@ class MiniPriorConfig:
     train_sparse_dit: StageTraining = field(
         default_factory=lambda: StageTraining(steps=1500, batch_size=4, lr=3e-4, shift=1.0, checkpoint_every=100)
     )
+    # second sparse stage (only with data.second_resolution): model entries, None = derived from sparse_vae /
+    # sparse_dit (second_stage_entries; training fills them in, with the measured latents_scale), and fine-tunes
+    # that start from the first stage's EMA weights (fewer steps, smaller lr)
+    sparse_vae_2: dict[str, Any] | None = None
+    sparse_dit_2: dict[str, Any] | None = None
+    train_sparse_vae_2: StageTraining = field(
+        default_factory=lambda: StageTraining(
+            steps=300, batch_size=2, lr=3e-4, warmup_steps=20, kl_weight=1e-6, max_decoded_cells=128,
+            band_weight=4.0, checkpoint_every=50,
+        )
+    )
+    train_sparse_dit_2: StageTraining = field(
+        default_factory=lambda: StageTraining(steps=300, batch_size=2, lr=1e-4, warmup_steps=20, shift=1.0,
+                                              checkpoint_every=50)
+    )
     # inference schedule shifts (diffusers FlowMatchEulerDiscreteScheduler) and step counts for the mini prior
     dense_sampler: dict[str, Any] = field(default_factory=lambda: {"shift": 3.0, "steps": 25})
     sparse_sampler: dict[str, Any] = field(default_factory=lambda: {"shift": 3.0, "steps": 20})
@@ -214,11 +254,12 @@ class MiniPriorConfig:
             raise InputError(f"unknown mini-prior config keys: {sorted(unknown)}")
         if "data" in d:
             d["data"] = DataConfig(**d["data"])
-        for k in ("train_dense_vae", "train_dense_dit", "train_sparse_vae", "train_sparse_dit"):
+        for k in TRAINING_KEYS:
             if k in d:
                 d[k] = StageTraining(**d[k])
         cfg = cls(**d)
-        for k in ("train_dense_vae", "train_dense_dit", "train_sparse_vae", "train_sparse_dit"):
+        cfg.data.check()
+        for k in TRAINING_KEYS:
             sampling = getattr(cfg, k).timestep_sampling
             if sampling not in TIMESTEP_SAMPLINGS:
                 raise InputError(f"{k}.timestep_sampling must be one of {', '.join(TIMESTEP_SAMPLINGS)}, "
@@ -244,29 +285,82 @@ class MiniPriorConfig:
 
     def prior_spec(self, name: str = "mini prior") -> dict[str, Any]:
         """The exported prior's ``pipeline.json`` (see :mod:`consistent3dgen.generators.mini.prior`)."""
-        res = self.data.sparse_resolution
+        names = self.component_names()
+        sparse = [{"vae": names["sparse_vae"], "dit": names["sparse_dit"], "sampler": dict(self.sparse_sampler)}]
+        if self.has_second_stage:
+            sparse.append({"vae": names["sparse_vae_2"], "dit": names["sparse_dit_2"],
+                           "sampler": dict(self.sparse_sampler)})
         return {
             "name": name,
             "null_condition_tokens": int(self.null_cond_tokens),
             "stages": {
                 "dense": {"vae": "dense_vae", "dit": "dense_dit", "sampler": dict(self.dense_sampler)},
-                "sparse": [{"vae": f"sparse_vae_{res}", "dit": f"sparse_dit_{res}",
-                            "sampler": dict(self.sparse_sampler)}],
+                "sparse": sparse,
             },
             "defaults": {**self.field_convention(), **self.inference_defaults},
         }
 
     def component_names(self) -> dict[str, str]:
-        """Training stage → component file name in the exported prior."""
+        """Training stage → component file name in the exported prior (one per stage of :meth:`stages`)."""
         res = self.data.sparse_resolution
-        return {"dense_vae": "dense_vae", "dense_dit": "dense_dit", "sparse_vae": f"sparse_vae_{res}",
-                "sparse_dit": f"sparse_dit_{res}"}
+        names = {"dense_vae": "dense_vae", "dense_dit": "dense_dit", "sparse_vae": f"sparse_vae_{res}",
+                 "sparse_dit": f"sparse_dit_{res}"}
+        if self.has_second_stage:
+            r2 = self.data.second_resolution
+            names.update(sparse_vae_2=f"sparse_vae_{r2}", sparse_dit_2=f"sparse_dit_{r2}")
+        return names
 
     def training(self, stage: str) -> StageTraining:
         return getattr(self, f"train_{stage}")
 
+    # --- the optional second sparse stage
+
+    @property
+    def has_second_stage(self) -> bool:
+        return self.data.second_resolution is not None
+
+    def stages(self) -> tuple[str, ...]:
+        """This config's training stages, in training order: :data:`STAGES` (+ :data:`SECOND_STAGES`)."""
+        return STAGES + SECOND_STAGES if self.has_second_stage else STAGES
+
+    def model_entry(self, stage: str) -> dict[str, Any]:
+        """The model entry (``target`` + ``params``) a stage trains; the second stage's derived when unset."""
+        if stage in SECOND_STAGES:
+            entry = getattr(self, stage)
+            return entry if entry is not None else self.second_stage_entries()[stage]
+        return getattr(self, stage)
+
+    def second_stage_entries(self) -> dict[str, dict[str, Any]]:
+        """The second stage's model entries derived from the first's: same widths (the weights transfer), latent
+        grid ``second_resolution / latent_factor``; the DiT's positional ``factor`` times first / second
+        resolution, so its token coordinates span the first stage's range (the official 1024 DiT: 0.5);
+        ``latents_scale`` 1 until measured."""
+        d = self.data
+        if d.second_resolution is None:
+            raise ValueError("this config has no second sparse stage")
+        cells = int(d.second_resolution) // d.latent_factor
+        vae, dit = copy.deepcopy(self.sparse_vae), copy.deepcopy(self.sparse_dit)
+        vae["params"].update(resolution=cells, latents_scale=1.0, latents_shift=0.0)
+        factor = float(dit["params"].get("factor", 1.0)) * d.sparse_resolution / d.second_resolution
+        dit["params"].update(resolution=cells, factor=factor)
+        return {"sparse_vae_2": vae, "sparse_dit_2": dit}
+
+    def fill_second_stage_entries(self) -> None:
+        """Write the derived second-stage entries into the config (so ``training.json`` records them)."""
+        if self.has_second_stage:
+            derived = self.second_stage_entries()
+            for k in SECOND_STAGES:
+                if getattr(self, k) is None:
+                    setattr(self, k, derived[k])
+
 
 STAGES = ("dense_vae", "sparse_vae", "dense_dit", "sparse_dit")
+# the optional second sparse stage (data.second_resolution): fine-tunes of sparse_vae and sparse_dit
+SECOND_STAGES = ("sparse_vae_2", "sparse_dit_2")
+ALL_STAGES = STAGES + SECOND_STAGES
+# the stage that initialises each second-stage model (its EMA weights)
+INITIALISED_FROM = {"sparse_vae_2": "sparse_vae", "sparse_dit_2": "sparse_dit"}
+TRAINING_KEYS = tuple(f"train_{s}" for s in ALL_STAGES)
 
 
 def smoke_config() -> MiniPriorConfig:
@@ -274,7 +368,7 @@ def smoke_config() -> MiniPriorConfig:
     cfg = MiniPriorConfig()
     cfg.data.num_procedural = 6
     cfg.data.meshes = []
-    for stage in STAGES:
+    for stage in ALL_STAGES:
         t = cfg.training(stage)
         t.steps, t.batch_size, t.warmup_steps, t.checkpoint_every, t.log_every = 3, 2, 1, 2, 1
     return cfg

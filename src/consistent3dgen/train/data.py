@@ -195,6 +195,17 @@ def default_sources(config: DataConfig) -> list[str]:
     return out
 
 
+def second_stage_indices(train_idx: np.ndarray, held_idx: np.ndarray, config: DataConfig
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Which shapes are also built at ``config.second_resolution``: a seeded pick of ``second_samples`` of the
+    training shapes (0 = all) and every held-out one, so the second stage's split is the first's, by shape."""
+    train_idx, held_idx = np.asarray(train_idx), np.asarray(held_idx)
+    n = config.second_samples
+    if 0 < n < len(train_idx):
+        train_idx = np.sort(np.random.default_rng([config.seed, 2]).choice(train_idx, n, replace=False))
+    return train_idx, held_idx
+
+
 def cache_key(config: DataConfig) -> str:
     """Folder name of a config's samples: the settings that change a sample's content (not the count)."""
     content = {

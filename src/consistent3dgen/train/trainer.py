@@ -46,7 +46,10 @@ from .data import SampleSet, ShapeSample, band_mask
 
 
 def build_models(cfg: MiniPriorConfig, seed: int | None = None) -> dict[str, nn.Module]:
-    """The four models of the mini prior, freshly initialised for training (seeded)."""
+    """The models of the mini prior (one per stage of ``cfg.stages()``: four, six with a second sparse stage),
+    freshly initialised for training (seeded; the first four draw the same weights either way). The second
+    stage's models are re-initialised from the first's trained weights before they train
+    (:meth:`StageTrainer.init_from`)."""
     torch.manual_seed(cfg.seed if seed is None else seed)
     models = {
         "dense_vae": build_component(cfg.dense_vae),
@@ -56,6 +59,9 @@ def build_models(cfg: MiniPriorConfig, seed: int | None = None) -> dict[str, nn.
     }
     for name, m in models.items():
         init_for_training(m, is_dit=name.endswith("dit"))
+    for name in cfg.stages()[len(models):]:  # the second stage: shapes of the first, init replaced by its weights
+        models[name] = build_component(cfg.model_entry(name))
+        init_for_training(models[name], is_dit="dit" in name)
     return models
 
 
@@ -294,6 +300,15 @@ class StageTrainer:
         self.gen = torch.Generator().manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         self.history: list[dict[str, float]] = []
+
+    def init_from(self, source: nn.Module) -> None:
+        """Start from ``source``'s weights (a fine-tune: the model and its EMA), before any step; the optimizer
+        keeps its (empty) state, as the parameters are copied in place."""
+        if self.step:
+            raise ValueError(f"{self.name}: cannot re-initialise a stage at step {self.step}")
+        state = source.state_dict()
+        self.model.load_state_dict(state, strict=True)
+        self.ema.model.load_state_dict(state, strict=True)
 
     # --- checkpoints
     @property

@@ -278,8 +278,12 @@ class MiniPriorConfig:
         and shell; marching cubes at the level of distance 1 voxel (the shell-1 / band-2 default's level 0), so a
         thicker training shell, easier for a tiny VAE to resolve, still gives a surface 1 voxel off the seen one."""
         d = self.data
-        if d.convention != "thin_shell":  # signed: the seen side written as the same signed field, level 0
-            return {"band": d.band_voxels, "shell": 1.0, "mc_level": 0.0, "seen_field": "signed"}
+        if d.convention != "thin_shell":
+            # signed: the seen side written as the same signed field, level 0; the shell only sets how deep
+            # fusion writes the inside behind the seen surface: 2 voxels, as 1 left the fused layer in loose bits
+            # where the prior's body did not reach it (prior v2 on the four eval meshes: 55 → 13 pieces, IoU
+            # 0.988 → 0.995)
+            return {"band": d.band_voxels, "shell": 2.0, "mc_level": 0.0, "seen_field": "signed"}
         level = min(0.0, (1.0 - d.shell_voxels) / (d.band_voxels - d.shell_voxels))
         return {"band": d.band_voxels, "shell": d.shell_voxels, "mc_level": level}
 

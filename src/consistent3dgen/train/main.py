@@ -27,6 +27,7 @@ from ..generators.mini import build_component
 from ..io.atomic import atomic_write_text
 from .config import INITIALISED_FROM, SECOND_STAGES, MiniPriorConfig, smoke_config
 from .data import SampleSet, band_mask, build_dataset, default_sources, second_stage_indices
+from .shapes import FAMILIES
 from .trainer import (
     StageTrainer,
     batch_band_tensor,
@@ -262,7 +263,7 @@ def model_card(cfg: MiniPriorConfig, trainers: dict[str, StageTrainer], report: 
         "cross-attention layers only ever saw all-zero condition tokens; the image enters through guidance.",
         "",
         "## Data",
-        f"- {d.num_procedural} procedural shapes (families: {', '.join(d.families or ['all'])}; seed {d.seed}),",
+        f"- {d.num_procedural} procedural shapes (families: {', '.join(d.families or FAMILIES)}; seed {d.seed}),",
         f"  plus {d.mesh_views} yaw views each of: {', '.join(d.meshes) or 'none'}.",
         "  Held out, never trained on: spot, stanford-bunny, teapot, suzanne.",
         f"- Sparse SDF at {d.sparse_resolution}³, latent factor {d.latent_factor}",

@@ -291,3 +291,17 @@ def test_sparse_encoder_starts_with_a_narrow_posterior(samples):
     mean, logvar = torch.chunk(h.feats, 2, dim=1)
     assert torch.allclose(logvar, torch.full_like(logvar, -8.0))
     assert mean.abs().max() > 0  # the latent carries the input from the first step on
+
+
+def test_the_model_card_lists_every_family_and_training_mesh_with_its_origin():
+    from consistent3dgen.train.main import model_card
+    from consistent3dgen.train.shapes import FAMILIES
+
+    cfg = MiniPriorConfig()  # families None: every family; the three shared training meshes
+    card = model_card(cfg, {}, {}, 0)
+    assert f"families: {', '.join(FAMILIES)};" in card
+    for mesh, origin in (("cow", "Viewpoint Animation Engineering"), ("fandisk", "Hughes Hoppe"),
+                         ("beetle", "Ivan Sutherland")):
+        assert f"| {mesh} | " in card and origin in card
+    cfg.data.meshes = []
+    assert "| mesh |" not in model_card(cfg, {}, {}, 0)

@@ -41,6 +41,7 @@ from .trainer import (
     sparse_dit_objective,
     sparse_vae_objective,
 )
+from .training_meshes import TRAINING_MESH_SOURCES
 
 MAX_WEIGHT_BYTES = 40 * 10**6  # the committed prior's budget (issue 12: weights <= 40 MB)
 
@@ -266,6 +267,10 @@ def model_card(cfg: MiniPriorConfig, trainers: dict[str, StageTrainer], report: 
         f"- {d.num_procedural} procedural shapes (families: {', '.join(d.families or FAMILIES)}; seed {d.seed}),",
         f"  plus {d.mesh_views} yaw views each of: {', '.join(d.meshes) or 'none'}.",
         "  Held out, never trained on: spot, stanford-bunny, teapot, suzanne.",
+        *(["", "| mesh | model and origin | source | licence |", "|---|---|---|---|"] if d.meshes else []),
+        *(f"| {m} | {TRAINING_MESH_SOURCES.get(m, 'unknown')} | `../shared/data/meshes/{m}.obj` (the common-3d-test-"
+          "models collection's copy) | not stated by the source's README |" for m in d.meshes),
+        *([""] if d.meshes else []),
         f"- Sparse SDF at {d.sparse_resolution}³, latent factor {d.latent_factor}",
         f"  ({d.occupancy_resolution}³ cells = the dense occupancy), convention `{d.convention}`,",
         f"  band {d.band_voxels} voxels, shell {d.shell_voxels} voxels (see train.data.distance_to_value).",

@@ -20,6 +20,13 @@ from ..errors import InputError
 from .shapes import Shape, rotate_y
 
 TRAINING_MESHES = ("cow", "fandisk", "beetle")
+# where each comes from, for the model card (../shared/data/meshes/README.md: the common-3d-test-models
+# collection's copies; that README states no licence, so none is claimed here)
+TRAINING_MESH_SOURCES = {
+    "cow": "Cow, Viewpoint Animation Engineering",
+    "fandisk": "Fandisk (CAD part), Hughes Hoppe",
+    "beetle": "Beetle, Ivan Sutherland",
+}
 EVALUATION_MESHES = ("spot", "stanford-bunny", "teapot", "suzanne")
 
 

@@ -92,6 +92,12 @@ def test_occupancy_union_threshold_and_free_cells():
     coarse = occupancy_to_cells(prob, 0.1, 4)
     assert coarse.coords.tolist() == [[0, 0, 0], [2, 2, 2]]
     assert pool_occupancy(np.ones((2, 2, 2), bool), 4).sum() == 64
+    # grown by one cell (26-connected): (5,5,5) brings its 3³ block, (1,1,1) its block minus the free cells, the
+    # grid's edge clips nothing here; the free cell (3,3,3) stays out of the growth but in as a seen cell
+    grown = occupancy_to_cells(prob, 0.1, 8, seen_cells=fg, free_cells=free, dilation=1)
+    block = {(x, y, z) for c in ((1, 1, 1), (5, 5, 5)) for x in range(c[0] - 1, c[0] + 2)
+             for y in range(c[1] - 1, c[1] + 2) for z in range(c[2] - 1, c[2] + 2)}
+    assert {tuple(c) for c in grown.coords.tolist()} == (block - {(1, 1, 1)}) | {(3, 3, 3)}
 
 
 def test_order_tokens_and_alignment():

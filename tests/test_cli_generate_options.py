@@ -29,6 +29,7 @@ def test_defaults_are_left_to_the_generator():
         (["--guidance", "4"], {"guidance": 4.0}, True),
         (["--no-front-cut", "--no-free-space"], {"front_cut": False, "free_space": False}, True),
         (["--free-space-dilation", "1"], {"free_space_dilation": 1}, True),
+        (["--token-dilation", "2"], {"token_dilation": 2}, True),
     ],
 )
 def test_overrides_and_the_one_baseline(argv, expected, fusion):

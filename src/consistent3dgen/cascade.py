@@ -123,13 +123,21 @@ def occupancy_to_cells(
     latent_resolution: int,
     seen_cells: SparseVoxels | None = None,
     free_cells: SparseVoxels | None = None,
+    dilation: int = 0,
 ) -> SparseVoxels:
-    """Cells with occupancy probability ≥ threshold (Direct3D-S2: 0.1), ∪ seen cells, minus free cells.
+    """Cells with occupancy probability ≥ threshold (Direct3D-S2: 0.1), grown by ``dilation`` cells (26-connected),
+    ∪ seen cells, minus free cells.
 
-    Seen cells always stay (the view saw a surface there); free cells are cells the view shows empty.
+    Seen cells always stay (the view saw a surface there); free cells are cells the view shows empty. A surface
+    the sparse stage places in a cell next to a missing one is cut by it (absent voxels read as outside), which
+    the growth leaves room against.
     """
     prob = probability.detach().cpu().numpy() if torch.is_tensor(probability) else np.asarray(probability)
     occ = pool_occupancy(prob >= threshold, latent_resolution)
+    if dilation > 0:
+        from scipy.ndimage import binary_dilation
+
+        occ = binary_dilation(occ, structure=np.ones((3, 3, 3), bool), iterations=int(dilation))
     cells = SparseVoxels(np.argwhere(occ), latent_resolution)
     if free_cells is not None and len(free_cells) and len(cells):
         cells = cells.select(free_cells.lookup(cells.coords) < 0)

@@ -297,6 +297,9 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--free-space-dilation", type=int, default=None, metavar="PX",
                    help="pixels of slack around the object mask before outside the silhouette counts as empty "
                         "(default: the generator's, else 1; raise it for a rough mask)")
+    p.add_argument("--token-dilation", type=int, default=None, metavar="CELLS",
+                   help="grow the dense stage's occupancy by this many cells before it becomes the first sparse "
+                        "stage's tokens (default: the generator's, else 0)")
     p.add_argument("--front-cut", action=argparse.BooleanOptionalAction, default=None,
                    help="keep only the camera-side half of the shell's latent cells as the target (the paper)")
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
@@ -347,6 +350,7 @@ def generator_weights(args: argparse.Namespace) -> dict:
 # argument name → GenerationOptions field
 _OPTION_ARGUMENTS = {"guidance": "guidance", "variant": "guidance_variant", "fusion": "fusion",
                      "fusion_at": "fusion_at", "free_space": "free_space", "free_space_dilation": "free_space_dilation",
+                     "token_dilation": "token_dilation",
                      "front_cut": "front_cut",
                      "max_faces": "max_faces", "refine": "refine"}
 

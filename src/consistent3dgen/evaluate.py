@@ -52,6 +52,7 @@ ABLATIONS: dict[str, list[tuple[str, dict]]] = {
     "spatial fusion": [("fusion off", {"fusion": False}), ("fusion on", {"fusion": True})],
     "free space": [("free space off", {"free_space": False}), ("free space on", {"free_space": True})],
     "silhouette slack": [(f"mask dilated {px} px", {"free_space_dilation": px}) for px in (0, 1, 2)],
+    "token growth": [(f"dense occupancy + {k} cells", {"token_dilation": k}) for k in (0, 1, 2)],
     "dense start": [("SDEdit from foreground", {"dense_start": "sdedit"}), ("pure noise", {"dense_start": "noise"})],
 }
 
@@ -307,7 +308,7 @@ def prior_samples(pipe, count: int = 10, first_seed: int = 0, **overrides) -> li
         schedule = FlowMatchSchedule.shifted(opts.dense_steps, gen.dense_sampler.shift)
         dense = run_dense_stage(gen.dense, condition, schedule, start=None, generator=rng, progress=False)
         cells = occupancy_to_cells(dense.probability, opts.occupancy_threshold,
-                                   first.resolution // first.latent_factor)
+                                   first.resolution // first.latent_factor, dilation=opts.token_dilation)
         try:
             if not len(cells):
                 raise NoSurfaceError("the dense stage left no cell")

@@ -336,7 +336,8 @@ class Pipeline:
 
         first = self.generator.sparse[0]
         return occupancy_to_cells(dense.probability, opts.occupancy_threshold,
-                                  first.resolution // first.latent_factor, seen.seen_cells(), seen.free_cells())
+                                  first.resolution // first.latent_factor, seen.seen_cells(), seen.free_cells(),
+                                  dilation=opts.token_dilation)
 
     def run_sparse_stages(self, cells: SparseVoxels, seen: SeenSide, condition: Condition, opts: GenerationOptions,
                           rng: torch.Generator, callback: Callable[[StepInfo], None] | None = None,

@@ -131,6 +131,13 @@ def test_the_silhouette_slack_is_the_free_space_dilation(sphere):
         side = SeenSide(view, [Stage()], band=2.0, shell=1.0, free_space_dilation=px)
         free[px] = bool(side._free(camera_to_canonical(probe[None], side.frame), side.frame, 0.01)[0])
     assert free == {0: True, 1: True, 2: False}
+    # on the rim itself (u = 13.55 here): the pixel it falls in is the one whose centre, u = 14, sees the sphere,
+    # so it is not empty even without slack (reading pixel floor(u) = 13 called it empty)
+    on_rim = camera_to_canonical((c0 + right * rim)[None], side.frame)
+    uvw = view.intrinsics @ (c0 + right * rim)
+    assert 0.5 < (uvw[0] / uvw[2]) % 1.0 < 1.0  # the case where the nearest pixel and floor(u) differ
+    side0 = SeenSide(view, [Stage()], band=2.0, shell=1.0, free_space_dilation=0)
+    assert not side0._free(on_rim, side0.frame, 0.01)[0]
 
 
 def test_colours_come_from_the_nearest_view_that_sees_each_vertex(sphere):

@@ -123,3 +123,13 @@ def test_compose_frame_is_the_similarity_after_the_frame():
 def test_inputs_of_the_wrong_type_are_named(pipe, inputs, match):
     with pytest.raises(InputError, match=match):
         pipe(inputs, **FAST)
+
+
+def test_token_growth_adds_first_stage_tokens_around_the_dense_occupancy(pipe, pointmap):
+    def dense_tokens(res):
+        return next(s["tokens"] for s in res.stages if s["stage"] == "dense")
+
+    plain = pipe(pointmap, **FAST)
+    grown = pipe(pointmap, token_dilation=1, **FAST)
+    assert plain.options.token_dilation == 0 and grown.options.token_dilation == 1
+    assert dense_tokens(grown) > dense_tokens(plain)

@@ -270,7 +270,21 @@ def run_setting(pipe, case: EvalCase, seeds: list[int], options: dict) -> dict:
 
 
 class NothingSeen:
-    """A view that shows nothing (:class:`~consistent3dgen.cascade.SeenView`): no target, fusion or free space."""
+    """A view that shows nothing, in :class:`~consistent3dgen.seen_side.SeenSide`'s place for the pipeline's steps:
+    no dense start, seen cells or free space; for the sparse stages (:class:`~consistent3dgen.cascade.SeenView`)
+    no target, fusion or free space."""
+
+    def dense_start(self, resolution):  # noqa: ANN001, ANN201
+        return None
+
+    def dense_free_space(self, resolution):  # noqa: ANN001, ANN201
+        return None
+
+    def seen_cells(self):  # noqa: ANN201
+        return None
+
+    def free_cells(self):  # noqa: ANN201
+        return None
 
     def target(self, index, sim):  # noqa: ANN001, ANN201
         return None
@@ -286,35 +300,27 @@ COHERENT_SHARE = 0.95  # a sample is one body when its largest piece holds this 
 
 
 def prior_samples(pipe, count: int = 10, first_seed: int = 0, **overrides) -> list[dict]:  # noqa: ANN001, ANN003
-    """The prior alone, with no view at all: the dense stage from noise, its occupancy as the first sparse stage's
-    tokens, every sparse stage unguided; each sample's :func:`~consistent3dgen.metrics.mesh_structure` (+ seed).
-    Whether the prior itself makes one closed body, apart from what guidance and fusion add. ``overrides``:
-    generation options (e.g. step counts)."""
+    """The prior alone, with no view at all: the pipeline's own steps on :class:`NothingSeen` (the dense stage from
+    noise, its occupancy as the first sparse stage's tokens, every sparse stage unguided); each sample's
+    :func:`~consistent3dgen.metrics.mesh_structure` (+ seed, tokens). Whether the prior itself makes one closed
+    body, apart from what guidance and fusion add. ``overrides``: generation options (e.g. step counts)."""
     import torch
 
-    from .cascade import occupancy_to_cells, run_dense_stage
     from .errors import NoSurfaceError
-    from .sampling import FlowMatchSchedule
 
-    gen = pipe.generator
-    opts = pipe.resolve_options(**{"progress": False, **overrides, "guidance": 0.0})
-    condition = pipe.encode_condition(None, opts) if gen.conditioner is None else None
-    if condition is None:
+    if pipe.generator.conditioner is not None:
         raise ValueError("prior samples need an unconditional prior (the mini prior); this one needs an image")
-    first = gen.sparse[0]
+    opts = pipe.resolve_options(**{"progress": False, **overrides, "guidance": 0.0})
+    condition, nothing = pipe.encode_condition(None, opts), NothingSeen()
     rows = []
     for seed in range(first_seed, first_seed + count):
         rng = torch.Generator().manual_seed(seed)
-        schedule = FlowMatchSchedule.shifted(opts.dense_steps, gen.dense_sampler.shift)
-        dense = run_dense_stage(gen.dense, condition, schedule, start=None, generator=rng, progress=False)
-        cells = occupancy_to_cells(dense.probability, opts.occupancy_threshold,
-                                   first.resolution // first.latent_factor, dilation=opts.token_dilation)
+        cells = pipe.first_tokens(pipe.run_dense_stage(nothing, condition, opts, rng), nothing, opts)
         try:
             if not len(cells):
                 raise NoSurfaceError("the dense stage left no cell")
-            sparse = pipe.run_sparse_stages(cells, NothingSeen(), condition, opts, rng)
-            vertices, faces = pipe.extract(sparse.sdf, opts, mesh=sparse.mesh)
-            structure = mesh_structure(vertices, faces)
+            sparse = pipe.run_sparse_stages(cells, nothing, condition, opts, rng)
+            structure = mesh_structure(*pipe.extract(sparse.sdf, opts, mesh=sparse.mesh))
         except NoSurfaceError:
             structure = {"pieces": 0, "large_pieces": 0, "largest_area_fraction": 0.0, "watertight": False}
         rows.append({"seed": seed, "tokens": len(cells), **structure})

@@ -67,7 +67,7 @@ def test_the_targets_are_checked_on_every_mesh_and_the_prior_samples():
     prior = [{"largest_area_fraction": x} for x in [0.99] * 9 + [0.5]]
     t = summarize({"a": mesh(), "b": mesh()}, prior)["targets"]
     assert all(t.values()), t
-    coherence = "prior alone: >= 9 of 10 samples with the largest piece >= 95% of the area"
+    coherence = "prior alone: >= 90 % of the samples (9 of 10) with the largest piece >= 95% of the area"
     unseen = "unseen F@0.02 >= 0.65 (mean) and above both naive baselines (every mesh)"
     t = summarize({"a": mesh(p90=0.009, large=4.0), "b": mesh()}, prior[1:] + [prior[-1]])["targets"]
     assert not t["depth error mean <= 0.4 % and p90 <= 0.8 % (every mesh)"]  # mesh a's p90

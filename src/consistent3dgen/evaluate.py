@@ -408,8 +408,9 @@ def summarize(meshes: dict, prior: list[dict] | None = None) -> dict:
     if prior:
         coherent = sum(r["largest_area_fraction"] >= COHERENT_SHARE for r in prior)
         s["prior_coherent"] = f"{coherent} of {len(prior)}"
-        s["targets"][f"prior alone: >= 9 of 10 samples with the largest piece >= {COHERENT_SHARE:.0%} of the area"] \
-            = bool(coherent >= 0.9 * len(prior))
+        label = (f"prior alone: >= 90 % of the samples (9 of 10) with the largest piece >= {COHERENT_SHARE:.0%} "
+                 "of the area")
+        s["targets"][label] = bool(coherent >= 0.9 * len(prior))
     return s
 
 

@@ -30,31 +30,6 @@ from consistent3dgen.train.trainer import (
     write_curves,
 )
 
-TINY_DENSE_VAE = {
-    "target": "direct3d_s2.models.autoencoders.dense_vae.DenseShapeVAE",
-    "params": {"embed_dim": 4, "model_channels_encoder": [8, 16], "model_channels_decoder": [16, 8],
-               "num_res_blocks_encoder": 1, "num_res_blocks_middle_encoder": 1, "num_res_blocks_decoder": 1,
-               "num_res_blocks_middle_decoder": 1},
-}  # fmt: skip
-TINY_DENSE_DIT = {
-    "target": "direct3d_s2.models.transformers.dense_dit.DenseDiT",
-    "params": {"resolution": 4, "in_channels": 4, "out_channels": 4, "model_channels": 32, "cond_channels": 16,
-               "num_blocks": 2, "num_heads": 2, "patch_size": 1, "qk_rms_norm": True, "latent_shape": [4, 4, 4, 4]},
-}  # fmt: skip
-TINY_SPARSE_VAE = {
-    "target": "direct3d_s2.models.autoencoders.ss_vae.SparseSDFVAE",
-    "encoder_norm_groups": 2,
-    "params": {"embed_dim": 4, "resolution": 8, "model_channels_encoder": 32, "num_blocks_encoder": 1,
-               "num_heads_encoder": 2, "num_head_channels_encoder": 16, "model_channels_decoder": 32,
-               "num_blocks_decoder": 1, "num_heads_decoder": 2, "num_head_channels_decoder": 16},
-}  # fmt: skip
-TINY_SPARSE_DIT = {
-    "target": "direct3d_s2.models.transformers.sparse_dit.SparseDiT",
-    "params": {"resolution": 8, "in_channels": 4, "out_channels": 4, "model_channels": 32, "cond_channels": 16,
-               "num_blocks": 1, "num_heads": 4, "num_kv_heads": 2, "compression_block_size": 4,
-               "selection_block_size": 8, "topk": 2, "compression_version": "v1", "use_shift": True},
-}  # fmt: skip
-
 
 @pytest.fixture(scope="module")
 def samples():
@@ -83,35 +58,36 @@ def _descends(model, loss_of, steps=6, lr=3e-3):
     return losses
 
 
-def test_dense_vae_loss_decreases_on_a_fixed_batch(samples):
+def test_dense_vae_loss_decreases_on_a_fixed_batch(samples, tiny_entry):
     occ = torch.from_numpy(samples.occupancy_batch([0, 1]))
-    losses = _descends(_tiny(TINY_DENSE_VAE, False), lambda m, g: dense_vae_loss(m, occ, 1e-4, g)["loss"])
+    losses = _descends(_tiny(tiny_entry("dense_vae"), False), lambda m, g: dense_vae_loss(m, occ, 1e-4, g)["loss"])
     assert losses[-1] < 0.9 * losses[0]
 
 
-def test_sparse_vae_loss_decreases_on_a_fixed_batch(samples):
+def test_sparse_vae_loss_decreases_on_a_fixed_batch(samples, tiny_entry):
     batch = [samples[0], samples[1]]
 
     def loss(m, g):
         return sparse_vae_loss(m, batch, 1e-6, 6, g, np.random.default_rng(0))["loss"]
 
-    losses = _descends(_tiny(TINY_SPARSE_VAE, False), loss, steps=6, lr=1e-2)
+    losses = _descends(_tiny(tiny_entry("sparse_vae"), False), loss, steps=6, lr=1e-2)
     assert losses[-1] < 0.9 * losses[0]
 
 
-def test_dense_dit_loss_decreases_on_a_fixed_batch():
+def test_dense_dit_loss_decreases_on_a_fixed_batch(tiny_entry):
     x0 = torch.randn(3, 4, 4, 4, 4, generator=torch.Generator().manual_seed(1))
     tc = StageTraining(steps=1, batch_size=3, lr=1e-3)
-    losses = _descends(_tiny(TINY_DENSE_DIT, True), lambda m, g: dense_dit_loss(m, x0, tc, 1, g)["loss"], 8, 1e-2)
+    dit = _tiny(tiny_entry("dense_dit"), True)
+    losses = _descends(dit, lambda m, g: dense_dit_loss(m, x0, tc, 1, g)["loss"], 8, 1e-2)
     assert losses[-1] < 0.8 * losses[0]
 
 
-def test_sparse_dit_loss_decreases_on_a_fixed_batch(samples):
-    vae = _tiny(TINY_SPARSE_VAE, False)
+def test_sparse_dit_loss_decreases_on_a_fixed_batch(samples, tiny_entry):
+    vae = _tiny(tiny_entry("sparse_vae"), False)
     tokens = encode_sparse_latents(vae, samples, block_size=8)
     tokens = [(c, np.random.default_rng(i).normal(size=z.shape).astype(np.float32)) for i, (c, z) in enumerate(tokens)]
     tc = StageTraining(steps=1, batch_size=2, lr=1e-3)
-    model = _tiny(TINY_SPARSE_DIT, True)
+    model = _tiny(tiny_entry("sparse_dit"), True)
     losses = _descends(model, lambda m, g: sparse_dit_loss(m, tokens, tc, 1, g)["loss"], 8, 1e-2)
     assert losses[-1] < 0.8 * losses[0]
 
@@ -130,9 +106,9 @@ def test_sigma_sampling_ranges_and_shift():
         sample_sigmas(3, tc, g)
 
 
-def _dense_trainer(tmp_path, samples, steps):
+def _dense_trainer(tmp_path, samples, steps, entry):
     tc = StageTraining(steps=steps, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=2, log_every=100)
-    return StageTrainer("dense_vae", _tiny(TINY_DENSE_VAE, False), tc, tmp_path, seed=3)
+    return StageTrainer("dense_vae", _tiny(entry, False), tc, tmp_path, seed=3)
 
 
 def _dense_objective(samples):
@@ -143,14 +119,14 @@ def _dense_objective(samples):
     return loss_fn
 
 
-def test_resume_continues_exactly(tmp_path, samples):
-    straight = _dense_trainer(tmp_path / "a", samples, 4)
+def test_resume_continues_exactly(tmp_path, samples, tiny_entry):
+    straight = _dense_trainer(tmp_path / "a", samples, 4, tiny_entry("dense_vae"))
     straight.run(_dense_objective(samples), log=None)
 
-    first = _dense_trainer(tmp_path / "b", samples, 4)
+    first = _dense_trainer(tmp_path / "b", samples, 4, tiny_entry("dense_vae"))
     first.run(_dense_objective(samples), steps=2, log=None)
     first.save()
-    resumed = _dense_trainer(tmp_path / "b", samples, 4)
+    resumed = _dense_trainer(tmp_path / "b", samples, 4, tiny_entry("dense_vae"))
     assert resumed.load() and resumed.step == 2
     resumed.run(_dense_objective(samples), log=None)
 
@@ -163,8 +139,8 @@ def test_resume_continues_exactly(tmp_path, samples):
     assert (tmp_path / "b" / "dense_vae" / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path, samples):
-    tr = _dense_trainer(tmp_path, samples, 2)
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, samples, tiny_entry):
+    tr = _dense_trainer(tmp_path, samples, 2, tiny_entry("dense_vae"))
     tr.dir.mkdir(parents=True)
     tr.checkpoint_path.write_bytes(b"garbage")
     (tr.dir / "checkpoint.json").write_text("{}")
@@ -205,17 +181,14 @@ def test_default_config_fits_the_weight_budget_and_round_trips():
         MiniPriorConfig.from_dict(bad)
 
 
-def test_train_chain_end_to_end_resumes_and_exports(tmp_path):
+def test_train_chain_end_to_end_resumes_and_exports(tmp_path, tiny_entries):
     from consistent3dgen.generators.mini import load_mini_prior
     from consistent3dgen.train.config import MiniPriorConfig
     from consistent3dgen.train.main import train_mini_prior
 
     cfg = MiniPriorConfig(
         data=DataConfig(sparse_resolution=64, latent_factor=8, num_procedural=3, meshes=[]),
-        dense_vae=copy.deepcopy(TINY_DENSE_VAE),
-        dense_dit=copy.deepcopy(TINY_DENSE_DIT),
-        sparse_vae=copy.deepcopy(TINY_SPARSE_VAE),
-        sparse_dit=copy.deepcopy(TINY_SPARSE_DIT),
+        **tiny_entries(),
     )
     cfg.dense_vae["params"]["model_channels_encoder"] = [8, 8, 16]  # 8³ cells → 2³ latent (factor 4)
     cfg.dense_vae["params"]["model_channels_decoder"] = [16, 8, 8]
@@ -285,8 +258,8 @@ def test_sparse_vae_loss_encodes_only_the_cropped_cells(samples):
     assert len(x.coords) < len(batch_band_tensor([s]).coords)
 
 
-def test_sparse_encoder_starts_with_a_narrow_posterior(samples):
-    vae = _tiny(TINY_SPARSE_VAE, False)
+def test_sparse_encoder_starts_with_a_narrow_posterior(samples, tiny_entry):
+    vae = _tiny(tiny_entry("sparse_vae"), False)
     h = vae.encoder(batch_band_tensor([samples[0]]))
     mean, logvar = torch.chunk(h.feats, 2, dim=1)
     assert torch.allclose(logvar, torch.full_like(logvar, -8.0))

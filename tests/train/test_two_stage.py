@@ -4,7 +4,6 @@ export, loading and the real pipeline on the two-stage prior."""
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import re
 
@@ -21,32 +20,6 @@ from consistent3dgen.train.config import (
     MiniPriorConfig,
 )
 from consistent3dgen.train.data import cache_key, second_stage_indices
-
-# the tiny model entries of test_trainer.py (test modules are not importable from each other here)
-TINY_DENSE_VAE = {
-    "target": "direct3d_s2.models.autoencoders.dense_vae.DenseShapeVAE",
-    "params": {"embed_dim": 4, "model_channels_encoder": [8, 16], "model_channels_decoder": [16, 8],
-               "num_res_blocks_encoder": 1, "num_res_blocks_middle_encoder": 1, "num_res_blocks_decoder": 1,
-               "num_res_blocks_middle_decoder": 1},
-}  # fmt: skip
-TINY_DENSE_DIT = {
-    "target": "direct3d_s2.models.transformers.dense_dit.DenseDiT",
-    "params": {"resolution": 4, "in_channels": 4, "out_channels": 4, "model_channels": 32, "cond_channels": 16,
-               "num_blocks": 2, "num_heads": 2, "patch_size": 1, "qk_rms_norm": True, "latent_shape": [4, 4, 4, 4]},
-}  # fmt: skip
-TINY_SPARSE_VAE = {
-    "target": "direct3d_s2.models.autoencoders.ss_vae.SparseSDFVAE",
-    "encoder_norm_groups": 2,
-    "params": {"embed_dim": 4, "resolution": 8, "model_channels_encoder": 32, "num_blocks_encoder": 1,
-               "num_heads_encoder": 2, "num_head_channels_encoder": 16, "model_channels_decoder": 32,
-               "num_blocks_decoder": 1, "num_heads_decoder": 2, "num_head_channels_decoder": 16},
-}  # fmt: skip
-TINY_SPARSE_DIT = {
-    "target": "direct3d_s2.models.transformers.sparse_dit.SparseDiT",
-    "params": {"resolution": 8, "in_channels": 4, "out_channels": 4, "model_channels": 32, "cond_channels": 16,
-               "num_blocks": 1, "num_heads": 4, "num_kv_heads": 2, "compression_block_size": 4,
-               "selection_block_size": 8, "topk": 2, "compression_version": "v1", "use_shift": True},
-}  # fmt: skip
 
 NEW_KEYS = ("sparse_vae_2", "sparse_dit_2", "train_sparse_vae_2", "train_sparse_dit_2")
 NEW_DATA_KEYS = ("second_resolution", "second_samples")
@@ -123,15 +96,12 @@ def test_second_stage_shapes_keep_the_held_out_split():
     assert cfg.at_second_resolution().sparse_resolution == 256
 
 
-def _two_stage_config() -> MiniPriorConfig:
+def _two_stage_config(tiny_entries) -> MiniPriorConfig:
     """32³ → 64³ with the tiny models (4³ cells → a 2³ dense latent)."""
     cfg = MiniPriorConfig(
         data=DataConfig(sparse_resolution=32, latent_factor=8, num_procedural=4, meshes=[], second_resolution=64,
                         second_samples=2),
-        dense_vae=copy.deepcopy(TINY_DENSE_VAE),
-        dense_dit=copy.deepcopy(TINY_DENSE_DIT),
-        sparse_vae=copy.deepcopy(TINY_SPARSE_VAE),
-        sparse_dit=copy.deepcopy(TINY_SPARSE_DIT),
+        **tiny_entries(),
     )
     cfg.sparse_vae["params"]["resolution"] = cfg.sparse_dit["params"]["resolution"] = 4
     cfg.dense_dit["params"].update(resolution=2, latent_shape=[4, 2, 2, 2])
@@ -143,13 +113,13 @@ def _two_stage_config() -> MiniPriorConfig:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_entries):
     """A two-stage run: the stage-2 models' weights when their training starts, the logs, the report."""
     from consistent3dgen.train import trainer as trainer_mod
     from consistent3dgen.train.main import train_mini_prior
 
     tmp = tmp_path_factory.mktemp("two_stage")
-    cfg = _two_stage_config()
+    cfg = _two_stage_config(tiny_entries)
     at_start: dict[str, dict[str, torch.Tensor]] = {}
     run = trainer_mod.StageTrainer.run
 
@@ -201,11 +171,11 @@ def test_two_stages_train_fine_tune_from_the_first_and_export(trained):
     assert gen.sparse[1].dit.factor == 0.5
 
 
-def test_a_second_call_resumes_every_stage_and_trains_nothing(trained):
+def test_a_second_call_resumes_every_stage_and_trains_nothing(trained, tiny_entries):
     from consistent3dgen.train.main import train_mini_prior
 
     tmp, logs = trained["dir"], []
-    report = train_mini_prior(_two_stage_config(), tmp / "run", tmp / "data", None, None, None, logs.append)
+    report = train_mini_prior(_two_stage_config(tiny_entries), tmp / "run", tmp / "data", None, None, None, logs.append)
     assert report["steps"] == trained["report"]["steps"]
     assert any("sparse_vae_2: resumed at step 3" in line for line in logs)
     assert any("sparse_dit_2: resumed at step 3" in line for line in logs)
@@ -229,13 +199,13 @@ def test_the_pipeline_runs_both_sparse_stages(trained):
     assert [lat.resolution for lat in res.latents] == [4, 8]
 
 
-def test_train_main_stages_follow_the_config(monkeypatch, tmp_path):
+def test_train_main_stages_follow_the_config(monkeypatch, tmp_path, tiny_entries):
     from consistent3dgen.train import main as main_mod
 
     seen = {}
     monkeypatch.setattr(main_mod, "train_mini_prior", lambda cfg, run, cache, stages, *a, **k: seen.update(s=stages))
     path = tmp_path / "two.json"
-    path.write_text(_two_stage_config().to_json())
+    path.write_text(_two_stage_config(tiny_entries).to_json())
 
     def args(stages, config=str(path)):
         return argparse.Namespace(threads=0, config=config, smoke=False, stages=stages, out=str(tmp_path / "run"),
@@ -255,9 +225,9 @@ def test_train_main_stages_follow_the_config(monkeypatch, tmp_path):
         main_mod.train_main(args("sparse_vae_2", str(one)))
 
 
-def test_a_second_stage_refuses_an_unfinished_first_stage(trained, tmp_path):
+def test_a_second_stage_refuses_an_unfinished_first_stage(trained, tmp_path, tiny_entries):
     from consistent3dgen.train.main import train_mini_prior
 
-    cfg, data = _two_stage_config(), trained["dir"] / "data"  # a fresh run folder on the cached samples
+    cfg, data = _two_stage_config(tiny_entries), trained["dir"] / "data"  # a fresh run folder on the cached samples
     with pytest.raises(InputError, match="sparse_vae_2 is fine-tuned from the trained sparse_vae"):
         train_mini_prior(cfg, tmp_path / "run", data, ["sparse_vae_2"], None, None, lambda _: None)

@@ -114,7 +114,7 @@ def test_free_space_with_non_finite_and_far_points():
     grid[10:20] = 1e300
     grid[20:30] = frame.center  # on the camera plane after the transform: z = 0 for some
     with no_warnings():
-        free = free_space_mask(grid, pm, frame, 0.01)
+        free = free_space_mask(grid, pm, frame, 0.01, mask_dilation_px=1)
     assert free.dtype == bool and 0 < free.sum() < len(grid)
 
 

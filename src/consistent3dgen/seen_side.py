@@ -26,6 +26,7 @@ from .geometry.shell import ShellResult, exact_distance, front_half_mask, thin_s
 from .geometry.surface import SeenMesh, merge_views, pointmap_to_mesh, to_canonical
 from .geometry.voxels import SparseVoxels, all_voxels, cells_to_occupancy, latent_cells, voxel_centers
 from .limits import DEFAULT_MAX_PIXELS, check_memory, encode_bytes, shell_voxel_bound, surface_bytes
+from .options import FALLBACK_FREE_SPACE_DILATION
 from .pointmap import PointMap, limit_pixels
 
 
@@ -146,8 +147,9 @@ class SeenSide:
 
     def __init__(self, pointmap: PointMap | list[PointMap], stages: list[SparseStage], *, band: float, shell: float,
                  conf_threshold: float = 0.0, drop_percent: float = 0.0, front_cut: bool = True,
-                 free_space: bool = True, free_space_dilation: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 max_memory_gb: float | None = None, field: str = "thin_shell") -> None:
+                 free_space: bool = True, free_space_dilation: int = FALLBACK_FREE_SPACE_DILATION,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, max_memory_gb: float | None = None,
+                 field: str = "thin_shell") -> None:
         # above max_pixels the point maps are downscaled once, here: every stage's shell and free space use them
         views = pointmap if isinstance(pointmap, list) else [pointmap]
         self.views: list[PointMap] = [limit_pixels(v, max_pixels) for v in views]

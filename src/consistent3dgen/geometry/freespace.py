@@ -51,7 +51,7 @@ def free_space_mask(
     pointmap: PointMap,
     frame: CanonicalFrame,
     margin: float,
-    mask_dilation_px: int = 1,
+    mask_dilation_px: int,
 ) -> np.ndarray:
     """(N,) bool: points the view shows to be empty (see module docstring); ``margin`` in canonical units."""
     in_image, in_mask, gap = view_depth_gap(points_canonical, pointmap, frame)

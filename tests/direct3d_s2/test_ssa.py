@@ -203,7 +203,7 @@ def test_window_branch_matches_masked_dense(shift):
     assert len(set(keys)) > 4  # several windows, so the mask matters
 
 
-@pytest.mark.parametrize("dense_max_tokens", [0, ssa.DENSE_MAX_TOKENS])
+@pytest.mark.parametrize("dense_max_tokens", [0, None])
 def test_gated_sum_equals_weighted_branches(dense_max_tokens):
     cbs, sbs, topk = 2, 4, 2
     coords, ccoords, q, k, v, ck, cv = _setup(5, [60, 40], 12, cbs, False)

@@ -13,8 +13,8 @@ Batches: the modulation of batch element b uses ``t[b]`` and the cross-attention
 classifier-free-guidance pair can run as one batch of two (same coords twice, cond then zeros) and equals two
 separate calls. Memory is linear in the number of tokens: attention is chunked (see ``ssa``), and the MLP and
 cross-attention run over row chunks. ``chunk_bytes`` and ``dense_max_tokens`` (batch elements up to this many
-tokens take SSA's exact dense fast path; 0 = always chunked) are not official parameters and add no weights.
-The forward is autograd-safe, so the same class trains (the mini prior).
+tokens take SSA's exact dense fast path; 0 = always chunked; None = as its mask memory allows) are not
+official parameters and add no weights. The forward is autograd-safe, so the same class trains (the mini prior).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .attention import FeedForwardNet, LayerNorm32, MultiHeadAttention, convert_
 from .embedders import AbsolutePositionEmbedder, TimestepEmbedder
 from .sparse_conv import TorchsparseConv3d
 from .sparse_tensor import SparseTensor
-from .ssa import DEFAULT_CHUNK_BYTES, DENSE_MAX_TOKENS, SpatialSparseAttention, batch_slices
+from .ssa import DEFAULT_CHUNK_BYTES, SpatialSparseAttention, batch_slices
 
 # rows of tokens per MLP / cross-attention chunk (the MLP hidden layer is 4x the width)
 ROW_CHUNK = 8192
@@ -71,7 +71,7 @@ class SparseCrossBlock(nn.Module):
         window_size: int = 8,
         shift_window: int = 0,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-        dense_max_tokens: int = DENSE_MAX_TOKENS,
+        dense_max_tokens: int | None = None,
     ):
         super().__init__()
         self.share_mod = share_mod
@@ -162,7 +162,7 @@ class SparseDiT(nn.Module):
         window_size: int = 8,
         use_shift: bool = True,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-        dense_max_tokens: int = DENSE_MAX_TOKENS,
+        dense_max_tokens: int | None = None,
     ):
         super().__init__()
         if pe_mode != "ape":

@@ -30,13 +30,15 @@ def test_defaults_are_left_to_the_generator():
         (["--no-front-cut", "--no-free-space"], {"front_cut": False, "free_space": False}, True),
         (["--free-space-dilation", "1"], {"free_space_dilation": 1}, True),
         (["--token-dilation", "2"], {"token_dilation": 2}, True),
+        (["--sparse-start-sigma", "0.5"], {"sparse_start_sigma": 0.5}, True),
     ],
 )
 def test_overrides_and_the_one_baseline(argv, expected, fusion):
     over = _parse(*argv)
     assert {k: v for k, v in over.items() if k not in ("seed", "progress")} == expected
     defaults = {"band": 2.0, "shell": 1.0, "mc_level": 0.0, "guidance": 8.0, "guidance_variant": "paper",
-                "cfg_scale": 1.0, "occupancy_threshold": 0.5, "dense_steps": 2, "sparse_steps": (2,)}
+                "cfg_scale": 1.0, "occupancy_threshold": 0.5, "dense_steps": 2, "sparse_steps": (2,),
+                "seen_field": "signed"}
     assert GenerationOptions().with_changes(**over).resolve(defaults, 1).fusion is fusion
     if argv == ["--guidance", "0"]:  # the CLI's baseline is the API's and eval's
         assert GenerationOptions().with_changes(**BASELINE) == GenerationOptions().with_changes(**over)

@@ -73,6 +73,7 @@ def test_result_frames_and_bad_options(pipe, pointmap):
     ("sparse_steps", -3), ("sparse_steps", 0), ("cfg_scale", float("nan")), ("max_faces", 0), ("fusion", 1),
     ("dense_start", "zero"), ("min_component", 1.0), ("occupancy_threshold", 1.5),
     ("free_space_dilation", -1), ("free_space_dilation", 1.5), ("token_dilation", -1), ("token_dilation", 9),
+    ("sparse_start_sigma", 0.0), ("sparse_start_sigma", 1.5),
 ])
 def test_every_option_is_checked_before_the_work_starts(pipe, option, value):
     with pytest.raises(InputError, match=option):

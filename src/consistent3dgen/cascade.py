@@ -199,6 +199,50 @@ def next_stage_cells(sdf: SparseVoxels, stage: SparseStage, mc_level: float, dis
     return cells, renorm
 
 
+def resample_signed_field(sdf: SparseVoxels, renorm: Similarity, resolution: int,
+                          cells: SparseVoxels) -> SparseVoxels:
+    """A signed field (``clip(d_vox / band, -1, 1)``) of one stage at the voxels of the next stage's ``cells``.
+
+    ``renorm`` maps ``sdf``'s canonical frame to the next stage's. Trilinear in the previous grid over the
+    voxels it has (weights renormalised over the present corners); distances rescaled to the next stage's
+    voxels (``renorm.scale · resolution / sdf.resolution``, same band in voxels). Only voxels inside the band
+    (|value| < 1, what the stage's encoder saw in training) and with a present corner are returned.
+    """
+    voxels = SparseVoxels(cells.coords, cells.resolution).upsample_cells(resolution // cells.resolution)
+    points = renorm.inverse().apply(voxels.centers()).astype(np.float64)
+    # continuous index in the previous grid: voxel i's centre sits at i + 0.5
+    g = (points + 1.0) * 0.5 * sdf.resolution - 0.5
+    base = np.floor(g).astype(np.int64)
+    frac = g - base
+    total = np.zeros(len(points))
+    weights = np.zeros(len(points))
+    values = sdf.feats[:, 0].astype(np.float64)
+    for corner in np.ndindex(2, 2, 2):
+        c = base + np.asarray(corner)
+        inside = np.all((c >= 0) & (c < sdf.resolution), axis=1)
+        rows = np.full(len(points), -1)
+        rows[inside] = sdf.lookup(c[inside])
+        w = np.prod(np.where(np.asarray(corner, bool), frac, 1.0 - frac), axis=1) * (rows >= 0)
+        total += w * values[np.maximum(rows, 0)]
+        weights += w
+    present = weights > 1e-6
+    value = np.clip(total[present] / weights[present] * renorm.scale * resolution / sdf.resolution, -1.0, 1.0)
+    band = np.abs(value) < 1.0
+    kept = voxels.select(np.flatnonzero(present)[band])
+    return SparseVoxels(kept.coords, resolution, value[band].astype(np.float32)[:, None])
+
+
+def previous_stage_start(stage: SparseStage, sdf: SparseVoxels, renorm: Similarity,
+                         cells: SparseVoxels) -> torch.Tensor:
+    """An SDEdit start for a later sparse stage: the previous stage's signed field at this stage's voxels,
+    encoded by this stage's VAE, one row per token of ``cells`` (zeros for tokens the band does not reach)."""
+    start_field = resample_signed_field(sdf, renorm, stage.resolution, cells)
+    if not len(start_field):
+        return torch.zeros(len(cells), stage.latent_channels)
+    feats, _ = align_target(cells.coords, stage.encode_sdf(start_field).to("cpu"))
+    return feats
+
+
 # --------------------------------------------------------------------------- sparse stage
 
 
@@ -293,6 +337,9 @@ class SparseStageConfig:
     refine: bool = False  # run the stage's refiner (when it has one) after fusion and free space
     cell_distance: float = 4.0  # voxels, for the next stage's tokens from this stage's mesh
     decode_chunks: int | None = None  # decode in chunks³ spatial pieces (low memory); None = the stage's own way
+    # a later stage's start: 1 = pure noise (the official cascade); < 1 = SDEdit from the previous stage's signed
+    # field, encoded by this stage's VAE and noised to this sigma (the first stage always starts from noise)
+    start_sigma: float = 1.0
 
 
 @dataclass
@@ -349,9 +396,13 @@ def run_sparse_stages(
             check_memory(f"sparse stage {k} ({stage.resolution}^3)", sparse_stage_bytes(stage, len(cells)),
                          max_memory_gb, detail=f"{len(cells):,} tokens", device=getattr(stage, "device", None))
             cells = order_tokens(stage, cells)
+            start = {}
+            if k > 0 and cfg.start_sigma < 1.0:
+                start = {"x_start": previous_stage_start(stage, result.sdf, renorm, cells),
+                         "start_index": cfg.schedule.start_index(cfg.start_sigma)}
             latent = run_sparse_stage(stage, cells, condition, cfg.schedule, target=target,
                                       guidance_strength=cfg.guidance_strength, guidance_variant=cfg.guidance_variant,
-                                      generator=generator, progress=progress, callback=callback)
+                                      generator=generator, progress=progress, callback=callback, **start)
             # a refiner decodes in the stage's place, keeping what it needs from the decoder
             refiner = getattr(stage, "refiner", None) if cfg.refine else None
             decode = stage.decode_sdf if refiner is None else refiner.decode

@@ -53,6 +53,7 @@ ABLATIONS: dict[str, list[tuple[str, dict]]] = {
     "free space": [("free space off", {"free_space": False}), ("free space on", {"free_space": True})],
     "silhouette slack": [(f"mask dilated {px} px", {"free_space_dilation": px}) for px in (0, 1, 2)],
     "token growth": [(f"dense occupancy + {k} cells", {"token_dilation": k}) for k in (0, 1, 2)],
+    "later-stage start": [(f"sigma {s:g}", {"sparse_start_sigma": s}) for s in (1.0, 0.6, 0.3)],
     "dense start": [("SDEdit from foreground", {"dense_start": "sdedit"}), ("pure noise", {"dense_start": "noise"})],
 }
 
@@ -357,6 +358,9 @@ def evaluate(mesh_paths: list[str | Path], out_dir: str | Path, generator: str =
     report["summary"] = summarize(report["meshes"], report.get("prior_samples"))
     if ablations:
         for group, settings in ABLATIONS.items():
+            later_stage = len(pipe.generator.sparse) > 1 and defaults["seen_field"] == "signed"
+            if group == "later-stage start" and not later_stage:
+                continue  # only a signed prior with several sparse stages has a later stage to start otherwise
             res = {}
             for label, opts in settings:
                 per_mesh = {c.name: run_setting(pipe, c, list(range(ablation_seeds)), opts) for c in cases}

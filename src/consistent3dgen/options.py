@@ -69,6 +69,11 @@ class GenerationOptions:
     token_dilation: int | None = None
     # --- sparse stages (step 5)
     sparse_steps: int | tuple[int, ...] | None = None  # one count for every stage, or one per stage
+    # a later sparse stage's start: 1 = pure noise (the official cascade); < 1 = SDEdit from the previous stage's
+    # signed field (resampled to this stage's voxels, encoded by its VAE, noised to this sigma), so the finer
+    # stage refines the coarser one's body instead of generating a new one; needs seen_field signed. None = the
+    # generator's default, else 1
+    sparse_start_sigma: float | None = None
     guidance: float | None = None  # λ; 0 = the unguided prior (the baseline)
     guidance_variant: str | None = None  # paper | noised | x0 | replace (sampling.guidance)
     cfg_scale: float | None = None  # classifier-free guidance; used only when the generator has a negative input
@@ -117,6 +122,10 @@ class GenerationOptions:
             out = replace(out, free_space_dilation=FALLBACK_FREE_SPACE_DILATION)
         if out.token_dilation is None:
             out = replace(out, token_dilation=0)
+        if out.sparse_start_sigma is None:
+            out = replace(out, sparse_start_sigma=1.0)
+        if out.sparse_start_sigma < 1.0 and out.seen_field != "signed":
+            raise InputError("option sparse_start_sigma below 1 needs a signed-distance generator (seen_field signed)")
         steps = out.sparse_steps
         if isinstance(steps, int):
             steps = (steps,) * num_sparse_stages
@@ -149,6 +158,7 @@ class GenerationOptions:
         _integer(self, "token_dilation", optional=True, lo=0, hi=8)
         _number(self, "dense_start_sigma", lo=0.0, hi=1.0, lo_open=True)
         _number(self, "dense_guidance", lo=0.0)
+        _number(self, "sparse_start_sigma", optional=True, lo=0.0, hi=1.0, lo_open=True)
         _number(self, "occupancy_threshold", optional=True, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
         _integer(self, "dense_steps", optional=True, lo=1)
         steps = self.sparse_steps

@@ -231,3 +231,37 @@ def test_a_second_stage_refuses_an_unfinished_first_stage(trained, tmp_path, tin
     cfg, data = _two_stage_config(tiny_entries), trained["dir"] / "data"  # a fresh run folder on the cached samples
     with pytest.raises(InputError, match="sparse_vae_2 is fine-tuned from the trained sparse_vae"):
         train_mini_prior(cfg, tmp_path / "run", data, ["sparse_vae_2"], None, None, lambda _: None)
+
+
+def test_a_later_stage_can_start_from_the_previous_stages_shape(trained, monkeypatch):
+    import trimesh
+
+    from consistent3dgen import cascade
+    from consistent3dgen.errors import InputError
+    from consistent3dgen.generators.mini import load_mini_prior
+    from consistent3dgen.pipeline import Pipeline
+    from consistent3dgen.views import orbit_camera, render_rgbd
+
+    ball = trimesh.creation.icosphere(subdivisions=3, radius=0.6)
+    pointmap = render_rgbd(np.asarray(ball.vertices, np.float32), np.asarray(ball.faces), orbit_camera(30, 20, 2.5),
+                           size=48).to_pointmap()
+    pipe = Pipeline(load_mini_prior(trained["dir"] / "mini"))
+    common = dict(guidance=5.0, fusion=True, dense_steps=2, sparse_steps=4, seen_field="signed", progress=False)
+    starts = []
+    real = cascade.previous_stage_start
+
+    def recording(stage, sdf, renorm, cells):
+        starts.append((stage.resolution, sdf.resolution, len(cells)))
+        out = real(stage, sdf, renorm, cells)
+        assert out.shape == (len(cells), stage.latent_channels) and out.abs().sum() > 0
+        return out
+
+    monkeypatch.setattr(cascade, "previous_stage_start", recording)
+    noise = pipe(pointmap, **common)
+    assert starts == []  # the default: the later stage starts from noise, as the official cascade
+    sdedit = pipe(pointmap, sparse_start_sigma=0.5, **common)
+    assert [s[:2] for s in starts] == [(64, 32)]  # only the second stage, from the first stage's field
+    assert torch.equal(noise.latents[0].feats, sdedit.latents[0].feats)  # the first stage is unchanged
+    assert not torch.equal(noise.latents[1].feats, sdedit.latents[1].feats)
+    with pytest.raises(InputError, match="sparse_start_sigma below 1 needs a signed"):
+        pipe(pointmap, sparse_start_sigma=0.5, **{**common, "seen_field": "thin_shell"})

@@ -357,10 +357,11 @@ def evaluate(mesh_paths: list[str | Path], out_dir: str | Path, generator: str =
         print(f"prior alone, {len(shares)} samples: largest piece " + " ".join(f"{x:.2f}" for x in shares), flush=True)
     report["summary"] = summarize(report["meshes"], report.get("prior_samples"))
     if ablations:
+        # only a signed prior with several sparse stages has a later stage to start otherwise
+        later_stage = len(pipe.generator.sparse) > 1 and defaults["seen_field"] == "signed"
         for group, settings in ABLATIONS.items():
-            later_stage = len(pipe.generator.sparse) > 1 and defaults["seen_field"] == "signed"
             if group == "later-stage start" and not later_stage:
-                continue  # only a signed prior with several sparse stages has a later stage to start otherwise
+                continue
             res = {}
             for label, opts in settings:
                 per_mesh = {c.name: run_setting(pipe, c, list(range(ablation_seeds)), opts) for c in cases}

@@ -138,6 +138,19 @@ def test_baselines_are_summarised_and_reported():
     assert "| 0.200 |" in md  # the mirrored row's unseen F-score
 
 
+def test_ablations_are_reported_with_the_unseen_side():
+    # the back-half cut matters on the side the camera does not see: its rows carry unseen F and the pieces
+    row = {"depth_error_mean": 0.01, "silhouette_iou": 0.99, "unseen_fscore": 0.437, "large_pieces": 2.5,
+           "pieces": 11.0, "largest_piece_share": 0.981, "seconds": 3.0}
+    meshes = {"a": {"unguided": row, "guided": row}}
+    report = {"generator": "g", "seeds": 1, "meshes": meshes, "summary": summarize(meshes), "seconds": 1.0,
+              "ablations": {"back-half cut": {"front cut": {"mean": row}, "whole shell": {"mean": row}}}}
+    section = markdown(report).split("## Ablation: back-half cut")[1]
+    header, _, first = section.strip().splitlines()[:3]
+    assert "unseen F@0.02" in header and "pieces > 0.5 %" in header
+    assert first.startswith("| front cut |") and "| 0.437 |" in first and "| 2.5 |" in first
+
+
 # ------------------------------------------------------------------------- several input views
 
 

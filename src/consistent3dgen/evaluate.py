@@ -453,6 +453,12 @@ UNSEEN_COLUMNS = [("unseen_completeness", "unseen completeness", "{:.4f}"),
                   ("pieces", "pieces", "{:.1f}"), ("large_pieces", "pieces > 0.5 %", "{:.1f}"),
                   ("largest_piece_share", "largest piece", "{:.3f}"), ("watertight", "watertight", "{:.2f}")]
 
+# an ablation's row: the seen side's scores, then the unseen side's and the structure, since some choices (the
+# back-half cut, token growth, the later stage's start) matter only there
+ABLATION_COLUMNS = [c for c in COLUMNS if c[0] != "seconds"] + [
+    c for c in UNSEEN_COLUMNS if c[0] in ("unseen_fscore", "pieces", "large_pieces", "largest_piece_share")] + [
+    c for c in COLUMNS if c[0] == "seconds"]
+
 
 def _table(rows: list[tuple[str, dict]], columns: list[tuple[str, str, str]] = COLUMNS) -> str:
     head = "| | " + " | ".join(c[1] for c in columns) + " |\n|---|" + "---:|" * len(columns) + "\n"
@@ -499,7 +505,7 @@ def markdown(report: dict) -> str:
     lines += [""]
     lines += [f"- {k}: {'met' if ok else 'NOT met'}" for k, ok in s["targets"].items()]
     for group, res in report.get("ablations", {}).items():
-        lines += ["", f"## Ablation: {group}", "", _table([(k, v["mean"]) for k, v in res.items()])]
+        lines += ["", f"## Ablation: {group}", "", _table([(k, v["mean"]) for k, v in res.items()], ABLATION_COLUMNS)]
     lines += ["", f"Total time {report['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
 

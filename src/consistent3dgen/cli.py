@@ -611,6 +611,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--export", default=None, help="write the mini prior here (default: OUT/mini)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--data-workers", type=int, default=1, help="processes building the training samples")
+    p.add_argument("--device", type=_device_name, default="auto",
+                   help="device the models train on: auto (CUDA when present, else MPS, else CPU), cpu, cuda, cuda:N, "
+                        "mps; the batches and noise are drawn on the CPU, so they are the same on any device")
     p.set_defaults(run=run_train)
 
 

@@ -38,6 +38,7 @@ from .trainer import (
     encode_dense_latents,
     encode_sparse_latents,
     latent_scale,
+    model_device,
     sparse_dit_objective,
     sparse_vae_objective,
 )
@@ -54,6 +55,9 @@ def train_main(args: argparse.Namespace) -> int:
     """
     if args.threads:
         torch.set_num_threads(args.threads)
+    from ..devices import resolve_device
+
+    device = resolve_device(getattr(args, "device", "auto"))  # CUDA asked for and missing: one line, before any work
     cfg = MiniPriorConfig.load(args.config) if args.config else (smoke_config() if args.smoke else MiniPriorConfig())
     for part in cfg.stages():  # every model entry builds (targets, keywords) before hours of data and training
         build_component(cfg.model_entry(part), device="meta")
@@ -67,7 +71,8 @@ def train_main(args: argparse.Namespace) -> int:
     run_dir = Path(args.out)
     cache = Path(args.data_cache) if args.data_cache else run_dir / "data"
     export = Path(args.export) if args.export else run_dir / "mini"
-    train_mini_prior(cfg, run_dir, cache, stages, args.meshes_dir, export, data_workers=args.data_workers)
+    train_mini_prior(cfg, run_dir, cache, stages, args.meshes_dir, export, data_workers=args.data_workers,
+                     device=device)
     return 0
 
 
@@ -87,11 +92,14 @@ def train_mini_prior(
     export_dir: Path | None = None,
     log=print,
     data_workers: int = 1,
+    device: torch.device | str = "cpu",
 ) -> dict:
     """Train ``stages`` (default: every stage of ``cfg.stages()``) in order, resuming each from its checkpoint;
     with ``export_dir``, export the prior. With a second sparse stage (``cfg.data.second_resolution``), its VAE
     and DiT start from the trained first-stage VAE's and DiT's EMA weights (:meth:`StageTrainer.init_from`) and
-    are fine-tuned on the samples at the second resolution."""
+    are fine-tuned on the samples at the second resolution. The models train on ``device`` (their batches are
+    drawn on the CPU and moved, so the batches do not depend on it); checkpoints and exports are stored from
+    the CPU."""
     stages = list(cfg.stages()) if stages is None else list(stages)
     cfg.data.check()
     cfg.fill_second_stage_entries()  # the derived second-stage entries, recorded in config.json / training.json
@@ -120,7 +128,7 @@ def train_mini_prior(
         log(f"data at {data2.sparse_resolution}³: {len(train2)} training / {len(held_idx2)} held-out samples "
             f"({timings['data_2']:.0f} s)")
 
-    models = build_models(cfg)
+    models = {name: m.to(device) for name, m in build_models(cfg).items()}
     total = sum(count_bytes(m) for m in models.values())
     if export_dir is not None and total > MAX_WEIGHT_BYTES:  # refused now, not after hours of training
         raise InputError(f"mini prior weights would be {total / 1e6:.1f} MB, above the "
@@ -199,7 +207,7 @@ def train_mini_prior(
 @torch.no_grad()
 def evaluate_vaes(dense_vae, sparse_vae, held: SampleSet) -> dict:
     """Held-out reconstruction: dense occupancy IoU; sparse SDF L1 on all voxels and sign accuracy in the band."""
-    occ = torch.from_numpy(held.occupancy_batch(range(len(held))))
+    occ = torch.from_numpy(held.occupancy_batch(range(len(held)))).to(model_device(dense_vae))
     logits = dense_vae.decode(dense_vae.encode_moments(occ)[0])
     pred, truth = logits > 0, occ > 0.5
     iou = float((pred & truth).sum() / (pred | truth).sum().clamp(min=1))
@@ -212,9 +220,9 @@ def evaluate_sparse_vae(sparse_vae, held: SampleSet) -> dict:
     l1, sign_ok, n_all, n_band = 0.0, 0.0, 0, 0
     for i in range(len(held)):
         s = held[i]
-        h = sparse_vae.encoder(batch_band_tensor([s]))
+        h = sparse_vae.encoder(batch_band_tensor([s], device=model_device(sparse_vae)))
         mean = torch.chunk(h.feats, 2, dim=1)[0]
-        sdf = sparse_vae.decoder(h.replace(mean))
+        sdf = sparse_vae.decoder(h.replace(mean)).to("cpu")
         target = torch.from_numpy(s.lookup(sdf.coords[:, 1:].numpy()))
         pred_v = sdf.feats[:, 0]
         l1 += float((pred_v - target).abs().sum())

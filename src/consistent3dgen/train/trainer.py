@@ -14,6 +14,10 @@ codebase its sparse modules come from):
   EMA VAE's posterior means, scaled to unit variance (``latents_scale``, stored in the config as the
   official models do).
 
+Devices: every model trains where its parameters are (``train_mini_prior(device=...)`` moves them); batches,
+noise and noise levels are drawn on the CPU from the stage's own generators and then moved, so a run's batches do
+not depend on the device, and checkpoints and latent caches are stored from the CPU.
+
 Checkpoints: ``<run>/<stage>/checkpoint.safetensors`` (model, EMA, AdamW moments, RNG states) +
 ``checkpoint.json`` (step, config, loss history); a resumed run continues bit-exactly (same batches, noise).
 """
@@ -96,6 +100,16 @@ def init_for_training(model: nn.Module, is_dit: bool) -> None:
                 nn.init.zeros_(m[-1].bias)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device a model's parameters are on (where its batches go)."""
+    return next(model.parameters()).device
+
+
+def _cpu_randn(shape, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise drawn on the CPU from ``gen`` (device-independent), moved to ``like``'s device."""
+    return torch.randn(tuple(shape), generator=gen).to(device=like.device, dtype=like.dtype)
+
+
 def count_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
@@ -109,8 +123,9 @@ def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def dense_vae_loss(vae: nn.Module, occupancy: torch.Tensor, kl_weight: float, gen: torch.Generator) -> dict:
+    occupancy = occupancy.to(model_device(vae))
     mean, logvar = vae.encode_moments(occupancy)
-    z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
+    z = mean + torch.exp(0.5 * logvar) * _cpu_randn(mean.shape, gen, mean)
     logits = vae.decode(z)
     recon = F.binary_cross_entropy_with_logits(logits, occupancy)
     kl = gaussian_kl(mean, logvar)
@@ -121,8 +136,9 @@ def dense_vae_loss(vae: nn.Module, occupancy: torch.Tensor, kl_weight: float, ge
     return {"loss": recon + kl_weight * kl, "recon": recon, "kl": kl, "iou": iou}
 
 
-def batch_band_tensor(samples: list[ShapeSample], keep: list[np.ndarray | None] | None = None) -> SparseTensor:
-    """Narrow-band voxels of several samples as one SparseTensor (batch column first, rows grouped);
+def batch_band_tensor(samples: list[ShapeSample], keep: list[np.ndarray | None] | None = None,
+                      device: torch.device | str = "cpu") -> SparseTensor:
+    """Narrow-band voxels of several samples as one SparseTensor on ``device`` (batch column first, rows grouped);
     ``keep[b]`` (optional) is a bool mask over sample b's latent cells: only their band voxels are taken."""
     coords, feats = [], []
     for b, s in enumerate(samples):
@@ -131,7 +147,8 @@ def batch_band_tensor(samples: list[ShapeSample], keep: list[np.ndarray | None] 
         band = s.band()
         coords.append(np.concatenate([np.full((len(band), 1), b, np.int32), band.coords], 1))
         feats.append(band.feats)
-    return SparseTensor(torch.from_numpy(np.concatenate(feats)).float(), torch.from_numpy(np.concatenate(coords)))
+    return SparseTensor(torch.from_numpy(np.concatenate(feats)).float(),
+                        torch.from_numpy(np.concatenate(coords))).to(device)
 
 
 def crop_cells(cells: np.ndarray, max_cells: int, rng: np.random.Generator, padding: int = 1):
@@ -166,21 +183,23 @@ def sparse_vae_loss(
     cells plus one cell of context, and only the box's voxels are supervised: the VAE is local (convolutions and
     windowed attention), and encoding the whole shape for a small decoded crop cost ~4× more per step.
     """
+    dev = model_device(vae)
     crops = [crop_cells(s.cells, max_cells, rng) for s in samples]
-    x = batch_band_tensor(samples, [padded for _, padded in crops])
+    x = batch_band_tensor(samples, [padded for _, padded in crops], device=dev)
     h = vae.encoder(x)
     mean, logvar = torch.chunk(h.feats, 2, dim=1)
     logvar = logvar.clamp(-30.0, 20.0)
-    z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
+    z = mean + torch.exp(0.5 * logvar) * _cpu_randn(mean.shape, gen, mean)
     sdf, _ = vae.decoder.upsamples(vae.decoder.transformer(h.replace(z)), x.feats.dtype)
     losses, weight_sum, sign_ok, band_n = [], 0.0, 0.0, 0
     for b, (s, (core, _)) in enumerate(zip(samples, crops, strict=True)):
         rows = torch.nonzero(sdf.coords[:, 0] == b)[:, 0]
         parent = sdf.coords[rows, 1:].long() // s.factor
-        keep = rows[_rows_in(parent, torch.from_numpy(s.cells[core]).long(), s.cell_resolution)]
+        keep = rows[_rows_in(parent, torch.from_numpy(s.cells[core]).long().to(dev), s.cell_resolution)]
         pred = sdf.feats[keep, 0]
-        target = torch.from_numpy(s.lookup(sdf.coords[keep, 1:].numpy()))
-        band = torch.from_numpy(band_mask(target.numpy(), s.convention))
+        target_np = s.lookup(sdf.coords[keep, 1:].cpu().numpy())  # the stored field, looked up on the CPU
+        target = torch.from_numpy(target_np).to(dev)
+        band = torch.from_numpy(band_mask(target_np, s.convention)).to(dev)
         weight = torch.where(band, band_weight, 1.0)
         losses.append((weight * torch.abs(pred - target)).sum())
         weight_sum += float(weight.sum())
@@ -226,10 +245,11 @@ def flow_matching_loss(velocity: Callable, x0: torch.Tensor, sigma: torch.Tensor
 
 
 def dense_dit_loss(dit: nn.Module, latents: torch.Tensor, tc: StageTraining, null_tokens: int, gen) -> dict:
+    latents = latents.to(model_device(dit))
     b = latents.shape[0]
-    sigma = sample_sigmas(b, tc, gen)
-    noise = torch.randn(latents.shape, generator=gen)
-    cond = torch.zeros(b, null_tokens, _cond_channels(dit))
+    sigma = sample_sigmas(b, tc, gen).to(latents.device)
+    noise = _cpu_randn(latents.shape, gen, latents)
+    cond = torch.zeros(b, null_tokens, _cond_channels(dit), device=latents.device)
     return flow_matching_loss(lambda xt: dit(xt, sigma * 1000.0, cond), latents, sigma.view(b, 1, 1, 1, 1), noise)
 
 
@@ -243,13 +263,15 @@ def _cond_channels(model: nn.Module) -> int:
 
 def sparse_dit_loss(dit: nn.Module, tokens: list[tuple[np.ndarray, np.ndarray]], tc, null_tokens: int, gen) -> dict:
     """``tokens``: per sample (coords (M, 3) int, latents (M, C)), already in block order."""
+    dev = model_device(dit)
     b = len(tokens)
     coords = torch.from_numpy(np.concatenate([np.c_[np.full(len(c), i), c] for i, (c, _) in enumerate(tokens)]))
-    x0 = torch.from_numpy(np.concatenate([z for _, z in tokens])).float()
-    counts = torch.tensor([len(c) for c, _ in tokens])
-    sigma = sample_sigmas(b, tc, gen)
-    noise = torch.randn(x0.shape, generator=gen)
-    cond = torch.zeros(b, null_tokens, _cond_channels(dit))
+    coords = coords.to(dev)
+    x0 = torch.from_numpy(np.concatenate([z for _, z in tokens])).float().to(dev)
+    counts = torch.tensor([len(c) for c, _ in tokens], device=dev)
+    sigma = sample_sigmas(b, tc, gen).to(dev)
+    noise = _cpu_randn(x0.shape, gen, x0)
+    cond = torch.zeros(b, null_tokens, _cond_channels(dit), device=dev)
     sig_rows = torch.repeat_interleave(sigma, counts)[:, None]
 
     def velocity(xt):
@@ -318,12 +340,12 @@ class StageTrainer:
     def save(self) -> None:
         from safetensors.torch import save_file
 
-        tensors = {f"model.{k}": v.detach().contiguous() for k, v in self.model.state_dict().items()}
-        tensors.update({f"ema.{k}": v.detach().contiguous() for k, v in self.ema.model.state_dict().items()})
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in self.ema.model.state_dict().items()})
         opt_state = self.opt.state_dict()
         for pid, st in opt_state["state"].items():
             for k, v in st.items():
-                tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v).detach().clone().contiguous()
+                tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v).detach().cpu().clone().contiguous()
         tensors["rng.torch"] = self.gen.get_state()
         meta = {
             "stage": self.name,
@@ -456,10 +478,10 @@ def sparse_dit_objective(tokens: list[tuple[np.ndarray, np.ndarray]], tc: StageT
 @torch.no_grad()
 def encode_dense_latents(vae: nn.Module, data: SampleSet, batch: int = 32) -> torch.Tensor:
     """Posterior means (N, C, L, L, L) of every sample's occupancy."""
-    out = []
+    out, dev = [], model_device(vae)
     for s in range(0, len(data), batch):
-        occ = torch.from_numpy(data.occupancy_batch(range(s, min(s + batch, len(data)))))
-        out.append(vae.encode_moments(occ)[0])
+        occ = torch.from_numpy(data.occupancy_batch(range(s, min(s + batch, len(data))))).to(dev)
+        out.append(vae.encode_moments(occ)[0].cpu())
     return torch.cat(out)
 
 
@@ -468,12 +490,12 @@ def encode_sparse_latents(vae: nn.Module, data: SampleSet, block_size: int) -> l
     """Per sample: (latent cell coords (M, 3) in block order, posterior means (M, C))."""
     from ..generators.direct3d_s2.block_order import block_order
 
-    out = []
+    out, dev = [], model_device(vae)
     for i in range(len(data)):
-        h = vae.encoder(batch_band_tensor([data[i]]))
-        mean = torch.chunk(h.feats, 2, dim=1)[0]
-        order = block_order(h.coords, block_size)
-        out.append((h.coords[order, 1:].numpy().astype(np.int32), mean[order].numpy().astype(np.float32)))
+        h = vae.encoder(batch_band_tensor([data[i]], device=dev))
+        coords, mean = h.coords.cpu(), torch.chunk(h.feats, 2, dim=1)[0].cpu()
+        order = block_order(coords, block_size)
+        out.append((coords[order, 1:].numpy().astype(np.int32), mean[order].numpy().astype(np.float32)))
     return out
 
 

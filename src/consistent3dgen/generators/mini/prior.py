@@ -88,7 +88,7 @@ def save_mini_prior(folder: str | os.PathLike, components: Mapping[str, tuple[Ma
         raise ValueError(f"pipeline spec names components that were not given: {missing}")
     written = []
     for name, (entry, model) in components.items():
-        tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # from any device
         with atomic_path(folder / f"{name}.safetensors") as tmp:
             save_file(tensors, tmp, metadata={"format": FORMAT, "component": name})
         atomic_write_text(folder / f"{name}.json", json.dumps(dict(entry), indent=1))

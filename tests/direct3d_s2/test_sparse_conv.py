@@ -102,6 +102,22 @@ def test_neighbor_map_cached_and_chunking_invariant(monkeypatch):
     torch.testing.assert_close(full, chunked, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("stride,kernel,dilation,padding", [
+    ((1, 1, 1), (3, 3, 3), 1, (1, 1, 1)), ((1, 1, 1), (3, 3, 3), 2, (2, 2, 2)),
+    ((2, 2, 2), (3, 3, 3), 1, (1, 1, 1)), ((2, 2, 2), (2, 2, 2), 1, (0, 0, 0))])
+def test_direct_address_and_sorted_neighbor_maps_agree(monkeypatch, stride, kernel, dilation, padding):
+    # small boxes are hashed by direct addressing, large ones by sorted keys: the same map either way
+    from consistent3dgen.generators.direct3d_s2 import sparse_conv
+
+    x, _ = _random_sparse(batch=2, res=11, density=0.3, channels=1, seed=5)
+    out = x.coords if stride == (1, 1, 1) else sparse_conv.downsample_coords(x.coords, stride)[0]
+    by_sorting = build_neighbor_map(x.coords, out, kernel, stride, dilation, padding, dense_entries=0)
+    monkeypatch.setattr(sparse_conv, "_DENSE_CHUNK", 17)  # several chunks
+    direct = build_neighbor_map(x.coords, out, kernel, stride, dilation, padding)
+    assert torch.equal(direct, by_sorting)
+    assert (direct >= 0).any() and (direct < 0).any()
+
+
 def test_fixture_sparse_conv_subm(fixture_file):
     t = _fixture(fixture_file, "sparse_conv_subm")
     x = SparseTensor(t["input.feats"], t["input.coords"])

@@ -14,7 +14,8 @@ Semantics:
   ``stride*o + dilation*i - padding``). The official models never use it (they pool with
   ``SparseDownsample``); it exists for completeness and is tested against the dense op.
 
-Neighbour maps are built by hashing coordinates (sort + searchsorted) and cached in ``SparseTensor.cache``;
+Neighbour maps are built by hashing coordinates (a direct-address table over the coordinates' box when it is
+small enough, ``DENSE_TABLE_ENTRIES``; else sort + searchsorted) and cached in ``SparseTensor.cache``;
 the convolution gathers, multiplies and accumulates in row chunks so memory stays bounded for ~10 M voxels.
 """
 
@@ -32,6 +33,12 @@ from .sparse_tensor import SparseTensor
 _GATHER_BUDGET_BYTES = 64 * 2**20
 # queries per searchsorted call while building neighbour maps
 _QUERY_CHUNK = 1 << 22
+# a coordinate box of at most this many cells (× batches) is hashed by direct addressing: an int32 row per
+# cell (128 MiB at most; a 256³ stage's box is ~19 M cells), one gather per lookup instead of a binary search.
+# Larger boxes (a 1024³ stage: ~10⁹ cells) keep the sorted keys.
+DENSE_TABLE_ENTRIES = 1 << 25
+# neighbour-map rows per direct-address chunk (their (rows, K) int64 keys: ≤ 64 MiB for K = 27)
+_DENSE_CHUNK = 1 << 18
 # input rows per float64 pooling chunk
 _POOL_CHUNK = 1 << 20
 
@@ -55,13 +62,14 @@ def kernel_offsets(kernel_size: tuple[int, int, int], device: torch.device | str
 
 
 class _CoordHash:
-    """Sorted int64 keys of (batch, x, y, z) rows in a box widened by ``margin``, for searchsorted lookups.
+    """Int64 keys of (batch, x, y, z) rows in a box widened by ``margin``: a direct-address table (``dense``, key
+    → row) when the box holds at most ``dense_entries`` cells, else sorted keys for searchsorted lookups.
 
     Because the box has the margin, a coordinate shifted by at most ``margin`` per axis stays inside it, so the
     shifted coordinate's key is simply ``key + delta`` (no wrap-around): lookups need no bounds checks.
     """
 
-    def __init__(self, coords: torch.Tensor, margin: int):
+    def __init__(self, coords: torch.Tensor, margin: int, dense_entries: int | None = None):
         c = coords.long()
         if len(c):
             self.lo = c[:, 1:].min(dim=0).values - margin
@@ -74,6 +82,12 @@ class _CoordHash:
         if math.prod(self.extent) * batches >= 2**62:
             raise ValueError("sparse coordinates span too large a range to hash into int64")
         self.keys = self.encode(c)
+        volume = math.prod(self.extent) * batches
+        self.dense: torch.Tensor | None = None
+        if volume <= (DENSE_TABLE_ENTRIES if dense_entries is None else dense_entries):
+            self.dense = torch.full((volume,), -1, dtype=torch.int32, device=c.device)
+            self.dense[self.keys] = torch.arange(len(c), dtype=torch.int32, device=c.device)
+            return
         self.sorted_keys, order = torch.sort(self.keys)
         self.order = order.to(torch.int32)
         # a sentinel past the end makes every searchsorted position a valid index (no clamp needed)
@@ -91,7 +105,10 @@ class _CoordHash:
         return (offset[0] * ey + offset[1]) * ez + offset[2]
 
     def lookup(self, query_keys: torch.Tensor) -> torch.Tensor:
-        """Row index (int32) of each query key, -1 where absent (fastest when the queries are sorted)."""
+        """Row index (int32) of each query key, -1 where absent (searchsorted: fastest when the queries are
+        sorted)."""
+        if self.dense is not None:
+            return self.dense[query_keys]
         pos = torch.searchsorted(self.sorted_keys, query_keys)
         rows = self._order_ext[pos]
         rows[self._keys_ext[pos] != query_keys] = -1
@@ -105,16 +122,31 @@ def build_neighbor_map(
     stride: tuple[int, int, int] = (1, 1, 1),
     dilation: int = 1,
     padding: tuple[int, int, int] = (0, 0, 0),
+    dense_entries: int | None = None,
 ) -> torch.Tensor:
     """``[N_out, K]`` int32 map: input row read by output site o at kernel offset k, -1 if absent.
 
     Output site o (batch b, position p) reads input (b, stride*p + dilation*i - padding) for kernel index i.
+    ``dense_entries``: the direct-address limit (default ``DENSE_TABLE_ENTRIES``; 0 = always sorted keys).
     """
     offsets = kernel_offsets(kernel_size) * dilation - torch.tensor(padding)
     # stride*p lies within stride - 1 below the inputs it covers, so this margin keeps every query in the box
     margin = int(offsets.abs().max()) + max(stride)
-    table = _CoordHash(in_coords, margin)
-    if out_coords is in_coords or (stride == (1, 1, 1) and torch.equal(out_coords, in_coords)):
+    table = _CoordHash(in_coords, margin, dense_entries)
+    same = out_coords is in_coords or (stride == (1, 1, 1) and torch.equal(out_coords, in_coords))
+    if table.dense is not None:  # direct addressing: every offset of a chunk of rows in one gather, in row order
+        if same:
+            keys = table.keys
+        else:
+            base = out_coords.long().clone()
+            base[:, 1:] *= torch.tensor(stride, device=base.device)
+            keys = table.encode(base)
+        deltas = torch.tensor([table.delta(off) for off in offsets.tolist()], device=keys.device)
+        nmap = torch.empty(out_coords.shape[0], offsets.shape[0], dtype=torch.int32, device=out_coords.device)
+        for s in range(0, keys.shape[0], _DENSE_CHUNK):
+            nmap[s : s + _DENSE_CHUNK] = table.dense[keys[s : s + _DENSE_CHUNK, None] + deltas]
+        return nmap
+    if same:
         base_keys, base_order = table.sorted_keys, table.order.long()  # sorted queries: cache-friendly search
     else:
         base = out_coords.long().clone()

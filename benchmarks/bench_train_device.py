@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from consistent3dgen.devices import resolve_device, synchronize
+from consistent3dgen.devices import resolve_device
 from consistent3dgen.train.config import MiniPriorConfig
 from consistent3dgen.train.data import SampleSet, build_dataset, default_sources
 from consistent3dgen.train.trainer import (
@@ -63,15 +64,13 @@ def objectives(cfg: MiniPriorConfig, models: dict, first: SampleSet, second: Sam
 
 def step_seconds(name: str, model: torch.nn.Module, cfg: MiniPriorConfig, loss_fn, device, steps: int,
                  run_dir: Path) -> list[float]:
-    tr = StageTrainer(name, copy.deepcopy(model).to(device), cfg.training(name), run_dir / str(device), seed=0)
-    times = []
-    for _ in range(steps):
-        synchronize(device)
-        t0 = time.perf_counter()
-        tr.run(loss_fn, steps=tr.step + 1, log=None)
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return times
+    """Seconds of each of ``steps`` training steps (the trainer's own loop; each step ends in a device sync, as
+    its logged terms are read back; no checkpoint or curve is written between steps)."""
+    tc = dataclasses.replace(cfg.training(name), checkpoint_every=10**9, log_every=10**9)
+    tr = StageTrainer(name, copy.deepcopy(model).to(device), tc, run_dir / str(device), seed=0)
+    tr.run(loss_fn, steps=steps, log=None)
+    ends = [row["seconds"] for row in tr.history]
+    return [b - a for a, b in zip([0.0, *ends[:-1]], ends, strict=True)]
 
 
 def main() -> None:

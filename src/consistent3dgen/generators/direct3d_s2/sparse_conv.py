@@ -134,25 +134,22 @@ def build_neighbor_map(
     margin = int(offsets.abs().max()) + max(stride)
     table = _CoordHash(in_coords, margin, dense_entries)
     same = out_coords is in_coords or (stride == (1, 1, 1) and torch.equal(out_coords, in_coords))
+    if same:
+        keys = table.keys
+    else:  # output site p reads from stride*p: its key in the input's box
+        base = out_coords.long().clone()
+        base[:, 1:] *= torch.tensor(stride, device=base.device)
+        keys = table.encode(base)
+    nmap = torch.empty(out_coords.shape[0], offsets.shape[0], dtype=torch.int32, device=out_coords.device)
     if table.dense is not None:  # direct addressing: every offset of a chunk of rows in one gather, in row order
-        if same:
-            keys = table.keys
-        else:
-            base = out_coords.long().clone()
-            base[:, 1:] *= torch.tensor(stride, device=base.device)
-            keys = table.encode(base)
         deltas = torch.tensor([table.delta(off) for off in offsets.tolist()], device=keys.device)
-        nmap = torch.empty(out_coords.shape[0], offsets.shape[0], dtype=torch.int32, device=out_coords.device)
         for s in range(0, keys.shape[0], _DENSE_CHUNK):
             nmap[s : s + _DENSE_CHUNK] = table.dense[keys[s : s + _DENSE_CHUNK, None] + deltas]
         return nmap
     if same:
         base_keys, base_order = table.sorted_keys, table.order.long()  # sorted queries: cache-friendly search
     else:
-        base = out_coords.long().clone()
-        base[:, 1:] *= torch.tensor(stride, device=base.device)
-        base_keys, base_order = torch.sort(table.encode(base))
-    nmap = torch.empty(out_coords.shape[0], offsets.shape[0], dtype=torch.int32, device=out_coords.device)
+        base_keys, base_order = torch.sort(keys)
     for k, off in enumerate(offsets.tolist()):
         d = table.delta(off)
         for s in range(0, base_keys.shape[0], _QUERY_CHUNK):

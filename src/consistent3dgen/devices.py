@@ -97,6 +97,11 @@ def autocast(device: torch.device, dtype: torch.dtype | None):  # noqa: ANN201 -
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """The device a module's parameters are on (where its inputs go)."""
+    return next(module.parameters()).device
+
+
 def module_dtypes(modules: Iterable[nn.Module]) -> set[torch.dtype]:
     """The floating-point dtypes of the modules' parameters."""
     return {p.dtype for m in modules for p in m.parameters() if p.is_floating_point()}

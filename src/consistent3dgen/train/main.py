@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..devices import module_device
 from ..errors import InputError
 from ..generators.mini import build_component
 from ..io.atomic import atomic_write_text
@@ -38,7 +39,6 @@ from .trainer import (
     encode_dense_latents,
     encode_sparse_latents,
     latent_scale,
-    model_device,
     sparse_dit_objective,
     sparse_vae_objective,
 )
@@ -207,7 +207,7 @@ def train_mini_prior(
 @torch.no_grad()
 def evaluate_vaes(dense_vae, sparse_vae, held: SampleSet) -> dict:
     """Held-out reconstruction: dense occupancy IoU; sparse SDF L1 on all voxels and sign accuracy in the band."""
-    occ = torch.from_numpy(held.occupancy_batch(range(len(held)))).to(model_device(dense_vae))
+    occ = torch.from_numpy(held.occupancy_batch(range(len(held)))).to(module_device(dense_vae))
     logits = dense_vae.decode(dense_vae.encode_moments(occ)[0])
     pred, truth = logits > 0, occ > 0.5
     iou = float((pred & truth).sum() / (pred | truth).sum().clamp(min=1))
@@ -220,7 +220,7 @@ def evaluate_sparse_vae(sparse_vae, held: SampleSet) -> dict:
     l1, sign_ok, n_all, n_band = 0.0, 0.0, 0, 0
     for i in range(len(held)):
         s = held[i]
-        h = sparse_vae.encoder(batch_band_tensor([s], device=model_device(sparse_vae)))
+        h = sparse_vae.encoder(batch_band_tensor([s], device=module_device(sparse_vae)))
         mean = torch.chunk(h.feats, 2, dim=1)[0]
         sdf = sparse_vae.decoder(h.replace(mean)).to("cpu")
         target = torch.from_numpy(s.lookup(sdf.coords[:, 1:].numpy()))

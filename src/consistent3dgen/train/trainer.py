@@ -38,11 +38,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..devices import module_device
 from ..errors import InputError
 from ..generators.direct3d_s2.sparse_tensor import SparseTensor
 from ..generators.mini import build_component
 from ..io.atomic import atomic_path, atomic_write_text
 from ..preview import line_plot
+from ..sampling.noise import draw_noise
 from .config import MiniPriorConfig, StageTraining
 from .data import SampleSet, ShapeSample, band_mask
 
@@ -100,16 +102,6 @@ def init_for_training(model: nn.Module, is_dit: bool) -> None:
                 nn.init.zeros_(m[-1].bias)
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """The device a model's parameters are on (where its batches go)."""
-    return next(model.parameters()).device
-
-
-def _cpu_randn(shape, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    """Standard normal noise drawn on the CPU from ``gen`` (device-independent), moved to ``like``'s device."""
-    return torch.randn(tuple(shape), generator=gen).to(device=like.device, dtype=like.dtype)
-
-
 def count_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
@@ -123,9 +115,9 @@ def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def dense_vae_loss(vae: nn.Module, occupancy: torch.Tensor, kl_weight: float, gen: torch.Generator) -> dict:
-    occupancy = occupancy.to(model_device(vae))
+    occupancy = occupancy.to(module_device(vae))
     mean, logvar = vae.encode_moments(occupancy)
-    z = mean + torch.exp(0.5 * logvar) * _cpu_randn(mean.shape, gen, mean)
+    z = mean + torch.exp(0.5 * logvar) * draw_noise(mean.shape, gen, mean.device, mean.dtype)
     logits = vae.decode(z)
     recon = F.binary_cross_entropy_with_logits(logits, occupancy)
     kl = gaussian_kl(mean, logvar)
@@ -183,13 +175,13 @@ def sparse_vae_loss(
     cells plus one cell of context, and only the box's voxels are supervised: the VAE is local (convolutions and
     windowed attention), and encoding the whole shape for a small decoded crop cost ~4× more per step.
     """
-    dev = model_device(vae)
+    dev = module_device(vae)
     crops = [crop_cells(s.cells, max_cells, rng) for s in samples]
     x = batch_band_tensor(samples, [padded for _, padded in crops], device=dev)
     h = vae.encoder(x)
     mean, logvar = torch.chunk(h.feats, 2, dim=1)
     logvar = logvar.clamp(-30.0, 20.0)
-    z = mean + torch.exp(0.5 * logvar) * _cpu_randn(mean.shape, gen, mean)
+    z = mean + torch.exp(0.5 * logvar) * draw_noise(mean.shape, gen, mean.device, mean.dtype)
     sdf, _ = vae.decoder.upsamples(vae.decoder.transformer(h.replace(z)), x.feats.dtype)
     losses, weight_sum, sign_ok, band_n = [], 0.0, 0.0, 0
     for b, (s, (core, _)) in enumerate(zip(samples, crops, strict=True)):
@@ -245,10 +237,10 @@ def flow_matching_loss(velocity: Callable, x0: torch.Tensor, sigma: torch.Tensor
 
 
 def dense_dit_loss(dit: nn.Module, latents: torch.Tensor, tc: StageTraining, null_tokens: int, gen) -> dict:
-    latents = latents.to(model_device(dit))
+    latents = latents.to(module_device(dit))
     b = latents.shape[0]
     sigma = sample_sigmas(b, tc, gen).to(latents.device)
-    noise = _cpu_randn(latents.shape, gen, latents)
+    noise = draw_noise(latents.shape, gen, latents.device, latents.dtype)
     cond = torch.zeros(b, null_tokens, _cond_channels(dit), device=latents.device)
     return flow_matching_loss(lambda xt: dit(xt, sigma * 1000.0, cond), latents, sigma.view(b, 1, 1, 1, 1), noise)
 
@@ -263,14 +255,14 @@ def _cond_channels(model: nn.Module) -> int:
 
 def sparse_dit_loss(dit: nn.Module, tokens: list[tuple[np.ndarray, np.ndarray]], tc, null_tokens: int, gen) -> dict:
     """``tokens``: per sample (coords (M, 3) int, latents (M, C)), already in block order."""
-    dev = model_device(dit)
+    dev = module_device(dit)
     b = len(tokens)
     coords = torch.from_numpy(np.concatenate([np.c_[np.full(len(c), i), c] for i, (c, _) in enumerate(tokens)]))
     coords = coords.to(dev)
     x0 = torch.from_numpy(np.concatenate([z for _, z in tokens])).float().to(dev)
     counts = torch.tensor([len(c) for c, _ in tokens], device=dev)
     sigma = sample_sigmas(b, tc, gen).to(dev)
-    noise = _cpu_randn(x0.shape, gen, x0)
+    noise = draw_noise(x0.shape, gen, x0.device, x0.dtype)
     cond = torch.zeros(b, null_tokens, _cond_channels(dit), device=dev)
     sig_rows = torch.repeat_interleave(sigma, counts)[:, None]
 
@@ -478,7 +470,7 @@ def sparse_dit_objective(tokens: list[tuple[np.ndarray, np.ndarray]], tc: StageT
 @torch.no_grad()
 def encode_dense_latents(vae: nn.Module, data: SampleSet, batch: int = 32) -> torch.Tensor:
     """Posterior means (N, C, L, L, L) of every sample's occupancy."""
-    out, dev = [], model_device(vae)
+    out, dev = [], module_device(vae)
     for s in range(0, len(data), batch):
         occ = torch.from_numpy(data.occupancy_batch(range(s, min(s + batch, len(data))))).to(dev)
         out.append(vae.encode_moments(occ)[0].cpu())
@@ -490,7 +482,7 @@ def encode_sparse_latents(vae: nn.Module, data: SampleSet, block_size: int) -> l
     """Per sample: (latent cell coords (M, 3) in block order, posterior means (M, C))."""
     from ..generators.direct3d_s2.block_order import block_order
 
-    out, dev = [], model_device(vae)
+    out, dev = [], module_device(vae)
     for i in range(len(data)):
         h = vae.encoder(batch_band_tensor([data[i]], device=dev))
         coords, mean = h.coords.cpu(), torch.chunk(h.feats, 2, dim=1)[0].cpu()

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ...devices import module_device
 from ...errors import InputError
 from .dense_dit import DenseDiT
 from .dense_vae import DenseShapeVAE, UpsampleBlock3d
@@ -47,10 +48,6 @@ def config_version(config: dict[str, Any]) -> str:
     return "v1.0" if any((d.get("params") or {}).get("sparse_conditions") for d in dits) else "v1.1"
 
 
-def _model_device(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
 class Direct3DS2DenseStage:
     """Dense stage (``DenseStage``): 64³ occupancy ↔ (8, 16, 16, 16) latent, velocity from the dense DiT.
 
@@ -73,7 +70,7 @@ class Direct3DS2DenseStage:
 
     @property
     def device(self) -> torch.device:
-        return _model_device(self.dit)
+        return module_device(self.dit)
 
     def _check_latent(self, latent: torch.Tensor) -> None:
         if latent.ndim != 5 or tuple(latent.shape[1:]) != self.latent_shape:
@@ -85,7 +82,7 @@ class Direct3DS2DenseStage:
         r = self.occupancy_resolution
         if occupancy.ndim != 5 or tuple(occupancy.shape[1:]) != (1, r, r, r):
             raise ValueError(f"occupancy must be (B, 1, {r}, {r}, {r}), got {tuple(occupancy.shape)}")
-        occ = occupancy.to(device=_model_device(self.vae), dtype=torch.float32)
+        occ = occupancy.to(device=module_device(self.vae), dtype=torch.float32)
         if not torch.all((occ == 0) | (occ == 1)):
             raise ValueError("occupancy must contain only 0 and 1")
         mean = self.vae.encode(occ).float()
@@ -95,7 +92,7 @@ class Direct3DS2DenseStage:
     def decode_occupancy(self, latent: torch.Tensor) -> torch.Tensor:
         """(B, 8, 16, 16, 16) latent → (B, 1, 64, 64, 64) float32 occupancy logits."""
         self._check_latent(latent)
-        z = latent.to(_model_device(self.vae)).float() / self.latents_scale + self.latents_shift
+        z = latent.to(module_device(self.vae)).float() / self.latents_scale + self.latents_shift
         return self.vae.decode(z.to(self.vae.decoder.dtype)).float()
 
     @torch.no_grad()
@@ -180,7 +177,7 @@ class Direct3DS2SparseStage:
 
     @property
     def device(self) -> torch.device:
-        return _model_device(self.dit)
+        return module_device(self.dit)
 
     def modules(self) -> list[torch.nn.Module]:
         """The stage's models (what ``Generator.to`` moves), its refiner's included."""

@@ -26,6 +26,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ...devices import module_device
 from ...errors import NoSurfaceError
 from ...geometry.voxels import SparseVoxels, linear_index
 from ..base import SparseLatent
@@ -122,10 +123,6 @@ def _batch0(coords: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.cat([torch.zeros(len(xyz), 1, dtype=torch.int32), xyz], dim=1).to(device)
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 class InteriorRefiner:
     """``Voxel_RefinerXL`` on the 512 stage: decoded SDF + the decoder's last features → dense refined SDF →
     mesh at ``2 × base`` (official ``self.refiner.run(*outputs, mc_threshold=mc_threshold*2.0)``)."""
@@ -151,7 +148,7 @@ class InteriorRefiner:
     def refine(self, sdf: SparseVoxels, decoded: torch.Tensor, level: float) -> tuple[np.ndarray, np.ndarray]:
         if sdf.resolution != self.resolution:
             raise ValueError(f"the 512 refiner works at {self.resolution}^3, the SDF is at {sdf.resolution}^3")
-        device = _device(self.model)
+        device = module_device(self.model)
         c4 = _batch0(sdf.coords, device)
         values = SparseTensor(torch.as_tensor(sdf.feats, dtype=torch.float32).to(device), c4)
         dense = self.model.refine(values, SparseTensor(decoded.to(device), c4))[0, 0]  # (R, R, R)
@@ -184,7 +181,7 @@ class SignRefiner:
     def refine(self, sdf: SparseVoxels, decoded: None, level: float) -> tuple[np.ndarray, np.ndarray]:
         if sdf.resolution != self.resolution:
             raise ValueError(f"the sign refiner works at {self.resolution}^3, the SDF is at {sdf.resolution}^3")
-        device = _device(self.model)
+        device = module_device(self.model)
         feats = torch.as_tensor(sdf.feats, dtype=torch.float32).to(device)
         signs = self.model.predict_signs(SparseTensor(feats, _batch0(sdf.coords, device)))[0]  # (R/2)³ int8
         order = np.argsort(sdf.coords[:, 0], kind="stable")

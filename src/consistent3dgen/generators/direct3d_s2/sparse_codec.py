@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ...devices import module_device
 from ...geometry.voxels import SparseVoxels
 from ..base import SparseLatent
 from .sparse_tensor import SparseTensor
@@ -16,10 +17,6 @@ from .sparse_vae import SparseSDFVAE
 
 # voxels per latent cell per axis (three ×2 down/up-sampling blocks)
 LATENT_FACTOR = 8
-
-
-def _device(vae: SparseSDFVAE) -> torch.device:
-    return next(vae.parameters()).device
 
 
 @torch.no_grad()
@@ -35,7 +32,7 @@ def encode_sdf(vae: SparseSDFVAE, sdf: SparseVoxels, sample_posterior: bool = Fa
     feats = torch.as_tensor(sdf.feats, dtype=torch.float32)
     if not torch.isfinite(feats).all():
         raise ValueError("SDF values contain NaN or infinity")
-    device = _device(vae)
+    device = module_device(vae)
     xyz = torch.as_tensor(sdf.coords, dtype=torch.int32)
     coords = torch.cat([torch.zeros(len(xyz), 1, dtype=torch.int32), xyz], dim=1).to(device)
     z, _ = vae.encode(SparseTensor(feats.to(device), coords), sample_posterior=sample_posterior)
@@ -57,7 +54,7 @@ def decode_sdf(vae: SparseSDFVAE, latent: SparseLatent, chunk_size: int | None =
         raise ValueError("no latent tokens to decode")
     if latent.feats.ndim != 2 or latent.feats.shape[1] != vae.embed_dim:
         raise ValueError(f"latent features must be (N, {vae.embed_dim}), got {tuple(latent.feats.shape)}")
-    device = _device(vae)
+    device = module_device(vae)
     xyz = latent.coords.to(torch.int32)
     if xyz.min() < 0 or xyz.max() >= vae.resolution:
         raise ValueError(f"latent coords outside [0, {vae.resolution})")

@@ -26,6 +26,7 @@ import torch
 
 from .generators.base import DenseStage, SparseLatent, SparseStage, stage_device
 from .geometry.frames import Similarity, normalize_to_cube
+from .geometry.interior import fill_enclosed_interior
 from .geometry.voxels import SparseVoxels, pool_occupancy
 from .sampling import FlowMatchSchedule, FrontGuidance, StepInfo, initial_noise, sample
 
@@ -418,6 +419,8 @@ def run_sparse_stages(
             free = seen.free_voxels(sdf.centers(), frame)
             if free is not None:
                 sdf = clamp_free_space(sdf, free)
+            # a signed field's deep inside is absent cells: mark them inside, or marching cubes closes an inner shell
+            sdf = fill_enclosed_interior(sdf, stage.latent_factor, level=cfg.mc_level)
             result.mesh, info = None, None
             if refiner is not None:  # the stage's mesh: hand-off to the next stage, or the output
                 level = refiner.level(cfg.mc_level)

@@ -267,3 +267,34 @@ def test_a_signed_field_resamples_into_the_next_stages_frame():
     assert len(out) > 0.95 * (np.abs(values2) < 1).sum()  # the band, but for voxels no previous voxel reaches
     assert np.abs(out.feats[:, 0] - truth).max() < 0.04
     assert np.all(np.abs(out.feats[:, 0]) < 1) and out.resolution == 64
+
+
+def test_a_signed_stage_field_comes_out_with_its_inside_filled():
+    # a stage whose decoder gives a signed ball's band cells (deep inside absent): the cascade's field has them
+    # inside, so its mesh is one sphere, not a sphere and an inner shell
+    from consistent3dgen.geometry.marching_cubes import sparse_marching_cubes
+    from consistent3dgen.geometry.mesh_ops import mesh_pieces
+
+    res, factor, band = 64, 4, 2.0
+    coords = np.argwhere(np.ones((res,) * 3, bool))
+    d_vox = (np.linalg.norm(-1.0 + (2.0 * coords + 1.0) / res, axis=1) - 0.7) * res / 2
+    cells = np.unique(coords[np.abs(d_vox) < band] // factor, axis=0)
+    keep = np.isin(SparseVoxels(coords // factor, res // factor).keys, SparseVoxels(cells, res // factor).keys)
+    ball = SparseVoxels(coords[keep], res, np.clip(d_vox[keep] / band, -1, 1)[:, None].astype(np.float32))
+
+    class BallStage(FakeSparse):
+        latent_factor = factor
+
+        def decode_sdf(self, latent):
+            return ball
+
+    class NoView(FakeSeen):
+        def target(self, index, sim):
+            return None
+
+    assert mesh_pieces(*sparse_marching_cubes(ball))["pieces"] == 2
+    out = run_sparse_stages([BallStage(res)], [SparseStageConfig(FlowMatchSchedule.shifted(2, 1.0))],
+                            SparseVoxels(cells, res // factor), Condition(None), NoView(None), progress=False,
+                            generator=torch.Generator().manual_seed(0))
+    assert len(out.sdf) > len(ball)
+    assert mesh_pieces(*sparse_marching_cubes(out.sdf))["pieces"] == 1

@@ -239,6 +239,13 @@ def test_free_space_mask_geometry():
     canon = frame.scale * (cam - np.array(frame.center)) @ frame.R.T
     free = free_space_mask(canon, pm, frame, margin=0.1, mask_dilation_px=1)
     assert free.tolist() == [True, False, True, False]
+    # whole cells: the margin holds for the silhouette too. Margin 0.5 canonical = 0.25 camera units = 2.08 px at
+    # depth 2.4; behind the surface, 1 px and 4 px outside the dilated mask (its last column is 15)
+    cam = np.array([[(16 - 10) * 2.4 / 20, 0.0, 2.4], [(19 - 10) * 2.4 / 20, 0.0, 2.4]])
+    canon = frame.scale * (cam - np.array(frame.center)) @ frame.R.T
+    assert free_space_mask(canon, pm, frame, margin=0.5, mask_dilation_px=1).tolist() == [True, True]
+    assert free_space_mask(canon, pm, frame, margin=0.5, mask_dilation_px=1, silhouette_margin=True).tolist() == [
+        False, True]
 
 
 def test_a_signed_field_resamples_into_the_next_stages_frame():

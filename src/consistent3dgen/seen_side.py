@@ -204,7 +204,7 @@ class SeenSide:
         res = self.first.cells.resolution
         cells = all_voxels(res)
         # a cell is free when its centre is free by more than a cell diagonal (2·√3 / res)
-        is_free = self._free(voxel_centers(cells, res), self.frame, 2.0 * np.sqrt(3) / res)
+        is_free = self._free(voxel_centers(cells, res), self.frame, 2.0 * np.sqrt(3) / res, silhouette_margin=True)
         return SparseVoxels(cells[is_free], res)
 
     # ------------------------------------------------------------------------------ sparse stages
@@ -253,12 +253,13 @@ class SeenSide:
         margin = 2.0 * self._shell_kw["band"] / self.stages[0].resolution
         return self._free(points, compose_frame(self.frame, sim), margin)
 
-    def _free(self, points: np.ndarray, frame: CanonicalFrame, margin: float) -> np.ndarray:
+    def _free(self, points: np.ndarray, frame: CanonicalFrame, margin: float, silhouette_margin: bool = False
+              ) -> np.ndarray:
         """(N,) bool: canonical points (``frame``: the first camera → this canonical cube) some view shows empty."""
         free = np.zeros(len(points), bool)
         for v in self._carving:
             free |= free_space_mask(points, v, view_frame(frame, v.cam_to_world), margin,
-                                    mask_dilation_px=self.free_space_dilation)
+                                    mask_dilation_px=self.free_space_dilation, silhouette_margin=silhouette_margin)
         return free
 
 

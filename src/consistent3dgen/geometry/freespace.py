@@ -8,7 +8,7 @@ outside the image, are unknown (not free). All conversions go through :mod:`.fra
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import binary_dilation
+from scipy.ndimage import binary_dilation, distance_transform_edt
 
 from ..pointmap import PointMap
 from .frames import CanonicalFrame, canonical_to_camera
@@ -52,13 +52,25 @@ def free_space_mask(
     frame: CanonicalFrame,
     margin: float,
     mask_dilation_px: int,
+    silhouette_margin: bool = False,
 ) -> np.ndarray:
-    """(N,) bool: points the view shows to be empty (see module docstring); ``margin`` in canonical units."""
+    """(N,) bool: points the view shows to be empty (see module docstring); ``margin`` in canonical units.
+
+    ``silhouette_margin``: the margin holds for the silhouette too (the point's pixel distance to the mask, at its
+    depth, above ``margin``), for whole cells: a cell whose centre projects just outside the mask may still hold
+    the surface that makes the silhouette. Off, a point is free as soon as it projects outside the mask (voxels:
+    nothing may bulge past the silhouette)."""
     in_image, in_mask, gap = view_depth_gap(points_canonical, pointmap, frame)
     silhouette = pointmap.mask
     if mask_dilation_px > 0:  # a few pixels of slack for mask and projection error
         silhouette = binary_dilation(silhouette, iterations=int(mask_dilation_px))
-    _, row, col, _ = _project(points_canonical, pointmap, frame)
-    outside_silhouette = in_image & ~silhouette[row, col]
+    _, row, col, z = _project(points_canonical, pointmap, frame)
+    if silhouette_margin and silhouette.any():
+        outside_px = distance_transform_edt(~silhouette)[row, col]
+        focal = float(min(pointmap.intrinsics[0, 0], pointmap.intrinsics[1, 1]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            outside_silhouette = in_image & (outside_px > margin / frame.scale * focal / z)
+    else:
+        outside_silhouette = in_image & ~silhouette[row, col]
     in_front = np.nan_to_num(gap, nan=-np.inf) > margin
     return outside_silhouette | in_front

@@ -335,3 +335,29 @@ def test_train_refuses_a_missing_device_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "CUDA is not available" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_ground_symmetries_turn_and_mirror_about_the_vertical_axis(samples, tiny_entry):
+    from consistent3dgen.train.trainer import encode_dense_latents, ground_symmetries
+
+    rng = np.random.default_rng(0)
+    occ = (rng.random((2, 1, 4, 4, 4)) > 0.5).astype(np.float32)
+    eight = ground_symmetries(occ, 8)
+    assert eight.shape == (16, 1, 4, 4, 4) and np.array_equal(ground_symmetries(occ, 1), occ)
+    assert np.array_equal(eight[:2], occ) and np.array_equal(eight[2:4], occ[:, :, ::-1])  # grouped by variant
+    # every variant keeps each vertical column (x, z) whole and in order: y, the up axis, is never touched
+    for k in range(8):
+        v = eight[2 * k: 2 * k + 2]
+        assert sorted(map(bytes, v[0, 0].transpose(0, 2, 1).reshape(16, 4))) == sorted(
+            map(bytes, occ[0, 0].transpose(0, 2, 1).reshape(16, 4)))
+    # the eight are distinct images of a shape with no symmetry of its own: the whole group, once each
+    asym = np.zeros((1, 1, 4, 4, 4), np.float32)
+    asym[0, 0, 0, 0, 0] = asym[0, 0, 1, 0, 0] = asym[0, 0, 0, 1, 3] = 1
+    assert len({ground_symmetries(asym, 8)[k].tobytes() for k in range(8)}) == 8
+    with pytest.raises(ValueError, match="symmetries"):
+        ground_symmetries(occ, 3)
+    with pytest.raises(InputError, match="symmetries"):
+        MiniPriorConfig.from_dict({"train_dense_dit": {"steps": 1, "batch_size": 1, "lr": 1e-3, "symmetries": 3}})
+    # the latent cache holds every sample under each symmetry
+    vae = _tiny(tiny_entry("dense_vae"), is_dit=False)
+    assert len(encode_dense_latents(vae, samples, symmetries=4)) == 4 * len(samples)

@@ -100,6 +100,10 @@ class StageTraining:
     max_decoded_cells: int = 0
     # sparse VAE: L1 weight of narrow-band voxels relative to the far (+1) voxels of the decoded cells
     band_weight: float = 1.0
+    # dense DiT: each shape also as its images under this many symmetries of the ground square (y stays up):
+    # 1 (as built), 2 (+ the x mirror), 4 (+ the z mirror and the half turn), 8 (+ the quarter turns); the
+    # dense data is a few hundred shapes, which the DiT otherwise learns by heart
+    symmetries: int = 1
 
 
 @dataclass
@@ -264,6 +268,8 @@ class MiniPriorConfig:
             if sampling not in TIMESTEP_SAMPLINGS:
                 raise InputError(f"{k}.timestep_sampling must be one of {', '.join(TIMESTEP_SAMPLINGS)}, "
                                  f"got {sampling!r}")
+            if getattr(cfg, k).symmetries not in (1, 2, 4, 8):
+                raise InputError(f"{k}.symmetries must be 1, 2, 4 or 8, got {getattr(cfg, k).symmetries!r}")
         return cfg
 
     @classmethod

@@ -166,6 +166,8 @@ def train_mini_prior(
     dense_latents = encode_dense_latents(dense_vae, train)
     cfg.dense_vae["params"]["latents_scale"] = latent_scale(dense_latents)
     if "dense_dit" in stages:
+        if cfg.train_dense_dit.symmetries > 1:  # the scale stays the shapes' own; the DiT sees their images too
+            dense_latents = encode_dense_latents(dense_vae, train, symmetries=cfg.train_dense_dit.symmetries)
         scaled = dense_latents * cfg.dense_vae["params"]["latents_scale"]
         run("dense_dit", dense_dit_objective(scaled, cfg.train_dense_dit, cfg.null_cond_tokens))
     sparse_vae = trainers["sparse_vae"].ema.model

@@ -467,13 +467,30 @@ def sparse_dit_objective(tokens: list[tuple[np.ndarray, np.ndarray]], tc: StageT
 # ------------------------------------------------------------------------------------------ latent caches
 
 
+GROUND_SYMMETRIES = (1, 2, 4, 8)
+
+
+def ground_symmetries(occupancy: np.ndarray, count: int) -> np.ndarray:
+    """(B·count, 1, D, D, D): each grid of ``occupancy`` (B, 1, D, D, D), index [x, y, z], y up, under the first
+    ``count`` symmetries of the ground square: identity, x mirror, z mirror, half turn, then the same after
+    swapping x and z (quarter turns and the diagonal mirrors). Variants are grouped: all of the first, then the
+    second, ..."""
+    if count not in GROUND_SYMMETRIES:
+        raise ValueError(f"symmetries must be one of {GROUND_SYMMETRIES}, got {count}")
+    x, z = 2, 4
+    flips = [occupancy, np.flip(occupancy, x), np.flip(occupancy, z), np.flip(occupancy, (x, z))]
+    swapped = np.swapaxes(occupancy, x, z)
+    flips += [swapped, np.flip(swapped, x), np.flip(swapped, z), np.flip(swapped, (x, z))]
+    return np.ascontiguousarray(np.concatenate(flips[:count]))
+
+
 @torch.no_grad()
-def encode_dense_latents(vae: nn.Module, data: SampleSet, batch: int = 32) -> torch.Tensor:
-    """Posterior means (N, C, L, L, L) of every sample's occupancy."""
+def encode_dense_latents(vae: nn.Module, data: SampleSet, batch: int = 32, symmetries: int = 1) -> torch.Tensor:
+    """Posterior means (N·symmetries, C, L, L, L) of every sample's occupancy (and its ground symmetries)."""
     out, dev = [], module_device(vae)
     for s in range(0, len(data), batch):
-        occ = torch.from_numpy(data.occupancy_batch(range(s, min(s + batch, len(data))))).to(dev)
-        out.append(vae.encode_moments(occ)[0].cpu())
+        occ = ground_symmetries(data.occupancy_batch(range(s, min(s + batch, len(data)))), symmetries)
+        out.append(vae.encode_moments(torch.from_numpy(occ).to(dev))[0].cpu())
     return torch.cat(out)
 
 

@@ -10,8 +10,9 @@ Rungs, each scored as ``eval`` scores a run (``evaluate.score_runs``), in the in
 4. ``guided, true tokens``: the pipeline (defaults, guidance) with the reference's latent cells ∪ the seen cells as
    the first sparse stage's tokens instead of the dense stage's, no growth: a perfect dense stage;
 5. ``guided, dense-VAE tokens``: 4 with those cells passed through the dense VAE first (encode, decode, threshold)
-   and the pipeline's own token step (free cells, the generator's growth): a perfect dense DiT;
-6. ``guided``: the pipeline as it is.
+   and the pipeline's token step (free cells), no growth: a perfect dense DiT;
+6. ``..., grown``: 5 with the generator's token growth (``token_dilation``), which its own dense stage may need;
+7. ``guided``: the pipeline as it is.
 
 The gaps between rungs say which part costs the most. Needs a signed or thin-shell mini prior directory (or
 ``mini``) and ``../shared/data/meshes``.
@@ -40,7 +41,7 @@ from consistent3dgen.train.training_meshes import mesh_sdf
 
 MESHES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "meshes"
 RUNGS = ("reference band", "+ inside filled", "VAE round trip", "guided, true tokens", "guided, dense-VAE tokens",
-         "guided")
+         "guided, dense-VAE tokens, grown", "guided")
 
 
 def ladder(pipe: Pipeline, mesh: Path, size: int, seed: int) -> dict[str, float]:
@@ -73,15 +74,19 @@ def ladder(pipe: Pipeline, mesh: Path, size: int, seed: int) -> dict[str, float]
     def true_tokens(dense, seen_side, o):  # noqa: ANN001, ANN202
         return cells.union(SparseVoxels(seen_side.seen_cells().coords, cells.resolution)).sorted()
 
-    def dense_vae_tokens(dense, seen_side, o):  # noqa: ANN001, ANN202
+    def dense_vae_tokens(dense, seen_side, o, grow: bool = False):  # noqa: ANN001, ANN202
         d = pipe.generator.dense
         occ = torch.as_tensor(sample.occupancy())[None, None]
         with torch.no_grad():
             prob = torch.sigmoid(d.decode_occupancy(d.encode_occupancy(occ.to(dtype=torch.float32))).float())[0, 0]
         return occupancy_to_cells(prob, o.occupancy_threshold, cells.resolution, seen_side.seen_cells(),
-                                  seen_side.free_cells(), dilation=o.token_dilation)
+                                  seen_side.free_cells(), dilation=o.token_dilation if grow else 0)
 
-    for rung, tokens in ((RUNGS[3], true_tokens), (RUNGS[4], dense_vae_tokens), (RUNGS[5], own_tokens)):
+    def grown_dense_vae_tokens(dense, seen_side, o):  # noqa: ANN001, ANN202
+        return dense_vae_tokens(dense, seen_side, o, grow=True)
+
+    for rung, tokens in zip(RUNGS[3:], (true_tokens, dense_vae_tokens, grown_dense_vae_tokens, own_tokens),
+                            strict=True):
         pipe.first_tokens = tokens
         try:
             res = pipe(case.inputs, seed=seed, progress=False)

@@ -305,3 +305,28 @@ def test_a_signed_stage_field_comes_out_with_its_inside_filled():
                             generator=torch.Generator().manual_seed(0))
     assert len(out.sdf) > len(ball)
     assert mesh_pieces(*sparse_marching_cubes(out.sdf))["pieces"] == 1
+
+
+def test_dense_candidates_keep_the_sample_that_agrees_best_with_the_view():
+    from consistent3dgen.cascade import view_agreement
+    from consistent3dgen.sampling import initial_noise
+
+    stage = FakeDense()  # zero velocity: each sample is its own starting noise, decoded by sign
+    fg = np.zeros((8, 8, 8), bool)
+    fg[2:6, 2:6, 4:6] = True
+    free = np.zeros((8, 8, 8), bool)
+    free[:, :, 6:] = True
+    sched = FlowMatchSchedule.shifted(4, 1.0)
+    gen = torch.Generator().manual_seed(3)
+    noises = [initial_noise((1, *stage.latent_shape), gen) for _ in range(6)]
+    scores = [view_agreement(torch.sigmoid(stage.decode_occupancy(n))[0, 0], fg, free) for n in noises]
+    assert len(set(scores)) > 1  # the candidates differ in how well they fit
+    run = {k: run_dense_stage(stage, Condition(None), sched, start=fg, free_space=free, candidates=k,
+                              generator=torch.Generator().manual_seed(3), progress=False) for k in (1, 6)}
+    assert torch.equal(run[1].latent, noises[0])
+    assert torch.equal(run[6].latent, noises[int(np.argmax(scores))])
+    # the agreement: all of the seen occupancy covered, half of the occupied voxels in free space
+    occ = torch.zeros(8, 8, 8)
+    occ[2:6, 2:6, 4:8] = 1.0
+    assert view_agreement(occ, fg, free) == pytest.approx(1.0 - 0.5)
+    assert view_agreement(occ, fg, None) == 1.0

@@ -76,6 +76,7 @@ def run_dense_stage(
     free_space: np.ndarray | None = None,
     generator: torch.Generator | None = None,
     progress: bool | dict = True,
+    candidates: int = 1,
     **sample_kw: Any,
 ) -> DenseResult:
     """Dense stage from the seen occupancy ``start`` (R³ bool, index [x, y, z]).
@@ -83,7 +84,38 @@ def run_dense_stage(
     sdedit_strength: sigma the encoded start is noised to (1 = start from pure noise as the official pipeline).
     guidance_strength > 0 additionally guides the latent cells that hold seen voxels.
     free_space: R³ bool voxels the view shows empty; their probability is set to 0 (seen voxels kept).
+    candidates > 1: that many samples (noise drawn one after another from ``generator``), the one that agrees
+    best with the view kept (:func:`view_agreement`; the first when nothing is seen).
     """
+    best, best_score = None, -np.inf
+    for _ in range(max(1, int(candidates))):
+        result, raw = _dense_sample(stage, condition, schedule, start, sdedit_strength, guidance_strength,
+                                    guidance_variant, free_space, generator, progress, **sample_kw)
+        if candidates <= 1 or start is None:
+            return result
+        score = view_agreement(raw, start, free_space)
+        if score > best_score:
+            best, best_score = result, score
+    return best
+
+
+def view_agreement(probability: torch.Tensor, start: np.ndarray, free_space: np.ndarray | None,
+                   threshold: float = 0.5) -> float:
+    """How well a dense sample's occupancy (before free-space clearing) fits the view: the share of the seen
+    occupancy ``start`` it covers, minus the share of its occupied voxels that lie in the view's free space."""
+    occ = probability.detach().cpu().numpy() >= threshold
+    seen = np.asarray(start, bool)
+    covered = float((occ & seen).sum()) / max(int(seen.sum()), 1)
+    if free_space is None:
+        return covered
+    return covered - float((occ & np.asarray(free_space, bool) & ~seen).sum()) / max(int(occ.sum()), 1)
+
+
+def _dense_sample(stage: DenseStage, condition: Condition, schedule: FlowMatchSchedule, start: np.ndarray | None,
+                  sdedit_strength: float, guidance_strength: float, guidance_variant: str,
+                  free_space: np.ndarray | None, generator: torch.Generator | None, progress: bool | dict,
+                  **sample_kw: Any) -> tuple[DenseResult, torch.Tensor]:
+    """One dense sample, and its occupancy probability before free-space clearing."""
     shape = (1, *stage.latent_shape)
     r = stage.occupancy_resolution
     device = stage_device(stage)
@@ -105,14 +137,15 @@ def run_dense_stage(
         cfg_scale=condition.cfg_scale, guidance=guidance, x_start=x_start, start_index=start_index,
         generator=generator, progress=progress, desc="dense", **sample_kw,
     ).x
-    prob = torch.sigmoid(stage.decode_occupancy(latent).float())[0, 0]
+    raw = torch.sigmoid(stage.decode_occupancy(latent).float())[0, 0]
+    prob = raw
     if free_space is not None:
         clear = np.asarray(free_space, bool)
         if start is not None:
             clear = clear & ~np.asarray(start, bool)
         clear = torch.as_tensor(clear, device=prob.device)
         prob = prob.masked_fill(clear, 0.0)
-    return DenseResult(latent, prob)
+    return DenseResult(latent, prob), raw
 
 
 # --------------------------------------------------------------------------- tokens

@@ -300,6 +300,9 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-dilation", type=int, default=None, metavar="CELLS",
                    help="grow the dense stage's occupancy by this many cells before it becomes the first sparse "
                         "stage's tokens (default: the generator's, else 0)")
+    p.add_argument("--dense-candidates", type=int, default=None, metavar="K",
+                   help="draw K dense samples and keep the one that agrees best with the view (covers most of the "
+                        "seen occupancy, puts least in its free space; default: the generator's, else 1)")
     p.add_argument("--sparse-start-sigma", type=float, default=None, metavar="SIGMA",
                    help="start each later sparse stage from the previous stage's shape noised to SIGMA (below 1; "
                         "a signed-distance generator) instead of pure noise (1; default: the generator's, else 1)")
@@ -353,7 +356,8 @@ def generator_weights(args: argparse.Namespace) -> dict:
 # argument name → GenerationOptions field
 _OPTION_ARGUMENTS = {"guidance": "guidance", "variant": "guidance_variant", "fusion": "fusion",
                      "fusion_at": "fusion_at", "free_space": "free_space", "free_space_dilation": "free_space_dilation",
-                     "token_dilation": "token_dilation", "sparse_start_sigma": "sparse_start_sigma",
+                     "token_dilation": "token_dilation", "dense_candidates": "dense_candidates",
+                     "sparse_start_sigma": "sparse_start_sigma",
                      "front_cut": "front_cut",
                      "max_faces": "max_faces", "refine": "refine"}
 

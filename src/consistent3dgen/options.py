@@ -61,6 +61,9 @@ class GenerationOptions:
     dense_start: str = "sdedit"  # sdedit: start from the encoded seen occupancy; noise: plain sampling
     dense_start_sigma: float = 0.8  # SDEdit strength (sigma the seen latent is noised to)
     dense_guidance: float = 0.0  # optional guidance of the dense latent towards the seen occupancy latent
+    # draw this many dense samples and keep the one that agrees best with the view (covers most of the seen
+    # occupancy, puts least in its free space); None = the generator's, else 1 (one sample, as the paper)
+    dense_candidates: int | None = None
     occupancy_threshold: float | None = None  # sigmoid(logit) threshold of the dense decoder
     # grow the dense occupancy by this many cells (26-connected) before it becomes the first sparse stage's tokens;
     # None = the generator's default, else 0. By measurement (one 128² view of the four eval meshes, seed 0): the
@@ -122,6 +125,8 @@ class GenerationOptions:
             out = replace(out, free_space_dilation=FALLBACK_FREE_SPACE_DILATION)
         if out.token_dilation is None:
             out = replace(out, token_dilation=0)
+        if out.dense_candidates is None:
+            out = replace(out, dense_candidates=1)
         if out.sparse_start_sigma is None:
             out = replace(out, sparse_start_sigma=1.0)
         if out.sparse_start_sigma < 1.0 and out.seen_field != "signed":
@@ -156,6 +161,7 @@ class GenerationOptions:
         _choice(self, "seen_field", SEEN_FIELDS, optional=True)
         _integer(self, "free_space_dilation", optional=True, lo=0, hi=64)
         _integer(self, "token_dilation", optional=True, lo=0, hi=8)
+        _integer(self, "dense_candidates", optional=True, lo=1, hi=64)
         _number(self, "dense_start_sigma", lo=0.0, hi=1.0, lo_open=True)
         _number(self, "dense_guidance", lo=0.0)
         _number(self, "sparse_start_sigma", optional=True, lo=0.0, hi=1.0, lo_open=True)

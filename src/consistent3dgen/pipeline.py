@@ -328,7 +328,7 @@ class Pipeline:
             sdedit_strength=opts.dense_start_sigma if opts.dense_start == "sdedit" else 1.0,
             guidance_strength=opts.dense_guidance, guidance_variant=opts.guidance_variant,
             free_space=seen.dense_free_space(r), generator=rng, progress=self._progress(opts),
-            callback=callback)
+            candidates=opts.dense_candidates, callback=callback)
 
     def first_tokens(self, dense: DenseResult, seen: SeenSide, opts: GenerationOptions) -> SparseVoxels:
         """The first sparse stage's cells: dense occupancy ∪ the seen cells, minus free cells."""

@@ -374,6 +374,9 @@ class SparseStageConfig:
     # a later stage's start: 1 = pure noise (the official cascade); < 1 = SDEdit from the previous stage's signed
     # field, encoded by this stage's VAE and noised to this sigma (the first stage always starts from noise)
     start_sigma: float = 1.0
+    # fill the absent cells a signed field encloses as inside (geometry.interior); a thin-shell or unsigned field
+    # encloses none, so the pipeline skips the search there (millions of voxels at 1024³)
+    fill_interior: bool = True
 
 
 @dataclass
@@ -453,7 +456,8 @@ def run_sparse_stages(
             if free is not None:
                 sdf = clamp_free_space(sdf, free)
             # a signed field's deep inside is absent cells: mark them inside, or marching cubes closes an inner shell
-            sdf = fill_enclosed_interior(sdf, stage.latent_factor, level=cfg.mc_level)
+            if cfg.fill_interior:
+                sdf = fill_enclosed_interior(sdf, stage.latent_factor, level=cfg.mc_level)
             result.mesh, info = None, None
             if refiner is not None:  # the stage's mesh: hand-off to the next stage, or the output
                 level = refiner.level(cfg.mc_level)

@@ -351,6 +351,7 @@ class Pipeline:
                                      opts.guidance_variant, fusion=opts.fusion, fusion_at=opts.fusion_at,
                                      mc_level=opts.mc_level,
                                      refine=bool(opts.refine), start_sigma=opts.sparse_start_sigma,
+                                     fill_interior=opts.seen_field == "signed",
                                      decode_chunks=low_memory_chunks(stage) if self.low_memory else None)
                    for steps, sampler, stage in zip(opts.sparse_steps, gen.sparse_samplers, gen.sparse, strict=True)]
         return run_sparse_stages(gen.sparse, configs, cells, condition, seen, generator=rng,

@@ -24,7 +24,7 @@ def enclosed_cells(sdf: SparseVoxels, factor: int, level: float = 0.0) -> np.nda
     d = sdf.resolution // factor
     if sdf.feats is None or len(sdf) == 0:
         return np.zeros((0, 3), np.int64)
-    coords = np.asarray(sdf.coords, np.int64)
+    coords = np.asarray(sdf.coords)  # int32: at 1024³ a copy in int64 would be gigabytes
     cells = coords // factor
     present = np.zeros((d, d, d), bool)
     present[tuple(cells.T)] = True
@@ -32,7 +32,7 @@ def enclosed_cells(sdf: SparseVoxels, factor: int, level: float = 0.0) -> np.nda
     if n == 0:
         return np.zeros((0, 3), np.int64)
     local = coords - cells * factor
-    sign = np.sign(np.asarray(sdf.feats[:, 0], np.float64) - level)
+    sign = np.sign(np.asarray(sdf.feats[:, 0], np.float32) - np.float32(level))
     votes = np.zeros(n + 1)
     for axis in range(3):
         for side, step in ((0, -1), (factor - 1, 1)):  # voxels on a cell face vote for the region beyond it

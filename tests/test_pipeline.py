@@ -73,7 +73,8 @@ def test_result_frames_and_bad_options(pipe, pointmap):
     ("sparse_steps", -3), ("sparse_steps", 0), ("cfg_scale", float("nan")), ("max_faces", 0), ("fusion", 1),
     ("dense_start", "zero"), ("min_component", 1.0), ("occupancy_threshold", 1.5),
     ("free_space_dilation", -1), ("free_space_dilation", 1.5), ("token_dilation", -1), ("token_dilation", 9),
-    ("sparse_start_sigma", 0.0), ("sparse_start_sigma", 1.5),
+    ("sparse_start_sigma", 0.0), ("sparse_start_sigma", 1.5), ("dense_candidates", 0), ("first_stage_passes", 0),
+    ("first_stage_passes", 9),
 ])
 def test_every_option_is_checked_before_the_work_starts(pipe, option, value):
     with pytest.raises(InputError, match=option):
@@ -134,3 +135,26 @@ def test_token_growth_adds_first_stage_tokens_around_the_dense_occupancy(pipe, p
     grown = pipe(pointmap, token_dilation=1, **FAST)
     assert plain.options.token_dilation == 0 and grown.options.token_dilation == 1
     assert dense_tokens(grown) > dense_tokens(plain)
+
+
+def test_a_repeated_first_stage_takes_its_tokens_from_the_previous_passs_mesh(pipe, pointmap, monkeypatch):
+    from consistent3dgen import cascade
+
+    handed = []
+    hand_off = cascade.next_stage_cells
+
+    def recording(sdf, stage, mc_level, distance=4.0, **kw):
+        cells, renorm = hand_off(sdf, stage, mc_level, distance, **kw)
+        handed.append(len(cells))
+        return cells, renorm
+
+    monkeypatch.setattr(cascade, "next_stage_cells", recording)
+    once = pipe(pointmap, **FAST)
+    twice = pipe(pointmap, first_stage_passes=2, **FAST)
+    sparse = [s for s in twice.stages if s["stage"].startswith("sparse")]
+    res = pipe.generator.sparse[0].resolution
+    assert [s["stage"] for s in sparse] == [f"sparse{res}", f"sparse{res}.2"] and len(twice.latents) == 2
+    assert len(handed) == 1  # once: none; twice: the second pass's cells came from the first pass's mesh
+    # the second pass's tokens: those cells ∪ its seen cells, in the second pass's own frame
+    assert sparse[1]["tokens"] >= handed[0] and twice.targets[1] is not None
+    assert len(once.latents) == 1 and not np.array_equal(once.vertices[:10], twice.vertices[:10])

@@ -303,6 +303,9 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dense-candidates", type=int, default=None, metavar="K",
                    help="draw K dense samples and keep the one that agrees best with the view (covers most of the "
                         "seen occupancy, puts least in its free space; default: the generator's, else 1)")
+    p.add_argument("--first-stage-passes", type=int, default=None, metavar="N",
+                   help="run the first sparse stage N times, each later pass on the cells of the previous pass's "
+                        "mesh (default: the generator's, else 1)")
     p.add_argument("--sparse-start-sigma", type=float, default=None, metavar="SIGMA",
                    help="start each later sparse stage from the previous stage's shape noised to SIGMA (below 1; "
                         "a signed-distance generator) instead of pure noise (1; default: the generator's, else 1)")
@@ -357,6 +360,7 @@ def generator_weights(args: argparse.Namespace) -> dict:
 _OPTION_ARGUMENTS = {"guidance": "guidance", "variant": "guidance_variant", "fusion": "fusion",
                      "fusion_at": "fusion_at", "free_space": "free_space", "free_space_dilation": "free_space_dilation",
                      "token_dilation": "token_dilation", "dense_candidates": "dense_candidates",
+                     "first_stage_passes": "first_stage_passes",
                      "sparse_start_sigma": "sparse_start_sigma",
                      "front_cut": "front_cut",
                      "max_faces": "max_faces", "refine": "refine"}

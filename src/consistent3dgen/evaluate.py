@@ -54,6 +54,7 @@ ABLATIONS: dict[str, list[tuple[str, dict]]] = {
     "silhouette slack": [(f"mask dilated {px} px", {"free_space_dilation": px}) for px in (0, 1, 2)],
     "token growth": [(f"dense occupancy + {k} cells", {"token_dilation": k}) for k in (0, 1, 2)],
     "dense candidates": [(f"best of {k}", {"dense_candidates": k}) for k in (1, 8)],
+    "first-stage passes": [(f"{k} pass{'es' if k > 1 else ''}", {"first_stage_passes": k}) for k in (1, 2, 3)],
     "later-stage start": [(f"sigma {s:g}", {"sparse_start_sigma": s}) for s in (1.0, 0.6, 0.3)],
     "dense start": [("SDEdit from foreground", {"dense_start": "sdedit"}), ("pure noise", {"dense_start": "noise"})],
 }

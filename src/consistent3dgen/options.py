@@ -77,6 +77,10 @@ class GenerationOptions:
     # stage refines the coarser one's body instead of generating a new one; needs seen_field signed. None = the
     # generator's default, else 1
     sparse_start_sigma: float | None = None
+    # run the first sparse stage this many times: each later pass takes its tokens from the previous pass's mesh,
+    # as a finer stage does (cells that hold surface, as the stage was trained on, instead of the dense
+    # occupancy grown by token_dilation); None = the generator's, else 1
+    first_stage_passes: int | None = None
     guidance: float | None = None  # λ; 0 = the unguided prior (the baseline)
     guidance_variant: str | None = None  # paper | noised | x0 | replace (sampling.guidance)
     cfg_scale: float | None = None  # classifier-free guidance; used only when the generator has a negative input
@@ -127,6 +131,8 @@ class GenerationOptions:
             out = replace(out, token_dilation=0)
         if out.dense_candidates is None:
             out = replace(out, dense_candidates=1)
+        if out.first_stage_passes is None:
+            out = replace(out, first_stage_passes=1)
         if out.sparse_start_sigma is None:
             out = replace(out, sparse_start_sigma=1.0)
         if out.sparse_start_sigma < 1.0 and out.seen_field != "signed":
@@ -162,6 +168,7 @@ class GenerationOptions:
         _integer(self, "free_space_dilation", optional=True, lo=0, hi=64)
         _integer(self, "token_dilation", optional=True, lo=0, hi=8)
         _integer(self, "dense_candidates", optional=True, lo=1, hi=64)
+        _integer(self, "first_stage_passes", optional=True, lo=1, hi=8)
         _number(self, "dense_start_sigma", lo=0.0, hi=1.0, lo_open=True)
         _number(self, "dense_guidance", lo=0.0)
         _number(self, "sparse_start_sigma", optional=True, lo=0.0, hi=1.0, lo_open=True)

@@ -243,18 +243,18 @@ class Pipeline:
             with meter.stage("dense", stage_modules(gen.dense)):
                 dense = self.run_dense_stage(seen, condition, opts, rng, callback)
             cells = self.first_tokens(dense, seen, opts)
+        names = self.sparse_stage_names(opts)
         with _timed(timings, "sparse"):
             sparse = self.run_sparse_stages(cells, seen, condition, opts, rng, callback,
-                                            stage_scope=lambda k, s: meter.stage(f"sparse{s.resolution}",
-                                                                                 stage_modules(s)))
+                                            stage_scope=lambda k, s: meter.stage(names[k], stage_modules(s)))
         with _timed(timings, "extract"):
             vertices, faces = self.extract(sparse.sdf, opts, mesh=sparse.mesh)
         timings["total"] = sum(timings.values())
         stages = [{"stage": "condition"}] if gen.conditioner is not None else []
         stages += [{"stage": "dense", "occupied": int((dense.probability >= opts.occupancy_threshold).sum()),
                     "tokens": len(cells)}]
-        stages += [{"stage": f"sparse{s.resolution}", "tokens": len(z), **(refined or {})}  # + refiner, level
-                   for s, z, refined in zip(gen.sparse, sparse.latents, sparse.refined, strict=True)]
+        stages += [{"stage": name, "tokens": len(z), **(refined or {})}  # + refiner, level
+                   for name, z, refined in zip(names, sparse.latents, sparse.refined, strict=True)]
         stages = [{**s, **meter.records.get(s["stage"], {})} for s in stages]  # + seconds, peak memory
         autocast = self.autocast_dtype
         runtime = {"device": str(self.device), "dtype": None if self.dtype is None else str(self.dtype),
@@ -289,8 +289,20 @@ class Pipeline:
 
         return relative_to_first(get_reconstructor(None, inputs)(inputs))
 
+    def sparse_plan(self, opts: GenerationOptions) -> list[int]:
+        """The generator's sparse stages in the order they run: the first ``first_stage_passes`` times, then the
+        rest (indices into ``generator.sparse``)."""
+        return [0] * opts.first_stage_passes + list(range(1, len(self.generator.sparse)))
+
+    def sparse_stage_names(self, opts: GenerationOptions) -> list[str]:
+        """``sparse128``, ``sparse256``, ...; a repeated first stage's later passes ``sparse128.2``, ..."""
+        plan = self.sparse_plan(opts)
+        return [f"sparse{self.generator.sparse[i].resolution}" + (f".{k + 1}" if i == 0 and k else "")
+                for k, i in enumerate(plan)]
+
     def build_seen_side(self, views: PointMap | list[PointMap], opts: GenerationOptions) -> SeenSide:
-        return SeenSide(views, self.generator.sparse, band=opts.band, shell=opts.shell,
+        stages = [self.generator.sparse[i] for i in self.sparse_plan(opts)]
+        return SeenSide(views, stages, band=opts.band, shell=opts.shell,
                         conf_threshold=opts.conf_threshold, drop_percent=opts.drop_percent,
                         front_cut=opts.front_cut, free_space=opts.free_space,
                         free_space_dilation=opts.free_space_dilation, max_pixels=opts.max_pixels,
@@ -347,14 +359,17 @@ class Pipeline:
         from .cascade import run_sparse_stages
 
         gen = self.generator
+        plan = self.sparse_plan(opts)
+        stages = [gen.sparse[i] for i in plan]
         configs = [SparseStageConfig(FlowMatchSchedule.shifted(steps, sampler.shift), opts.guidance,
                                      opts.guidance_variant, fusion=opts.fusion, fusion_at=opts.fusion_at,
                                      mc_level=opts.mc_level,
                                      refine=bool(opts.refine), start_sigma=opts.sparse_start_sigma,
                                      fill_interior=opts.seen_field == "signed",
                                      decode_chunks=low_memory_chunks(stage) if self.low_memory else None)
-                   for steps, sampler, stage in zip(opts.sparse_steps, gen.sparse_samplers, gen.sparse, strict=True)]
-        return run_sparse_stages(gen.sparse, configs, cells, condition, seen, generator=rng,
+                   for steps, sampler, stage in ((opts.sparse_steps[i], gen.sparse_samplers[i], gen.sparse[i])
+                                                 for i in plan)]
+        return run_sparse_stages(stages, configs, cells, condition, seen, generator=rng,
                                  progress=self._progress(opts), max_memory_gb=opts.max_memory_gb,
                                  callback=callback, stage_scope=stage_scope)
 

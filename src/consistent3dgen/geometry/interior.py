@@ -57,9 +57,7 @@ def fill_enclosed_interior(sdf: SparseVoxels, factor: int, level: float = 0.0, i
         return sdf
     if not inside < level:
         raise ValueError(f"inside value {inside} must be below the level {level}")
-    off = np.stack(np.meshgrid(*[np.arange(factor)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    added = (cells[:, None, :] * factor + off[None]).reshape(-1, 3)
+    added = SparseVoxels(cells, sdf.resolution // factor).upsample_cells(factor).coords
     feats = np.concatenate([np.asarray(sdf.feats, np.float32),
                             np.full((len(added), sdf.feats.shape[1]), inside, np.float32)])
-    return SparseVoxels(np.concatenate([np.asarray(sdf.coords), added.astype(np.asarray(sdf.coords).dtype)]),
-                        sdf.resolution, feats)
+    return SparseVoxels(np.concatenate([sdf.coords, added]), sdf.resolution, feats)
